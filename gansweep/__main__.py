@@ -1,0 +1,5 @@
+import sys
+
+from gansweep.cli import main
+
+sys.exit(main())

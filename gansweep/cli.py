@@ -1,0 +1,139 @@
+"""The `gansweep` command: run, train, validate, report, baseline.
+
+Every GansweepError becomes a message on stderr and exit code 2, without a traceback.
+Heavy imports (torch, Ray, MLflow) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gansweep.errors import ConfigError, GansweepError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: same exit code
+        self.print_usage(sys.stderr)
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gansweep", description="Hyperparameter sweeps for GAN research.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_study(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("study", help="study file (YAML)")
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a field: alpha=0.3 fixes a trial field, budget.trials=4 any field",
+        )
+        return sub
+
+    run = with_study("run", "Run a study's sweep on Ray Tune, tracked in MLflow.")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    run.add_argument("--output", help="output folder (default: the study's output)")
+
+    train = with_study("train", "Train one trial of a study, with no services.")
+    train.add_argument("--output", help="output folder (default: <study output>/train)")
+
+    with_study("validate", "Check a study file and print its trial and search space.")
+
+    report = commands.add_parser("report", help="Write an HTML report of a finished study.")
+    report.add_argument("output_dir", help="a study's output folder")
+
+    baseline = commands.add_parser(
+        "baseline", help="Parzen score of real training data used as a model's samples."
+    )
+    baseline.add_argument("dataset")
+    baseline.add_argument("--samples", type=int, default=10_000, help="kernel centres (N)")
+    baseline.add_argument("--data-dir", help="folder holding the dataset")
+    baseline.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    baseline.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except GansweepError as err:
+        print(f"gansweep: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gansweep: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gansweep.study import load_study, trial_from_study
+
+    study = load_study(args.study, args.overrides)
+    trial = trial_from_study(study)
+    print(f"{args.study}: valid study {study.name!r}")
+    print(f"  trial: {trial.dataset}, {trial.architecture}, {trial.loss}, alpha={trial.alpha}")
+    for name, param in study.search.items():
+        print(f"  search {name}: {param.model_dump(exclude_none=True)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gansweep.study import load_study, trial_from_study
+    from gansweep.single import train_one
+
+    study = load_study(args.study, args.overrides)
+    trial = trial_from_study(study)
+    output = Path(args.output) if args.output else study.output_dir / "train"
+    return train_one(trial, output)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gansweep.study import load_study
+
+    study = load_study(args.study, args.overrides)
+    from gansweep.sweep import run_study
+
+    return run_study(
+        study,
+        study_path=Path(args.study),
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        output=Path(args.output) if args.output else None,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gansweep.report import write_report
+
+    path = write_report(Path(args.output_dir))
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from gansweep.single import print_baseline
+
+    return print_baseline(args.dataset, args.samples, args.data_dir, args.device, args.seed)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "train": cmd_train,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "baseline": cmd_baseline,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""Datasets: name -> loader; device-resident tensors; fixed train/valid/test splits.
+
+Every split is one float32 tensor on the requested device, so training draws minibatches by
+indexing (`minibatch`) with no DataLoader, no worker processes and no host round trips.
+Images are kept in the canonical scale [0, 1] with shape (N, C, H, W) (the Parzen protocol of
+Goodfellow 2014 scores MNIST in [0, 1]); whoever trains a tanh generator maps them to [-1, 1].
+2D toy sets have shape (N, 2).
+
+Where image data comes from, in order (the first place that has the files wins):
+  1. the `data_dir` argument (a study's `trial.data_dir`);
+  2. the GANSWEEP_DATA environment variable;
+  3. fashion-mnist only: Debian's `dataset-fashion-mnist` folder, /usr/share/datasets/fashion-mnist;
+  4. the cache folder (GANSWEEP_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/gansweep), where
+     torchvision downloads the data when the network allows. GANSWEEP_OFFLINE=1 skips the
+     download attempt (useful on machines whose network hangs instead of failing).
+A folder may hold the torchvision layout (ROOT/MNIST/raw/..., ROOT/cifar-10-batches-py/...) or,
+for the MNIST-style sets, the four idx files themselves (plain or .gz, as Debian ships them),
+directly or in a sub-folder named after the dataset; loose idx files are unpacked once into the
+cache folder in torchvision's layout, since torchvision's reader wants them there, unpacked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import math
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import torch
+from torch import Tensor
+
+from gansweep.errors import DataError
+
+# Parzen sigma grids. Images: Goodfellow's logspace(-1, 0, 10) for data in [0, 1]. Toys live
+# in about [-1, 1]^2 with features down to the 0.02 mode width, so the grid reaches lower.
+IMAGE_SIGMAS: tuple[float, ...] = tuple(10 ** (-1 + i / 9) for i in range(10))
+TOY_SIGMAS: tuple[float, ...] = tuple(10 ** (-2 + 2 * i / 9) for i in range(10))
+
+# Fixed toy split sizes; `n_train` may change the training size only.
+TOY_SIZES: dict[str, int] = {"train": 10_000, "valid": 1_000, "test": 2_000}
+
+LINE_NOISE_STD = 0.02  # added to y after the noiseless curve is rescaled to [-1, 1]
+CIRCLE_RADIUS = 0.7  # seed 003
+CIRCLE_NOISE_STD = 0.08  # seed 003; isotropic 2D noise around points on the circle
+RING_RADIUS = 1.0
+# Mode widths: VEEGAN/PacGAN use std 0.02 (ring radius 2, grid spacing 2). We keep 0.02 on a
+# radius-1 ring (neighbouring centres 0.77 apart) and a spacing-0.5 grid: 3 std = 0.06, so the
+# 3-std "high quality" discs of neighbouring modes are far apart.
+RING_MODE_STD = 0.02
+GRID_MODE_STD = 0.02
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# digits splits are fixed for every trial seed, so that trials with different seeds are scored
+# on the same held-out images.
+DIGITS_SPLIT_SEED = 20_240_601
+DIGITS_SIZES: dict[str, int] = {"train": 1_197, "valid": 300, "test": 300}
+MNIST_TRAIN = 50_000  # Goodfellow: train on the first 50,000, validate on 50,000..59,999
+CIFAR_TRAIN = 45_000  # the last 5,000 of the 50,000 training images validate
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; an unreachable host must not hang a trial
+
+
+class Loader(Protocol):
+    """What DATASETS maps a name to; load_dataset validates the arguments first."""
+
+    def __call__(
+        self, *, data_dir: str | None, seed: int, device: torch.device, n_train: int | None
+    ) -> Dataset: ...
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value for ==
+class Dataset:
+    """One dataset's splits, each a single tensor on one device."""
+
+    name: str
+    train: Tensor  # (n_train, *shape) float32
+    valid: Tensor  # (n_valid, *shape)
+    test: Tensor  # (n_test, *shape)
+    is_image: bool
+    default_sigmas: tuple[float, ...]  # the Parzen sigma grid searched on the validation split
+    modes: Tensor | None = None  # (n_modes, 2) centres of ring8 / grid25, else None
+    mode_std: float | None = None  # std of each mode's Gaussian, else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example: (2,) for toys, (C, H, W) for images."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    n_train: int | None = None,
+) -> Dataset:
+    """Load (or generate) dataset `name` with its splits on `device`.
+
+    `seed` only affects the 2D toy sets (image splits are fixed). `n_train` sets the number of
+    training points of a toy set and caps an image training split at its first `n_train`
+    examples. Raises DataError for an unknown name or data that cannot be found.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if n_train is not None and n_train < 1:
+        raise DataError(f"n_train must be at least 1, got {n_train}")
+    loader = DATASETS[name]
+    return loader(data_dir=data_dir, seed=seed, device=resolve_device(device), n_train=n_train)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' means CUDA when available, else CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def minibatch(data: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+    """`batch_size` examples drawn uniformly with replacement from `data` (dim 0).
+
+    The indices are drawn on data.device, so a CUDA batch needs no host sync; a `generator`
+    must live on that same device.
+    """
+    index = torch.randint(
+        0, data.shape[0], (batch_size,), device=data.device, generator=generator
+    )  # (batch_size,)
+    return data[index]
+
+
+# ---------------------------------------------------------------------------- 2D toy sets
+
+
+def _split_generator(name: str, seed: int, split: str) -> torch.Generator:
+    """An independent stream per (dataset, seed, split): the valid and test points do not
+    change when n_train changes the size of the training split."""
+    digest = hashlib.sha256(f"{name}:{seed}:{split}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+
+
+def _toy_dataset(
+    name: str,
+    sample: Callable[[int, torch.Generator], Tensor],
+    *,
+    seed: int,
+    device: torch.device,
+    n_train: int | None,
+    modes: Tensor | None = None,
+    mode_std: float | None = None,
+) -> Dataset:
+    sizes = {**TOY_SIZES, "train": n_train or TOY_SIZES["train"]}
+    splits = {
+        split: sample(size, _split_generator(name, seed, split)).to(device)
+        for split, size in sizes.items()
+    }
+    return Dataset(
+        name=name,
+        is_image=False,
+        default_sigmas=TOY_SIGMAS,
+        modes=None if modes is None else modes.to(device),
+        mode_std=mode_std,
+        **splits,
+    )
+
+
+def _sample_line(n: int, gen: torch.Generator) -> Tensor:
+    # seed 003: t ~ U[-1, 1], y = t^2 sin(t). t^2 sin t is odd and increasing on [-1, 1], so
+    # the noiseless curve spans [-sin 1, sin 1]; dividing by sin 1 makes it span [-1, 1].
+    t = torch.rand(n, generator=gen) * 2 - 1  # (n,)
+    y = t.square() * torch.sin(t) / math.sin(1.0)
+    y = y + LINE_NOISE_STD * torch.randn(n, generator=gen)
+    return torch.stack([t, y], dim=1)  # (n, 2)
+
+
+def _sample_circle(n: int, gen: torch.Generator) -> Tensor:
+    angle = torch.rand(n, generator=gen) * (2 * math.pi)
+    points = CIRCLE_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return points + CIRCLE_NOISE_STD * torch.randn(n, 2, generator=gen)  # (n, 2)
+
+
+def _sample_mixture(centres: Tensor, std: float) -> Callable[[int, torch.Generator], Tensor]:
+    """Equal-weight isotropic Gaussians at `centres` (n_modes, 2)."""
+
+    def sample(n: int, gen: torch.Generator) -> Tensor:
+        which = torch.randint(0, centres.shape[0], (n,), generator=gen)
+        return centres[which] + std * torch.randn(n, 2, generator=gen)  # (n, 2)
+
+    return sample
+
+
+def ring8_centres() -> Tensor:
+    angle = torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
+    return RING_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # (8, 2)
+
+
+def grid25_centres() -> Tensor:
+    axis = torch.linspace(-1.0, 1.0, 5)
+    x, y = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=1)  # (25, 2)
+
+
+def _toy_loader(
+    name: str,
+    sample: Callable[[int, torch.Generator], Tensor],
+    modes: Tensor | None = None,
+    mode_std: float | None = None,
+) -> Loader:
+    def load(
+        *, data_dir: str | None, seed: int, device: torch.device, n_train: int | None
+    ) -> Dataset:
+        del data_dir  # generated, not read
+        return _toy_dataset(
+            name, sample, seed=seed, device=device, n_train=n_train, modes=modes, mode_std=mode_std
+        )
+
+    return load
+
+
+# ---------------------------------------------------------------------------- image sets
+
+CpuSplits = tuple[Tensor, Tensor, Tensor]  # (train, valid, test), float32 in [0, 1] on CPU
+
+
+def _image_dataset(
+    name: str, splits: CpuSplits, *, device: torch.device, n_train: int | None
+) -> Dataset:
+    train, valid, test = splits
+    if n_train is not None:
+        train = train[:n_train]
+    # .to() is a no-op on CPU, so clone there: the in-process cache must not be changed by a
+    # caller that rescales its tensors in place.
+    move = (lambda t: t.clone()) if device.type == "cpu" else (lambda t: t.to(device))
+    return Dataset(
+        name=name,
+        train=move(train),
+        valid=move(valid),
+        test=move(test),
+        is_image=True,
+        default_sigmas=IMAGE_SIGMAS,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_cpu() -> CpuSplits:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    images = torch.as_tensor(load_digits().images, dtype=torch.float32) / 16.0  # (1797, 8, 8)
+    images = images.unsqueeze(1)  # (1797, 1, 8, 8)
+    fixed = torch.Generator().manual_seed(DIGITS_SPLIT_SEED)
+    order = torch.randperm(images.shape[0], generator=fixed)
+    images = images[order]
+    n_train, n_valid = DIGITS_SIZES["train"], DIGITS_SIZES["valid"]
+    return images[:n_train], images[n_train : n_train + n_valid], images[n_train + n_valid :]
+
+
+def _load_digits(
+    *, data_dir: str | None, seed: int, device: torch.device, n_train: int | None
+) -> Dataset:
+    del data_dir, seed  # bundled data, fixed splits
+    return _image_dataset("digits", _digits_cpu(), device=device, n_train=n_train)
+
+
+@dataclass(frozen=True)
+class _ImageSource:
+    """Where one torchvision image set lives and how its files are named."""
+
+    tv_class: str  # torchvision.datasets class name; also MNIST-style sets' folder under root
+    subdirs: tuple[str, ...]  # sub-folders of a search folder that may hold the files
+    files: tuple[str, ...]  # files that must exist in the torchvision layout
+    idx: bool  # MNIST-style idx files (may also lie loose, plain or gzipped)
+
+    def layout_dir(self, root: Path) -> Path:
+        """The folder torchvision reads below `root`."""
+        return root / (f"{self.tv_class}/raw" if self.idx else "cifar-10-batches-py")
+
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_SOURCES: dict[str, _ImageSource] = {
+    "mnist": _ImageSource("MNIST", ("mnist",), _IDX_FILES, idx=True),
+    "fashion-mnist": _ImageSource(
+        "FashionMNIST", ("fashion-mnist", "fashion_mnist"), _IDX_FILES, idx=True
+    ),
+    "cifar10": _ImageSource(
+        "CIFAR10",
+        ("cifar10", "cifar-10"),
+        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+        idx=False,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """GANSWEEP_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/gansweep."""
+    explicit = os.environ.get("GANSWEEP_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "gansweep"
+
+
+def _has_files(folder: Path, names: tuple[str, ...], suffixes: tuple[str, ...] = ("",)) -> bool:
+    return all(any((folder / (n + s)).is_file() for s in suffixes) for n in names)
+
+
+def _unpack_idx(folder: Path, target: Path) -> None:
+    """Copy loose idx files (plain or .gz) from `folder` into `target`, unpacked. Each file is
+    written to a temporary name and renamed, so a concurrent or interrupted trial never sees
+    a half-written file."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _IDX_FILES:
+        if (target / name).is_file():
+            continue
+        plain, packed = folder / name, folder / f"{name}.gz"
+        def opener() -> BinaryIO:
+            return open(plain, "rb") if plain.is_file() else gzip.open(packed, "rb")
+
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with opener() as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            os.replace(tmp, target / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _search_folders(name: str, data_dir: str | None) -> list[tuple[str, Path | None]]:
+    """(label, folder) in search order, before the cache; folder None where unset."""
+    env = os.environ.get("GANSWEEP_DATA")
+    places: list[tuple[str, Path | None]] = [
+        ("data_dir", Path(data_dir).expanduser() if data_dir else None),
+        ("GANSWEEP_DATA", Path(env).expanduser() if env else None),
+    ]
+    if name == "fashion-mnist":
+        places.append(("Debian dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
+    return places
+
+
+def _find_root(name: str, data_dir: str | None) -> Path:
+    """The torchvision root holding dataset `name`, unpacking or downloading into the cache
+    where needed. Raises DataError naming every place looked."""
+    source = _SOURCES[name]
+    looked: list[str] = []
+    cache = cache_dir()
+    for label, folder in _search_folders(name, data_dir):
+        if folder is None:
+            looked.append(f"{label} (not set)")
+            continue
+        looked.append(f"{label}: {folder}")
+        for sub in (folder, *(folder / s for s in source.subdirs)):
+            if _has_files(source.layout_dir(sub), source.files):
+                return sub
+            if source.idx and _has_files(sub, _IDX_FILES, ("", ".gz")):
+                try:
+                    _unpack_idx(sub, source.layout_dir(cache))
+                except OSError as err:
+                    raise DataError(
+                        f"dataset {name!r}: found idx files in {sub} but cannot unpack them into "
+                        f"the cache {cache}: {err}. Set GANSWEEP_CACHE to a writable folder."
+                    ) from None
+                return cache
+    if _has_files(source.layout_dir(cache), source.files):
+        return cache
+    if os.environ.get("GANSWEEP_OFFLINE", "") not in ("", "0"):
+        looked.append(f"cache: {cache} (download skipped: GANSWEEP_OFFLINE is set)")
+    else:
+        problem = _download(name, cache)
+        if problem is None:
+            return cache
+        looked.append(f"cache: {cache} (download failed: {problem})")
+    hint = (
+        "Put the data in a folder (torchvision's layout, or for MNIST-style sets the four idx "
+        "files, plain or .gz) and set trial.data_dir or GANSWEEP_DATA to it"
+    )
+    if name == "fashion-mnist":
+        hint += ", or install Debian's package: apt-get install dataset-fashion-mnist"
+    raise DataError(f"dataset {name!r} not found. Looked in: {'; '.join(looked)}. {hint}.")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torchvision opens URLs with no timeout; bound each socket operation so that a
+    network that drops packets fails the download instead of hanging the trial."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download(name: str, cache: Path) -> str | None:
+    """Download `name` into `cache` with torchvision; the error's text on failure."""
+    import torchvision.datasets
+
+    tv_class = getattr(torchvision.datasets, _SOURCES[name].tv_class)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            tv_class(root=str(cache), train=True, download=True)
+            tv_class(root=str(cache), train=False, download=True)
+    except Exception as err:  # URLError, timeouts, md5 mismatches: any failure means "absent"
+        return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    return None
+
+
+def _read_torchvision(name: str, root: Path, train: bool) -> Tensor:
+    """One official split as uint8 (N, C, H, W), read by torchvision from `root`."""
+    import torchvision.datasets
+
+    tv_class = getattr(torchvision.datasets, _SOURCES[name].tv_class)
+    try:
+        data = tv_class(root=str(root), train=train, download=False).data
+    except Exception as err:  # corrupt or truncated files
+        raise DataError(f"dataset {name!r}: cannot read the files under {root}: {err}") from None
+    data = torch.as_tensor(data)
+    if data.dim() == 3:  # MNIST-style (N, H, W)
+        return data.unsqueeze(1)
+    return data.permute(0, 3, 1, 2)  # CIFAR numpy arrays are (N, H, W, C)
+
+
+@functools.lru_cache(maxsize=4)
+def _image_cpu(name: str, root: Path) -> CpuSplits:
+    """Decoded [0, 1] float32 splits, cached per (name, root) for the life of the process, so
+    that trials reusing a worker load each image set once."""
+    train_all = _read_torchvision(name, root, train=True)
+    test = _read_torchvision(name, root, train=False)
+    n_train = CIFAR_TRAIN if name == "cifar10" else MNIST_TRAIN
+
+    def scale(images: Tensor) -> Tensor:
+        return images.contiguous().to(torch.float32).div_(255.0)
+
+    return scale(train_all[:n_train]), scale(train_all[n_train:]), scale(test)
+
+
+def _image_loader(name: str) -> Loader:
+    def load(
+        *, data_dir: str | None, seed: int, device: torch.device, n_train: int | None
+    ) -> Dataset:
+        del seed  # image splits are fixed (Goodfellow's protocol)
+        root = _find_root(name, data_dir).resolve()
+        return _image_dataset(name, _image_cpu(name, root), device=device, n_train=n_train)
+
+    return load
+
+
+DATASETS: dict[str, Loader] = {
+    "line": _toy_loader("line", _sample_line),
+    "circle": _toy_loader("circle", _sample_circle),
+    "ring8": _toy_loader(
+        "ring8", _sample_mixture(ring8_centres(), RING_MODE_STD), ring8_centres(), RING_MODE_STD
+    ),
+    "grid25": _toy_loader(
+        "grid25", _sample_mixture(grid25_centres(), GRID_MODE_STD), grid25_centres(), GRID_MODE_STD
+    ),
+    "digits": _load_digits,
+    "mnist": _image_loader("mnist"),
+    "fashion-mnist": _image_loader("fashion-mnist"),
+    "cifar10": _image_loader("cifar10"),
+}

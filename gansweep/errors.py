@@ -1,0 +1,26 @@
+"""Errors gansweep raises on purpose. The CLI turns every GansweepError into a
+one-paragraph message and exit code 2; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class GansweepError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class ConfigError(GansweepError):
+    """A study file or a --set value is invalid; the message names file, field and value."""
+
+
+class DataError(GansweepError):
+    """A dataset cannot be found or read; the message says where gansweep looked."""
+
+
+class TrialDiverged(GansweepError):
+    """A loss became NaN or infinite; the trial is recorded as failed with this reason."""
+
+    def __init__(self, epoch: int, loss_name: str, value: float) -> None:
+        self.epoch = epoch
+        self.loss_name = loss_name
+        self.value = value
+        super().__init__(f"diverged at epoch {epoch}: {loss_name} = {value}")

@@ -1,0 +1,255 @@
+"""GAN losses on discriminator outputs (logits), the alpha parametrisation and equilibria.
+
+Every loss is three per-sample terms: the discriminator's cost on a real sample, its cost on a
+fake sample, and the generator's cost on a fake sample. The discriminator loss of a minibatch
+is a weighted sum of the first two, and the weights carry alpha (THEORY.md section 2):
+
+    L_D = sum_i w_real[i] * real_term(l_real[i]) + sum_j w_fake[j] * fake_term(l_fake[j])
+
+with the weights summing to alpha and 1 - alpha in expectation. The BCE-based terms use the
+stable forms: -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Term = Callable[[Tensor], Tensor]
+
+
+def _bce_real(logits: Tensor, smoothing: float) -> Tensor:
+    # cross-entropy against target s: s * -log D + (1 - s) * -log(1 - D)
+    if smoothing == 1.0:
+        return F.softplus(-logits)
+    return smoothing * F.softplus(-logits) + (1.0 - smoothing) * F.softplus(logits)
+
+
+def _bce_fake(logits: Tensor) -> Tensor:
+    return F.softplus(logits)  # -log(1 - D)
+
+
+def _least_squares_real(scores: Tensor, smoothing: float) -> Tensor:
+    return (scores - smoothing) ** 2
+
+
+def _least_squares_fake(scores: Tensor) -> Tensor:
+    return scores**2
+
+
+def _hinge_real(scores: Tensor, smoothing: float) -> Tensor:
+    del smoothing  # rejected by study validation for hinge
+    return F.relu(1.0 - scores)
+
+
+def _hinge_fake(scores: Tensor) -> Tensor:
+    return F.relu(1.0 + scores)
+
+
+def _critic_real(scores: Tensor, smoothing: float) -> Tensor:
+    del smoothing
+    return -scores
+
+
+def _critic_fake(scores: Tensor) -> Tensor:
+    return scores
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """Loss values at p_g = p_data with an optimal discriminator."""
+
+    d_loss: float
+    g_loss: float
+    d_output: float  # D(x) = D(G(z)) there (a probability for BCE losses, a score otherwise)
+
+
+def _bce_equilibrium(g_loss_at: Callable[[float], float]) -> Callable[[float, float], Equilibrium]:
+    """D* = s alpha at p_g = p_data; L_D* is the smoothed binary cross-entropy there."""
+
+    def equilibrium(alpha: float, smoothing: float) -> Equilibrium:
+        d = smoothing * alpha
+        d_loss = -alpha * (smoothing * math.log(d) + (1 - smoothing) * math.log1p(-d)) - (
+            1 - alpha
+        ) * math.log1p(-d)
+        return Equilibrium(d_loss=d_loss, g_loss=g_loss_at(d), d_output=d)
+
+    return equilibrium
+
+
+def _least_squares_equilibrium(alpha: float, smoothing: float) -> Equilibrium:
+    # D minimises alpha (D - s)^2 + (1 - alpha) D^2 pointwise -> D* = alpha s,
+    # L_D* = alpha (1 - alpha) s^2, and G pays 1/2 (D* - 1)^2.
+    d = alpha * smoothing
+    return Equilibrium(
+        d_loss=alpha * (1 - alpha) * smoothing**2, g_loss=0.5 * (d - 1.0) ** 2, d_output=d
+    )
+
+
+@dataclass(frozen=True)
+class Loss:
+    real_term: Callable[[Tensor, float], Tensor]  # (logits, smoothing) -> per-sample cost
+    fake_term: Term
+    generator_term: Term
+    probabilistic: bool  # D's output is a logit of a probability (report sigmoid of it)
+    equilibrium: Callable[[float, float], Equilibrium] | None = None
+    gradient_penalty: bool = False
+
+
+LOSSES: dict[str, Loss] = {
+    # G minimises E[log(1 - D(G(z)))] = -softplus(l): the original zero-sum cost.
+    "minimax": Loss(
+        _bce_real,
+        _bce_fake,
+        lambda logits: -F.softplus(logits),
+        probabilistic=True,
+        equilibrium=_bce_equilibrium(lambda d: math.log1p(-d)),
+    ),
+    # G minimises -E[log D(G(z))] = softplus(-l): same fixed point, strong early gradients.
+    "non_saturating": Loss(
+        _bce_real,
+        _bce_fake,
+        lambda logits: F.softplus(-logits),
+        probabilistic=True,
+        equilibrium=_bce_equilibrium(lambda d: -math.log(d)),
+    ),
+    # G minimises -E[exp(logit D(G(z)))]: KL(p_data || p_g) when D is optimal (Goodfellow 2014b).
+    "max_likelihood": Loss(
+        _bce_real,
+        _bce_fake,
+        lambda logits: -torch.exp(logits),
+        probabilistic=True,
+        equilibrium=_bce_equilibrium(lambda d: -d / (1.0 - d)),
+    ),
+    # LSGAN (Mao et al. 2017), targets real 1 (or s), fake 0; G aims at 1.
+    "least_squares": Loss(
+        _least_squares_real,
+        _least_squares_fake,
+        lambda scores: 0.5 * (scores - 1.0) ** 2,
+        probabilistic=False,
+        equilibrium=_least_squares_equilibrium,
+    ),
+    # Geometric GAN / SAGAN hinge loss; the equilibrium is not unique, so none is given.
+    "hinge": Loss(_hinge_real, _hinge_fake, lambda scores: -scores, probabilistic=False),
+    # WGAN-GP (Gulrajani et al. 2017): critic scores, gradient penalty towards unit norm.
+    "wasserstein_gp": Loss(
+        _critic_real,
+        _critic_fake,
+        lambda scores: -scores,
+        probabilistic=False,
+        gradient_penalty=True,
+    ),
+}
+
+
+def get_loss(name: str) -> Loss:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
+
+
+def equilibrium(loss: str, alpha: float, smoothing: float = 1.0) -> Equilibrium | None:
+    """Theoretical (L_D*, L_G*) at p_g = p_data, or None where theory gives no unique value."""
+    rule = get_loss(loss).equilibrium
+    return None if rule is None else rule(alpha, smoothing)
+
+
+# ---------------------------------------------------------------------------- alpha
+
+
+@dataclass(frozen=True)
+class MinibatchPlan:
+    """How many real and fake samples one discriminator step draws, and their loss weights."""
+
+    n_real: int
+    n_fake: int
+
+
+def minibatch_plan(mode: str, alpha: float, batch_size: int) -> MinibatchPlan:
+    """compose: round(alpha m) real + the rest fake; weight and bernoulli: m of each."""
+    if mode == "compose":
+        n_real = round(alpha * batch_size)
+        return MinibatchPlan(n_real=n_real, n_fake=batch_size - n_real)
+    return MinibatchPlan(n_real=batch_size, n_fake=batch_size)
+
+
+def _compose_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    total = n_real + n_fake  # each sample counts once: shares round(alpha m)/m and the rest
+    return (
+        torch.full((n_real,), 1.0 / total, device=device),
+        torch.full((n_fake,), 1.0 / total, device=device),
+    )
+
+
+def _weight_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    return (
+        torch.full((n_real,), alpha / n_real, device=device),
+        torch.full((n_fake,), (1.0 - alpha) / n_fake, device=device),
+    )
+
+
+def _bernoulli_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # Slot i holds the real sample with probability alpha, else the fake one: the share of
+    # real samples is random per minibatch (seed 003's future work). Drawn on the device,
+    # so the step stays free of host syncs and shapes stay static.
+    assert n_real == n_fake, "bernoulli mode pairs one real and one fake sample per slot"
+    is_real = (torch.rand(n_real, device=device) < alpha).float()
+    return is_real / n_real, (1.0 - is_real) / n_fake
+
+
+ALPHA_MODES: dict[str, Callable[[float, int, int, torch.device], tuple[Tensor, Tensor]]] = {
+    "compose": _compose_weights,
+    "weight": _weight_weights,
+    "bernoulli": _bernoulli_weights,
+}
+
+
+def alpha_weights(
+    mode: str, alpha: float, plan: MinibatchPlan, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-sample weights (real (n_real,), fake (n_fake,)) of the discriminator loss."""
+    return ALPHA_MODES[mode](alpha, plan.n_real, plan.n_fake, device)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def discriminator_loss(
+    loss: Loss,
+    real_logits: Tensor,
+    fake_logits: Tensor,
+    real_weights: Tensor,
+    fake_weights: Tensor,
+    smoothing: float = 1.0,
+) -> Tensor:
+    """Weighted D loss (scalar) of one minibatch; see the module docstring."""
+    real = (real_weights * loss.real_term(real_logits, smoothing)).sum()
+    fake = (fake_weights * loss.fake_term(fake_logits)).sum()
+    return real + fake
+
+
+def generator_loss(loss: Loss, fake_logits: Tensor) -> Tensor:
+    return loss.generator_term(fake_logits).mean()
+
+
+def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of paired real/fake."""
+    n = min(real.shape[0], fake.shape[0])
+    real, fake = real[:n], fake[:n]
+    shape = (n,) + (1,) * (real.dim() - 1)
+    mix = torch.rand(shape, device=real.device)
+    interpolates = (mix * real + (1 - mix) * fake).requires_grad_(True)
+    scores = discriminator(interpolates)
+    (grad,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def discriminator_output(loss: Loss, logits: Tensor) -> Tensor:
+    """What 'D(x)' means for reporting: a probability for BCE losses, the raw score otherwise."""
+    return torch.sigmoid(logits) if loss.probabilistic else logits

@@ -1,0 +1,234 @@
+"""Generator and discriminator builders: ARCHITECTURES maps a name to (G, D).
+
+Contract shared by every architecture, so that losses and training never look inside:
+  G: (B, noise_dim) -> (B, *data_shape), squashed by `trial.generator_output`;
+  D: (B, *data_shape) -> (B,) raw logits. No sigmoid: losses use the stable logit forms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from gansweep.study import TrialConfig
+
+Builder = Callable[[TrialConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
+
+# Hidden-layer activations, by the names study.py's `Activation` allows.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),  # 0.2: the DCGAN slope
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+
+# The generator's last squashing, by TrialConfig.generator_output: tanh for data in [-1, 1],
+# sigmoid for data in [0, 1] (Goodfellow's MNIST net), identity for the unbounded 2D toys.
+OUTPUTS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+# Goodfellow et al. 2014's MNIST generator: 1200 -> 1200 ReLU units.
+MAXOUT_G_HIDDEN = (1200, 1200)
+MAXOUT_INPUT_DROPOUT = 0.2
+MAXOUT_HIDDEN_DROPOUT = 0.5
+DCGAN_MAX_WIDTH_FACTOR = 8  # channels stop doubling at 8 x dcgan_width (DCGAN's 64 -> 512)
+DCGAN_MIN_SIDE = 4  # stop halving before the side would drop below this
+DCGAN_INIT_STD = 0.02  # Radford et al.: weights from N(0, 0.02)
+
+
+def build_models(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) for `trial.architecture` on examples of `data_shape`.
+    Seed torch before calling for reproducible initial weights."""
+    builder = ARCHITECTURES.get(trial.architecture)
+    if builder is None:
+        raise ValueError(
+            f"unknown architecture {trial.architecture!r}; valid names: {', '.join(ARCHITECTURES)}"
+        )
+    return builder(trial, tuple(data_shape))
+
+
+def _output(trial: TrialConfig) -> nn.Module:
+    name = trial.generator_output
+    if name not in OUTPUTS:
+        raise ValueError(f"unknown generator output {name!r}; valid names: {', '.join(OUTPUTS)}")
+    return OUTPUTS[name]()
+
+
+def _logit_head(in_features: int) -> nn.Sequential:
+    """Linear -> 1, then (B, 1) -> (B,)."""
+    return nn.Sequential(nn.Linear(in_features, 1), nn.Flatten(start_dim=0))
+
+
+# ---------------------------------------------------------------------------- mlp
+
+
+def build_mlp(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """Fully connected G and D with the trial's widths, activations and D dropout."""
+    n_out = math.prod(data_shape)
+    g_layers: list[nn.Module] = []
+    width = trial.noise_dim
+    for hidden in trial.g_hidden:
+        g_layers += [nn.Linear(width, hidden), ACTIVATIONS[trial.g_activation]()]
+        width = hidden
+    g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
+
+    d_layers: list[nn.Module] = [nn.Flatten()]  # (B, *shape) -> (B, n_out)
+    width = n_out
+    for hidden in trial.d_hidden:
+        d_layers += [nn.Linear(width, hidden), ACTIVATIONS[trial.d_activation]()]
+        if trial.d_dropout > 0:
+            d_layers.append(nn.Dropout(trial.d_dropout))
+        width = hidden
+    d_layers.append(_logit_head(width))
+    return nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+
+
+# ---------------------------------------------------------------------------- maxout
+
+
+class Maxout(nn.Module):
+    """`units` outputs, each the max of `pieces` linear functions of the input
+    (Goodfellow et al. 2013)."""
+
+    def __init__(self, in_features: int, units: int, pieces: int) -> None:
+        super().__init__()
+        self.units = units
+        self.pieces = pieces
+        self.linear = nn.Linear(in_features, units * pieces)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.linear(x).unflatten(-1, (self.units, self.pieces))  # (B, units, pieces)
+        return z.amax(dim=-1)  # (B, units)
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, pieces={self.pieces}"
+
+
+def build_maxout(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """Goodfellow et al. 2014's MNIST nets: G noise -> 1200 ReLU -> 1200 ReLU -> data (sigmoid
+    under g_output=auto); D two maxout layers with dropout. Widths are the paper's, not g_hidden;
+    D's units and pieces come from maxout_units and maxout_pieces."""
+    n_out = math.prod(data_shape)
+    g_layers: list[nn.Module] = []
+    width = trial.noise_dim
+    for hidden in MAXOUT_G_HIDDEN:
+        g_layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
+
+    units, pieces = trial.maxout_units, trial.maxout_pieces
+    discriminator = nn.Sequential(
+        nn.Flatten(),  # (B, n_out)
+        nn.Dropout(MAXOUT_INPUT_DROPOUT),
+        Maxout(n_out, units, pieces),  # (B, units)
+        nn.Dropout(MAXOUT_HIDDEN_DROPOUT),
+        Maxout(units, units, pieces),
+        nn.Dropout(MAXOUT_HIDDEN_DROPOUT),
+        _logit_head(units),  # (B,)
+    )
+    return nn.Sequential(*g_layers), discriminator
+
+
+# ---------------------------------------------------------------------------- dcgan
+
+
+def dcgan_levels(data_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(number of stride-2 steps, side at the smallest resolution): halve the side while it
+    stays even and at least DCGAN_MIN_SIDE. 28 -> (2, 7), 32 -> (3, 4), 8 -> (1, 4)."""
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ValueError(f"dcgan needs square images (C, H, H), got data shape {data_shape}")
+    side, levels = data_shape[1], 0
+    while side % 2 == 0 and side // 2 >= DCGAN_MIN_SIDE:
+        side //= 2
+        levels += 1
+    if levels == 0:
+        raise ValueError(
+            f"dcgan needs an image side that halves at least once to >= {DCGAN_MIN_SIDE}, "
+            f"got data shape {data_shape}"
+        )
+    return levels, side
+
+
+def _dcgan_channels(width: int, level: int) -> int:
+    """Channels at `level` halvings below full resolution (level >= 1): `width` at the first
+    level, doubling per level, capped. Full resolution (level 0) holds the image itself."""
+    return width * min(2 ** (level - 1), DCGAN_MAX_WIDTH_FACTOR)
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: weights N(0, 0.02), batch-norm scales N(1, 0.02), zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, DCGAN_INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, DCGAN_INIT_STD)
+        nn.init.zeros_(module.bias)
+
+
+def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """Radford et al. 2015's guidelines: transposed convolutions up in G, strided convolutions
+    down in D (no pooling), batch norm in G except its output and in D except its input, ReLU
+    in G, LeakyReLU(0.2) in D, no hidden fully connected layers besides G's projection of the
+    noise and D's final linear logit. Kernel 4, stride 2, padding 1 doubles or halves a side."""
+    channels, side = data_shape[0], data_shape[1]
+    levels, base = dcgan_levels(data_shape)
+    width = trial.dcgan_width
+    top = _dcgan_channels(width, levels)
+
+    # Convolutions followed by batch norm carry no bias: BN's shift would cancel it.
+    g_layers: list[nn.Module] = [
+        nn.Linear(trial.noise_dim, top * base * base, bias=False),  # (B, top * base^2)
+        nn.Unflatten(1, (top, base, base)),  # (B, top, base, base)
+        nn.BatchNorm2d(top),
+        nn.ReLU(),
+    ]
+    for level in range(levels, 1, -1):  # up to level 1, i.e. side / 2
+        c_in, c_out = _dcgan_channels(width, level), _dcgan_channels(width, level - 1)
+        g_layers += [
+            nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),  # side doubles
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+        ]
+    g_layers += [
+        nn.ConvTranspose2d(_dcgan_channels(width, 1), channels, 4, stride=2, padding=1),
+        _output(trial),  # (B, C, side, side)
+    ]
+
+    d_layers: list[nn.Module] = [
+        # (B, C, side, side) -> (B, width, side / 2, side / 2)
+        nn.Conv2d(channels, _dcgan_channels(width, 1), 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+    ]
+    for level in range(2, levels + 1):
+        c_in, c_out = _dcgan_channels(width, level - 1), _dcgan_channels(width, level)
+        d_layers += [
+            nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),  # side halves
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(0.2),
+        ]
+    d_layers += [nn.Flatten(), _logit_head(top * base * base)]  # (B,)
+
+    generator, discriminator = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+    generator.apply(_dcgan_init)
+    discriminator.apply(_dcgan_init)
+    assert base * 2**levels == side  # invariant of dcgan_levels
+    return generator, discriminator
+
+
+ARCHITECTURES: dict[str, Builder] = {
+    "mlp": build_mlp,
+    "maxout": build_maxout,
+    "dcgan": build_dcgan,
+}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

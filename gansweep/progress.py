@@ -1,0 +1,102 @@
+"""Live sweep progress: trials by state, best so far, elapsed and remaining time.
+
+A rich live table on a terminal; one plain line per finished trial otherwise (CI logs)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import pandas as pd
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class SweepProgress:
+    def __init__(self, total: int, done: int, metric: str, direction: str) -> None:
+        self.total = total
+        self.done_before = done
+        self.metric = metric
+        self.direction = direction
+        self.states: dict[int, str] = {}
+        self.best: float | None = None
+        self.started_at = time.monotonic()
+        self.console = Console()
+        self._live: Live | None = None
+
+    def started(self, number: int) -> None:
+        self.states[number] = "RUNNING"
+        self.refresh()
+
+    def result(self, number: int, result: dict, epoch: int) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = max if self.direction == "maximize" else min
+            self.best = value if self.best is None else better(self.best, value)
+        self.refresh()
+
+    def finished(self, number: int, state: str) -> None:
+        self.states[number] = state
+        if self._live is None:
+            done = self.done_before + sum(s != "RUNNING" for s in self.states.values())
+            self.console.print(f"trial {number} {state.lower()}  ({done}/{self.total} done, best {self._best_text()})")
+        self.refresh()
+
+    def _best_text(self) -> str:
+        return "-" if self.best is None else f"{self.best:.4g}"
+
+    def table(self) -> Table:
+        counts = Counter(self.states.values())
+        finished = sum(counts[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+        elapsed = time.monotonic() - self.started_at
+        left = self.total - self.done_before - finished
+        eta = f"{elapsed / finished * left:.0f}s" if finished else "-"
+        table = Table(title=f"sweep: {self.done_before + finished}/{self.total} trials done")
+        for column in ("running", "complete", "pruned", "failed", f"best {self.metric}", "elapsed", "remaining"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(counts["RUNNING"]), str(counts["COMPLETE"]), str(counts["PRUNED"]), str(counts["FAIL"]),
+            self._best_text(), f"{elapsed:.0f}s", eta,
+        )
+        return table
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.table())
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        if not self.console.is_terminal:
+            yield
+            return
+        with Live(self.table(), console=self.console, refresh_per_second=2) as live:
+            self._live = live
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def close(self, results: pd.DataFrame) -> None:
+        """The final table of trials, sorted by the objective."""
+        if results.empty:
+            self.console.print("no trials recorded")
+            return
+        shown = results.drop(columns=["tune_trial_id"], errors="ignore").head(20)
+        table = Table(title=f"trials by {self.metric} ({self.direction})")
+        for column in shown.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in shown.itertuples(index=False):
+            table.add_row(*(_cell(v) for v in row))
+        self.console.print(table)
+        if len(results) > len(shown):
+            self.console.print(f"... {len(results) - len(shown)} more in results.csv")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)

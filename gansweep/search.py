@@ -1,0 +1,223 @@
+"""Optuna: the study's sampler and pruner, the search space, and the study as source of truth.
+
+Optuna decides (what to try next, whether to prune); Ray Tune executes. Ray's own
+OptunaSearch builds its study with a no-op pruner, so gansweep drives Optuna directly with
+ask/tell through `OptunaStudy`, shared by the Tune searcher and the pruning scheduler in
+sweep.py. The Optuna storage (SQLite by default) records every trial's state, which is what
+makes a killed sweep resumable without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from gansweep.study import Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SAMPLERS: dict[str, Callable[[StudyConfig], optuna.samplers.BaseSampler]] = {
+    "grid": lambda s: optuna.samplers.GridSampler(grid_space(s), seed=s.sampler.seed),
+    "random": lambda s: optuna.samplers.RandomSampler(seed=s.sampler.seed),
+    "tpe": lambda s: optuna.samplers.TPESampler(
+        seed=s.sampler.seed, n_startup_trials=max(2, min(10, (s.budget.trials or 10) // 3))
+    ),
+    "cmaes": lambda s: optuna.samplers.CmaEsSampler(seed=s.sampler.seed, warn_independent_sampling=False),
+    "gp": lambda s: optuna.samplers.GPSampler(seed=s.sampler.seed),
+    "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s.sampler.seed),
+}
+
+PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = {
+    "none": lambda s: None,
+    "median": lambda s: optuna.pruners.MedianPruner(
+        n_startup_trials=s.pruner.startup_trials, n_warmup_steps=s.pruner.warmup_epochs
+    ),
+    "percentile": lambda s: optuna.pruners.PercentilePruner(
+        s.pruner.percentile,
+        n_startup_trials=s.pruner.startup_trials,
+        n_warmup_steps=s.pruner.warmup_epochs,
+    ),
+    "successive_halving": lambda s: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=s.pruner.min_resource, reduction_factor=s.pruner.reduction_factor
+    ),
+    "hyperband": lambda s: optuna.pruners.HyperbandPruner(
+        min_resource=s.pruner.min_resource,
+        max_resource=s.trial.epochs,
+        reduction_factor=s.pruner.reduction_factor,
+    ),
+}
+
+
+def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
+    pruner = PRUNERS[study.pruner.name](study)
+    if study.pruner.patience is not None:
+        # PatientPruner waits `patience` reports without improvement before asking the
+        # wrapped pruner (or, with none, prunes on the stall alone).
+        return optuna.pruners.PatientPruner(pruner, patience=study.pruner.patience)
+    return pruner or optuna.pruners.NopPruner()
+
+
+def encode_choice(value: Any) -> bool | int | float | str | None:
+    """Optuna's categorical choices must be scalars: lists (e.g. g_hidden) travel as JSON."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def decode_choice(param: Choice, value: Any) -> Any:
+    for original in param.values:
+        if encode_choice(original) == value:
+            return original
+    return value
+
+
+def grid_space(study: StudyConfig) -> dict[str, list[Any]]:
+    return {
+        name: [encode_choice(v) for v in param.values]
+        for name, param in study.search.items()
+        if isinstance(param, Choice)
+    }
+
+
+def grid_size(study: StudyConfig) -> int:
+    return math.prod(len(values) for values in grid_space(study).values())
+
+
+def requested_trials(study: StudyConfig) -> int:
+    if study.budget.trials is not None:
+        return study.budget.trials
+    return grid_size(study) if study.sampler.name == "grid" else 10
+
+
+def suggest(trial: Trial, name: str, param: SearchParam) -> Any:
+    if isinstance(param, Choice):
+        encoded = trial.suggest_categorical(name, [encode_choice(v) for v in param.values])
+        return decode_choice(param, encoded)
+    if isinstance(param, IntRange):
+        return trial.suggest_int(name, param.low, param.high, step=param.step, log=param.log)
+    assert isinstance(param, FloatRange)
+    return trial.suggest_float(
+        name, param.low, param.high, step=param.step, log=param.kind == "log_uniform"
+    )
+
+
+def sample_trial_values(study: StudyConfig, trial: Trial) -> dict[str, Any]:
+    """Define-by-run: unconditional parameters first, then those whose `when` holds."""
+    values = study.trial.model_dump()
+    ordered = sorted(study.search.items(), key=lambda item: item[1].when is not None)
+    for name, param in ordered:
+        if param.when and any(values.get(k) != v for k, v in param.when.items()):
+            continue
+        values[name] = suggest(trial, name, param)
+    return values
+
+
+def values_from_params(study: StudyConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The trial values of an Optuna trial that was asked earlier (e.g. before a crash)."""
+    values = study.trial.model_dump()
+    for name, value in params.items():
+        param = study.search[name]
+        values[name] = decode_choice(param, value) if isinstance(param, Choice) else value
+    return values
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class OptunaStudy:
+    """The Optuna side of a sweep: ask/tell, pruning decisions, trial bookkeeping.
+
+    Picklable (Ray Tune saves its searcher): the optuna.Study is reopened from storage."""
+
+    config: StudyConfig
+    storage_url: str
+    _study: optuna.Study | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "storage_url": self.storage_url, "_study": None}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            directions = [self.config.objective.direction]
+            if self.config.objective.second is not None:
+                directions.append(self.config.objective.second.direction)
+            self._study = optuna.create_study(
+                study_name=self.config.name,
+                storage=self.storage_url,
+                sampler=SAMPLERS[self.config.sampler.name](self.config),
+                pruner=make_pruner(self.config),
+                directions=directions,
+                load_if_exists=True,
+            )
+        return self._study
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.config.objective.second is not None
+
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def finished_count(self) -> int:
+        """Trials that count towards the budget (invalid sampled combinations do not)."""
+        return len(self.counted())
+
+    def counted(self) -> list[FrozenTrial]:
+        return [t for t in self.trials(FINISHED) if not t.user_attrs.get("excluded")]
+
+    def unfinished(self) -> list[FrozenTrial]:
+        """Trials asked but never told: their sweep was interrupted. They are re-run."""
+        return self.trials((TrialState.RUNNING,))
+
+    def ask(self) -> tuple[int, dict[str, Any]]:
+        """A new trial whose values form a valid TrialConfig. Invalid combinations (e.g. an
+        alpha that leaves no real sample in a minibatch) are told FAIL and asked again."""
+        for _ in range(100):
+            trial = self.study.ask()
+            values = sample_trial_values(self.config, trial)
+            try:
+                TrialConfig.model_validate(values)
+            except ValueError as err:
+                trial.set_user_attr("failure_reason", f"invalid combination: {err}")
+                trial.set_user_attr("excluded", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            return trial.number, values
+        raise RuntimeError("100 sampled combinations in a row were invalid; narrow the search")
+
+    def values_of(self, number: int) -> dict[str, Any]:
+        return values_from_params(self.config, self._frozen(number).params)
+
+    def _frozen(self, number: int) -> FrozenTrial:
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def _live(self, number: int) -> Trial:
+        return Trial(self.study, self._frozen(number)._trial_id)
+
+    def report(self, number: int, value: float, epoch: int) -> bool:
+        """Report an evaluation and return whether the pruner says stop."""
+        if self.multi_objective:
+            return False  # Optuna does not prune multi-objective studies
+        trial = self._live(number)
+        if epoch in self._frozen(number).intermediate_values:
+            return False  # a resumed trial re-reporting an epoch: the first report stands
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
+        trial = self._live(number)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def tell(self, number: int, state: TrialState, values: list[float] | None = None) -> None:
+        if self._frozen(number).state in FINISHED:
+            return  # told already (a duplicate completion after a resume)
+        self.study.tell(self._frozen(number).number, values=values, state=state)

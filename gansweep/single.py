@@ -1,0 +1,120 @@
+"""`gansweep train` and `gansweep baseline`: one trial or one score, no services."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gansweep.errors import TrialDiverged
+from gansweep.study import TrialConfig
+
+SUMMARY_METRICS = (
+    "d_loss",
+    "d_loss_star",
+    "g_loss",
+    "g_loss_star",
+    "d_real",
+    "d_fake",
+    "parzen_ll",
+    "parzen_stderr",
+    "parzen_sigma",
+    "modes_covered",
+    "high_quality_share",
+    "wall_time",
+)
+
+
+def write_csv_atomically(rows: list[dict[str, float]], path: Path) -> None:
+    """Rewrite the whole table each time: a reader never sees a half-written file."""
+    import pandas as pd
+
+    tmp = path.with_suffix(".csv.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def epoch_summary(metrics: dict[str, float]) -> str:
+    text = f"d {metrics['d_loss']:.3f} g {metrics['g_loss']:.3f}"
+    if "parzen_ll" in metrics:
+        text += f" parzen {metrics['parzen_ll']:.2f}"
+    return text
+
+
+def train_one(trial: TrialConfig, output: Path) -> int:
+    from gansweep.data import load_dataset
+    from gansweep.train import resolve_device, train_gan
+
+    console = Console()
+    device = resolve_device(trial.device)
+    data = load_dataset(
+        trial.dataset, data_dir=trial.data_dir, seed=trial.seed, device=device, n_train=trial.n_train
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "trial.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False))
+    rows: list[dict[str, float]] = []
+    progress = Progress(
+        TextColumn("[bold]epoch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        disable=not console.is_terminal,  # CI logs stay readable: only the summary is printed
+    )
+
+    def report(metrics: dict[str, float], epoch: int, state: object) -> None:
+        rows.append(metrics)
+        write_csv_atomically(rows, output / "metrics.csv")
+        progress.update(task, completed=epoch, description=epoch_summary(metrics))
+
+    with progress:
+        task = progress.add_task("", total=trial.epochs)
+        try:
+            train_gan(trial, data, report, sample_dir=output / "samples")
+        except TrialDiverged as err:
+            console.print(f"[red]trial failed: {err}[/red]")
+            console.print(f"metrics so far: {output / 'metrics.csv'}")
+            return 1
+    print_summary(console, trial, rows[-1], output)
+    return 0
+
+
+def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], output: Path) -> None:
+    table = Table(title=f"{trial.dataset} / {trial.architecture} / {trial.loss}, alpha={trial.alpha}, k={trial.k}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in SUMMARY_METRICS:
+        if name in last:
+            table.add_row(name, f"{last[name]:.4f}")
+    console.print(table)
+    console.print(f"metrics: {output / 'metrics.csv'}   samples: {output / 'samples'}")
+
+
+def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: str, seed: int) -> int:
+    from gansweep.data import load_dataset
+    from gansweep.errors import ConfigError
+    from gansweep.parzen import data_as_model_baseline
+    from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
+    from gansweep.train import resolve_device
+
+    if dataset not in TOY_DATASETS + IMAGE_DATASETS:
+        raise ConfigError(
+            f"baseline: unknown dataset {dataset!r}; valid: {', '.join(TOY_DATASETS + IMAGE_DATASETS)}"
+        )
+    if n_samples < 1:
+        raise ConfigError(f"baseline: --samples must be at least 1, got {n_samples}")
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed, device=resolve_device(device))
+    result = data_as_model_baseline(
+        data.train, data.valid[:1_000], data.test, data.default_sigmas, n_samples=n_samples, seed=seed
+    )
+    print(
+        f"{dataset}: data-as-model Parzen log-likelihood {result.mean:.2f} +- {result.stderr:.2f} "
+        f"(sigma {result.sigma:.4g}, {result.n_samples} training examples as kernel centres, "
+        f"{result.n_test} test examples)"
+    )
+    return 0

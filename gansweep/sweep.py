@@ -1,0 +1,312 @@
+"""`gansweep run`: a study's trials on Ray Tune, chosen and pruned by Optuna, tracked in MLflow.
+
+    OptunaSearcher      Tune asks it for the next trial; it asks Optuna (or hands back a trial
+                        an interrupted sweep left unfinished) and tells Optuna how it ended.
+    OptunaPruner        a Tune scheduler: each evaluation is reported to Optuna's pruner, and
+                        its verdict stops the trial.
+    TrackingCallback    the driver's MLflow writer (tracking.py) and the checkpoint recorder.
+
+The Optuna study is the source of truth: a trial is finished once Optuna was told, and a
+new `gansweep run` of the same study resumes the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from gansweep.errors import ConfigError
+from gansweep.progress import SweepProgress
+from gansweep.results import write_results
+from gansweep.search import OptunaStudy, requested_trials
+from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
+from gansweep.study import StudyConfig, TrialConfig
+from gansweep.tracking import TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
+from gansweep.worker import GENERATOR_FILE, SAMPLES_DIR, run_trial
+
+# Keys Tune adds to every result; they are not ours to log.
+TUNE_KEYS = {
+    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "hostname",
+    "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+    "done", "trial_id", "date", "config", "experiment_tag", "should_checkpoint",
+}
+
+
+def number_of(trial: Trial) -> int:
+    return int(trial.config["number"])
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def trial_state(study: OptunaStudy, number: int, result: dict[str, Any]) -> TrialState | None:
+    """How a trial that Tune stopped ended; None when it was interrupted midway (Ctrl-C
+    stops running trials the same way as completion), so it stays RUNNING for a resume."""
+    if "failure_reason" in result:
+        return TrialState.FAIL
+    if study.study.trials[number].user_attrs.get("pruned_at") is not None:
+        return TrialState.PRUNED
+    if int(result.get("epoch", 0)) >= int(study.values_of(number)["epochs"]):
+        return TrialState.COMPLETE
+    return None
+
+
+def objective_values(config: StudyConfig, result: dict[str, Any]) -> list[float] | None:
+    specs = [config.objective] + ([config.objective.second] if config.objective.second else [])
+    values = [result.get(spec.metric) for spec in specs]
+    if any(v is None for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+class OptunaSearcher(Searcher):
+    def __init__(self, study: OptunaStudy, threads: int) -> None:
+        super().__init__()
+        self.optuna = study
+        self.threads = threads
+        # Trials a killed driver left RUNNING: handed out again first, same number and values.
+        self.resumable = [t.number for t in study.unfinished()]
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.resumable:
+            number = self.resumable.pop(0)
+            values = self.optuna.values_of(number)
+        else:
+            number, values = self.optuna.ask()
+        resume = self.optuna.study.trials[number].user_attrs.get("checkpoint")
+        self.optuna.set_attrs(number, {"tune_trial_id": trial_id})
+        self.numbers[trial_id] = number
+        return {"number": number, "values": values, "resume": resume, "threads": self.threads}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self.numbers.get(trial_id)
+        if number is None or error or not result:
+            return  # errors are recorded by TrackingCallback.on_trial_error; no result: resumable
+        state = trial_state(self.optuna, number, result)
+        if state is None:
+            return
+        values = objective_values(self.optuna.config, result) if state == TrialState.COMPLETE else None
+        if state == TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL  # finished without the objective: nothing to compare
+            self.optuna.set_attrs(number, {"failure_reason": "objective metric missing from final result"})
+        summary = {k: result[k] for k in ("epoch", "d_loss", "g_loss", "wall_time", "failure_reason") if k in result}
+        self.optuna.set_attrs(number, summary)
+        self.optuna.tell(number, state, values)
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # the Optuna storage holds everything; resumes read it, not this file
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+class OptunaPruner(FIFOScheduler):
+    """Asks the study's Optuna pruner after each evaluation whether to stop the trial."""
+
+    def __init__(self, study: OptunaStudy) -> None:
+        super().__init__()
+        self.optuna = study
+        self.metric_name = study.config.objective.metric
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        value = result.get(self.metric_name)
+        if value is None or "epoch" not in result:
+            return TrialScheduler.CONTINUE
+        number, epoch = number_of(trial), int(result["epoch"])
+        if epoch < trial.config["values"]["epochs"] and self.optuna.report(number, float(value), epoch):
+            self.optuna.set_attrs(number, {"pruned_at": epoch})
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+
+
+class TrackingCallback(tune.Callback):
+    def __init__(self, study: OptunaStudy, tracker: Tracker, search_names: list[str], progress: SweepProgress) -> None:
+        self.optuna = study
+        self.tracker = tracker
+        self.search_names = search_names
+        self.progress = progress
+        self.artifacts = tracker.output / "artifacts"
+
+    def run_name(self, number: int, values: dict[str, Any]) -> str:
+        shown = " ".join(f"{name}={values[name]}" for name in self.search_names if name in values)
+        return f"{number:03d} {shown}".strip()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        number, values = number_of(trial), trial.config["values"]
+        self.tracker.start_child(number, self.run_name(number, values), values)
+        self.progress.started(number)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
+        metrics = numeric_metrics(result)
+        epoch = int(metrics.pop("epoch", result.get("training_iteration", 0)))
+        if "failure_reason" not in result:
+            self.tracker.log_epoch(number_of(trial), metrics, epoch)
+        self.progress.result(number_of(trial), result, epoch)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Trial, checkpoint: tune.Checkpoint, **info: Any) -> None:
+        number = number_of(trial)
+        self.optuna.set_attrs(number, {"checkpoint": checkpoint_uri(checkpoint)})
+        self.fetch(checkpoint, SAMPLES_DIR, self.artifacts / str(number) / SAMPLES_DIR, number)
+
+    def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: int) -> None:
+        """Copy a file or folder out of a checkpoint (local or S3) and log it to the run."""
+        source = f"{checkpoint.path}/{name}"
+        info = checkpoint.filesystem.get_file_info(source)
+        if info.type == pyarrow.fs.FileType.NotFound:
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        if info.type == pyarrow.fs.FileType.File:
+            pyarrow.fs.copy_files(source, str(target / name), source_filesystem=checkpoint.filesystem)
+        else:
+            pyarrow.fs.copy_files(source, str(target), source_filesystem=checkpoint.filesystem)
+        self.tracker.log_artifacts(number, target, target.name if target.name != str(number) else None)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        number = number_of(trial)
+        frozen = self.optuna.study.trials[number]
+        state = frozen.state.name if frozen.state.is_finished() else "INTERRUPTED"
+        tags = {}
+        if frozen.user_attrs.get("pruned_at") is not None:
+            tags[TAG_PRUNED_AT] = str(frozen.user_attrs["pruned_at"])
+        if frozen.user_attrs.get("failure_reason"):
+            tags[TAG_REASON] = frozen.user_attrs["failure_reason"]
+        if trial.checkpoint is not None:
+            self.fetch(trial.checkpoint, GENERATOR_FILE, self.artifacts / str(number) / "checkpoint", number)
+        self.log_theory_plot(number, trial.config["values"])
+        self.tracker.finish_child(number, state, tags)
+        self.progress.finished(number, state)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        number = number_of(trial)
+        reason = f"worker error after {trial.num_failures} attempt(s): {trial.error_file or 'see Ray logs'}"
+        self.optuna.set_attrs(number, {"failure_reason": reason})
+        self.optuna.tell(number, TrialState.FAIL)
+        self.tracker.finish_child(number, "FAIL", {TAG_REASON: reason})
+        self.progress.finished(number, "FAIL")
+
+    def log_theory_plot(self, number: int, values: dict[str, Any]) -> None:
+        from gansweep.plots import plot_losses_vs_theory
+
+        history = self.tracker.metric_history(number, ("d_loss", "g_loss", "d_loss_star", "g_loss_star"))
+        if not history.get("d_loss"):
+            return
+        folder = self.artifacts / str(number) / "plots"
+        folder.mkdir(parents=True, exist_ok=True)
+        plot_losses_vs_theory(history, TrialConfig.model_validate(values), folder / "losses_vs_theory.png")
+        self.tracker.log_artifacts(number, folder, "plots")
+
+
+def init_ray(address: str | None) -> None:
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=False,  # workers' logs stay in Ray's session folder, not the terminal
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
+
+
+def run_study(
+    study: StudyConfig,
+    *,
+    study_path: Path,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    output: Path | None = None,
+) -> int:
+    output = (output or study.output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    optuna_study = OptunaStudy(study, optuna_storage_url(study.storage, output))
+    tracker = Tracker(
+        tracking_uri or study.tracking.tracking_uri or default_tracking_uri(),
+        study.experiment_name,
+        study.name,
+        output,
+    )
+    tracker.log_study(
+        {"study_file": str(study_path), **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in study.search.items()}},
+        study_path,
+    )
+    total = requested_trials(study)
+    to_run = total - optuna_study.finished_count()
+    progress = SweepProgress(total=total, done=optuna_study.finished_count(), metric=study.objective.metric, direction=study.objective.direction)
+    status = "FINISHED"
+    try:
+        if to_run > 0:
+            init_ray(address)
+            run_tune(study, optuna_study, tracker, progress, to_run, output)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        close_interrupted(optuna_study, tracker)
+        results = write_results(optuna_study, output / "results.csv")
+        progress.close(results)
+        tracker.finish_study(status if not optuna_study.unfinished() else "KILLED", [output / "results.csv"])
+        tracker.flush_with_retries()
+        if ray.is_initialized():
+            ray.shutdown()
+    return 0
+
+
+def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
+    """Trials still RUNNING in Optuna after Tune stopped (Ctrl-C) are resumed by the next
+    run; their MLflow runs end KILLED meanwhile, never left RUNNING."""
+    for frozen in study.unfinished():
+        if frozen.number in tracker.run_ids and frozen.number not in tracker.closed:
+            tracker.finish_child(frozen.number, "INTERRUPTED", {})
+
+
+def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress, to_run: int, output: Path) -> None:
+    budget = study.budget
+    storage_path = tune_storage_path(output)
+    trainable = tune.with_resources(run_trial, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearcher(optuna_study, threads=max(1, int(budget.cpus_per_trial))),
+            scheduler=OptunaPruner(optuna_study),
+            num_samples=to_run,
+            max_concurrent_trials=budget.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=strip_scheme(storage_path),
+            storage_filesystem=storage_filesystem(storage_path),
+            failure_config=tune.FailureConfig(max_failures=budget.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[TrackingCallback(optuna_study, tracker, list(study.search), progress)],
+            verbose=0,
+        ),
+    )
+    with progress.live():
+        tuner.fit()
+    shutil.rmtree(output / "tune-tmp", ignore_errors=True)

@@ -1,0 +1,226 @@
+"""MLflow: one parent run per study, one child run per trial, written by the driver alone.
+
+Workers never talk to MLflow: the driver receives every result through Ray Tune and logs it
+here. One writer means no lock contention on a SQLite store, credentials only on the driver,
+and one place that buffers while the tracking server is away.
+
+Policy while the server is unreachable: calls are queued in order and replayed before the
+next call and at the end of the sweep; the sweep never stops for tracking. What still cannot
+be delivered at the end is written to <output>/mlflow-undelivered.jsonl and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gansweep.errors import GansweepError
+
+# Fail fast and let the queue below retry, instead of MLflow's own minutes-long backoff
+# blocking the driver's event loop.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+TAG_ROLE = "gansweep.role"
+TAG_STUDY = "gansweep.study"
+TAG_OUTPUT = "gansweep.output"
+TAG_TRIAL = "gansweep.trial"
+TAG_STATE = "gansweep.state"
+TAG_PRUNED_AT = "gansweep.pruned_at"
+TAG_REASON = "gansweep.failure_reason"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def default_tracking_uri() -> str:
+    """MLflow's own default (sqlite:///mlflow.db in the working directory) unless set."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+@dataclass
+class Tracker:
+    tracking_uri: str
+    experiment: str
+    study_name: str
+    output: Path
+    client: MlflowClient = field(init=False)
+    experiment_id: str = field(init=False)
+    parent_id: str = field(init=False)
+    pending: deque[tuple[str, Callable[[], Any]]] = field(default_factory=deque, init=False)
+    last_step: dict[int, int] = field(default_factory=dict, init=False)  # trial -> epoch logged
+    run_ids: dict[int, str] = field(default_factory=dict, init=False)  # trial -> MLflow run
+    closed: set[int] = field(default_factory=set, init=False)  # trials whose run was ended
+
+    def __post_init__(self) -> None:
+        self.client = MlflowClient(self.tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(self.experiment)
+            self.experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(self.experiment)
+            )
+            self.parent_id = self._find_or_create_parent()
+        except Exception as err:  # any failure here: we have not started a single trial yet
+            raise GansweepError(
+                f"MLflow tracking at {self.tracking_uri} is not usable: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
+            ) from None
+
+    # -- resilience ------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run fn now if the queue is empty and the server answers, else queue it."""
+        self.pending.append((what, fn))
+        self.flush()
+
+    def flush(self) -> bool:
+        while self.pending:
+            what, fn = self.pending[0]
+            try:
+                fn()
+            except Exception:
+                return False
+            self.pending.popleft()
+        return True
+
+    def flush_with_retries(self, seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(2.0)
+        if self.pending:
+            path = self.output / "mlflow-undelivered.jsonl"
+            with path.open("a") as file:
+                for what, _ in self.pending:
+                    file.write(json.dumps({"call": what}) + "\n")
+            raise GansweepError(
+                f"{len(self.pending)} MLflow calls could not reach {self.tracking_uri}; "
+                f"listed in {path}. Results are complete in the output folder."
+            )
+
+    # -- parent ---------------------------------------------------------------------------
+    def _find_or_create_parent(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{self.study_name}' "
+                f"and tags.`{TAG_OUTPUT}` = '{self.output.resolve()}'"
+            ),
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.study_name,
+            tags={TAG_ROLE: "study", TAG_STUDY: self.study_name, TAG_OUTPUT: str(self.output.resolve())},
+        )
+        return run.info.run_id
+
+    def log_study(self, params: dict[str, Any], study_file: Path) -> None:
+        existing = self.client.get_run(self.parent_id).data.params
+        fresh = [Param(k, param_text(v)) for k, v in params.items() if k not in existing]
+        if fresh:
+            self._call("log_batch parent params", lambda: self.client.log_batch(self.parent_id, params=fresh))
+        self._call("log study file", lambda: self.client.log_artifact(self.parent_id, str(study_file), "study"))
+
+    def finish_study(self, status: str, artifacts: list[Path]) -> None:
+        for path in artifacts:
+            self._call(f"log {path.name}", lambda p=path: self.client.log_artifact(self.parent_id, str(p)))
+        self._call("end parent", lambda: self.client.set_terminated(self.parent_id, status))
+
+    # -- children -------------------------------------------------------------------------
+    # Child operations are keyed by trial number and resolve the run id when they run, so
+    # that even a run's creation can wait in the queue while the server is away.
+    def start_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
+        self._call(f"start trial {number}", lambda: self._open_child(number, run_name, params))
+
+    def _open_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
+        """The trial's run: found again when a trial resumes, created otherwise."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL}` = '{number}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_STATE, "RUNNING")
+            history = self.client.get_metric_history(run_id, "d_loss")
+            self.last_step[number] = max((m.step for m in history), default=0)
+            self.run_ids[number] = run_id
+            self.closed.discard(number)
+            return
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={PARENT_TAG: self.parent_id, TAG_TRIAL: str(number), TAG_STUDY: self.study_name, TAG_STATE: "RUNNING"},
+        )
+        batch = [Param(k, param_text(v)) for k, v in params.items()]
+        for start in range(0, len(batch), 100):  # MLflow takes 100 params per batch
+            self.client.log_batch(run.info.run_id, params=batch[start : start + 100])
+        self.last_step[number] = 0
+        self.run_ids[number] = run.info.run_id
+
+    def log_epoch(self, number: int, metrics: dict[str, float], epoch: int) -> None:
+        """Metrics with step = epoch; an epoch already logged (a resumed trial) is skipped."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+
+        def log() -> None:
+            if epoch <= self.last_step[number]:
+                return
+            self.client.log_batch(self.run_ids[number], metrics=batch)
+            self.last_step[number] = epoch
+
+        self._call(f"trial {number} epoch {epoch} metrics", log)
+
+    def log_artifacts(self, number: int, folder: Path, artifact_path: str | None = None) -> None:
+        """Log a folder's files; the folder must stay until the queue has delivered them."""
+        self._call(
+            f"trial {number} artifacts {artifact_path}",
+            lambda: self.client.log_artifacts(self.run_ids[number], str(folder), artifact_path),
+        )
+
+    def metric_history(self, number: int, names: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+        if not self.flush():
+            return {}
+        run_id = self.run_ids[number]
+        return {
+            name: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, name))
+            for name in names
+        }
+
+    def finish_child(self, number: int, state: str, tags: dict[str, str]) -> None:
+        """state: COMPLETE, PRUNED, FAIL or INTERRUPTED -> MLflow FINISHED, KILLED, FAILED, KILLED."""
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
+        all_tags = [RunTag(TAG_STATE, state)] + [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+
+        def finish() -> None:
+            self.client.log_batch(self.run_ids[number], tags=all_tags)
+            self.client.set_terminated(self.run_ids[number], status)
+
+        self.closed.add(number)
+        self._call(f"trial {number} end {state}", finish)
+
+    def open_children(self) -> list[str]:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and attributes.status = 'RUNNING'",
+        )
+        return [run.info.run_id for run in runs]

@@ -1,0 +1,334 @@
+"""One GAN trial: Algorithm 1 of Goodfellow et al. (2014) with the alpha parametrisation.
+
+Per iteration: k discriminator updates on fresh minibatches, then one generator update.
+An epoch is `steps_per_epoch` iterations (default: as many as there are minibatches in the
+training set). This module knows nothing of Ray or MLflow: it reports per-epoch metrics
+through a plain callable, which may raise to stop the trial (pruning).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from gansweep.data import Dataset, minibatch
+from gansweep.errors import TrialDiverged
+from gansweep.losses import (
+    Loss,
+    alpha_weights,
+    discriminator_loss,
+    discriminator_output,
+    equilibrium,
+    generator_loss,
+    get_loss,
+    gradient_penalty,
+    minibatch_plan,
+)
+from gansweep.metrics import mode_coverage, save_sample_grid, save_scatter
+from gansweep.models import build_models
+from gansweep.parzen import evaluate
+from gansweep.study import TrialConfig
+
+Metrics = dict[str, float]
+# The loss sums each epoch accumulates on the device, read back once per epoch.
+ACCUMULATED = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: Metrics, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Receives each epoch's metrics; `state()` gives a checkpointable training state."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from gansweep.errors import ConfigError
+
+        raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+# Maps between the canonical data scale ([0,1] images, raw 2D points) and the generator's
+# output range, so a tanh generator trains on [-1,1] and Parzen always sees [0,1] images.
+TO_MODEL_SCALE: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": lambda x: x * 2.0 - 1.0,
+    "sigmoid": lambda x: x,
+    "identity": lambda x: x,
+}
+TO_DATA_SCALE: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": lambda x: ((x + 1.0) / 2.0).clamp(0.0, 1.0),
+    "sigmoid": lambda x: x,
+    "identity": lambda x: x,
+}
+
+
+def sample_noise(trial: TrialConfig, n: int, device: torch.device) -> Tensor:
+    if trial.noise == "uniform":
+        return torch.rand(n, trial.noise_dim, device=device) * 2.0 - 1.0  # U(-1, 1)
+    return torch.randn(n, trial.noise_dim, device=device)
+
+
+def make_optimizer(trial: TrialConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    if trial.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=trial.momentum)
+    return torch.optim.Adam(params, lr=lr, betas=(trial.adam_beta1, trial.adam_beta2))
+
+
+def momentum_at(trial: TrialConfig, epoch: int) -> float:
+    """Goodfellow's schedule: momentum ramps linearly from `momentum` to `momentum_final`."""
+    if trial.momentum_final is None or trial.epochs == 1:
+        return trial.momentum
+    share = (epoch - 1) / (trial.epochs - 1)
+    return trial.momentum + share * (trial.momentum_final - trial.momentum)
+
+
+def is_eval_epoch(trial: TrialConfig, epoch: int) -> bool:
+    return epoch % trial.eval_every == 0 or epoch == trial.epochs
+
+
+def is_sample_epoch(trial: TrialConfig, epoch: int) -> bool:
+    if trial.sample_epochs is None:
+        return is_eval_epoch(trial, epoch)
+    return epoch in trial.sample_epochs
+
+
+def steps_per_epoch(trial: TrialConfig, n_train: int) -> int:
+    return trial.steps_per_epoch or max(1, n_train // trial.batch_size)
+
+
+@dataclass
+class GanTrial:
+    """The mutable state of one trial: networks, optimisers, the epoch reached."""
+
+    trial: TrialConfig
+    data: Dataset
+    device: torch.device
+    generator: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    loss: Loss
+    train_data: Tensor  # the training split in the generator's output scale, on the device
+    epoch: int = 0
+    wall_time: float = 0.0
+    last_samples: Tensor | None = None  # the latest evaluation's samples, reused for plots
+    last_metrics: Metrics | None = None  # kept in checkpoints: a finished trial can re-report
+
+    @classmethod
+    def create(cls, trial: TrialConfig, data: Dataset) -> GanTrial:
+        device = resolve_device(trial.device)
+        torch.manual_seed(trial.seed)
+        generator, discriminator = build_models(trial, data.shape)
+        generator, discriminator = generator.to(device), discriminator.to(device)
+        scale = TO_MODEL_SCALE[trial.generator_output]
+        return cls(
+            trial=trial,
+            data=data,
+            device=device,
+            generator=generator,
+            discriminator=discriminator,
+            opt_g=make_optimizer(trial, generator.parameters(), trial.effective_lr_g),
+            opt_d=make_optimizer(trial, discriminator.parameters(), trial.lr_d),
+            loss=get_loss(trial.loss),
+            train_data=scale(data.train.to(device)),
+        )
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "epoch": self.epoch,
+            "wall_time": self.wall_time,
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "metrics": self.last_metrics,
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.wall_time = float(state["wall_time"])
+        self.last_metrics = state.get("metrics")
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+    # -- one epoch -----------------------------------------------------------------------
+    def discriminator_step(self, sums: Tensor) -> None:
+        trial, loss = self.trial, self.loss
+        plan = minibatch_plan(trial.alpha_mode, trial.alpha, trial.batch_size)
+        real = minibatch(self.train_data, plan.n_real)
+        with torch.no_grad():
+            fake = self.generator(sample_noise(trial, plan.n_fake, self.device))
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(fake)
+        w_real, w_fake = alpha_weights(trial.alpha_mode, trial.alpha, plan, self.device)
+        d_loss = discriminator_loss(
+            loss, real_logits, fake_logits, w_real, w_fake, trial.label_smoothing
+        )
+        total = d_loss
+        if loss.gradient_penalty:
+            total = d_loss + trial.gp_weight * gradient_penalty(self.discriminator, real, fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_d.step()
+        with torch.no_grad():
+            sums[0] += d_loss.detach() / trial.k
+            sums[2] += discriminator_output(loss, real_logits).mean() / trial.k
+            sums[3] += discriminator_output(loss, fake_logits).mean() / trial.k
+
+    def generator_step(self, sums: Tensor) -> None:
+        fake = self.generator(sample_noise(self.trial, self.trial.batch_size, self.device))
+        g_loss = generator_loss(self.loss, self.discriminator(fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        sums[1] += g_loss.detach()
+
+    def train_epoch(self) -> Metrics:
+        """One epoch; returns the mean losses and D outputs. One host sync, at the end."""
+        trial = self.trial
+        self.epoch += 1
+        if trial.optimizer == "sgd":
+            for group in self.opt_d.param_groups + self.opt_g.param_groups:
+                group["momentum"] = momentum_at(trial, self.epoch)
+        self.generator.train()
+        self.discriminator.train()
+        steps = steps_per_epoch(trial, self.train_data.shape[0])
+        sums = torch.zeros(len(ACCUMULATED), device=self.device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            for _ in range(trial.k):
+                self.discriminator_step(sums)
+            self.generator_step(sums)
+        means = (sums / steps).tolist()
+        elapsed = time.perf_counter() - started
+        self.wall_time += elapsed
+        metrics = dict(zip(ACCUMULATED, means, strict=True))
+        for name in ("d_loss", "g_loss"):
+            if not math.isfinite(metrics[name]):
+                raise TrialDiverged(self.epoch, name, metrics[name])
+        metrics["epoch_time"] = elapsed
+        metrics["wall_time"] = self.wall_time
+        metrics["samples_per_second"] = steps * trial.batch_size * (trial.k + 1) / elapsed
+        return metrics
+
+    # -- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, n: int, chunk: int = 2_000) -> Tensor:
+        """n samples in the canonical data scale ([0,1] images, raw 2D points)."""
+        self.generator.eval()
+        to_data = TO_DATA_SCALE[self.trial.generator_output]
+        parts = [
+            to_data(self.generator(sample_noise(self.trial, min(chunk, n - start), self.device)))
+            for start in range(0, n, chunk)
+        ]
+        self.generator.train()
+        return torch.cat(parts)
+
+    def evaluate(self) -> Metrics:
+        trial, data = self.trial, self.data
+        # Evaluation draws noise from its own seeded stream so that scoring does not shift
+        # the training RNG: the same seed gives the same losses whatever eval_every is.
+        rng_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        torch.manual_seed(trial.seed + 1_000_003 * self.epoch)
+        samples = self.generate(trial.eval_samples)
+        torch.set_rng_state(rng_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, self.device)
+        self.last_samples = samples
+        valid = data.valid[: trial.eval_valid].to(self.device)
+        test = data.test if trial.eval_test is None else data.test[: trial.eval_test]
+        sigmas = trial.parzen_sigmas or data.default_sigmas
+        result = evaluate(samples, valid, test.to(self.device), sigmas)
+        metrics = {
+            "parzen_ll": result.mean,
+            "parzen_stderr": result.stderr,
+            "parzen_sigma": result.sigma,
+        }
+        if data.modes is not None and data.mode_std is not None:
+            covered, quality = mode_coverage(samples, data.modes.to(self.device), data.mode_std)
+            metrics["modes_covered"] = float(covered)
+            metrics["high_quality_share"] = quality
+        return metrics
+
+    def save_samples(self, folder: Path) -> Path:
+        """A sample grid (images) or a scatter over the real data (2D) for this epoch."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch_{self.epoch:04d}.png"
+        samples = self.last_samples
+        if self.data.is_image:
+            shown = (samples if samples is not None else self.generate(64))[:64]
+            return save_sample_grid(shown.reshape(-1, *self.data.shape).cpu(), path)
+        shown = (samples if samples is not None else self.generate(1_000))[:1_000]
+        return save_scatter(
+            shown.cpu(), self.data.test.cpu(), path, title=f"{self.trial.dataset}, epoch {self.epoch}"
+        )
+
+
+def theory_metrics(trial: TrialConfig, metrics: Metrics) -> Metrics:
+    """The equilibrium losses of THEORY.md and the gaps to them, where theory gives them."""
+    star = equilibrium(trial.loss, trial.alpha, trial.label_smoothing)
+    if star is None:
+        return {}
+    return {
+        "d_loss_star": star.d_loss,
+        "g_loss_star": star.g_loss,
+        "d_loss_gap": abs(metrics["d_loss"] - star.d_loss),
+        "g_loss_gap": abs(metrics["g_loss"] - star.g_loss),
+    }
+
+
+def train_gan(
+    trial: TrialConfig,
+    data: Dataset,
+    report: Reporter | None = None,
+    *,
+    sample_dir: Path | None = None,
+    resume_from: dict[str, Any] | None = None,
+) -> list[Metrics]:
+    """Train one trial to `trial.epochs`, reporting after every epoch.
+
+    `resume_from` is a `state()` given to an earlier report: training continues after its
+    epoch with the same networks, optimiser moments and RNG state. Raises TrialDiverged on a
+    NaN or infinite loss; exceptions raised by `report` (e.g. a pruning signal) propagate.
+    """
+    gan = GanTrial.create(trial, data)
+    if resume_from is not None:
+        gan.load_state_dict(resume_from)
+    history: list[Metrics] = []
+    if gan.epoch >= trial.epochs and gan.last_metrics is not None and report is not None:
+        # Resumed from the final checkpoint (its driver stopped before recording the end):
+        # say the last epoch's metrics again so that the caller can close the trial.
+        report(gan.last_metrics, gan.epoch, gan.state_dict)
+    while gan.epoch < trial.epochs:
+        metrics = gan.train_epoch()
+        metrics.update(theory_metrics(trial, metrics))
+        gan.last_samples = None
+        if is_eval_epoch(trial, gan.epoch):
+            metrics.update(gan.evaluate())
+        if sample_dir is not None and is_sample_epoch(trial, gan.epoch):
+            gan.save_samples(sample_dir)
+        metrics["epoch"] = float(gan.epoch)
+        gan.last_metrics = metrics
+        history.append(metrics)
+        if report is not None:
+            report(metrics, gan.epoch, gan.state_dict)
+    return history

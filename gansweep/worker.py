@@ -1,0 +1,89 @@
+"""What runs inside a Ray Tune trial: one GAN trial, reporting each epoch with a checkpoint.
+
+Imported by Ray workers, so it imports Ray; it knows nothing of Optuna or MLflow (the driver
+records everything). A checkpoint folder holds:
+    state.pt       full training state (networks, optimisers, RNG, last metrics)
+    generator.pt   the generator's weights and the trial config, the artifact users keep
+    samples/       the sample image of this epoch, when it is a sample epoch
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from gansweep.data import Dataset, load_dataset
+from gansweep.errors import GansweepError
+from gansweep.storage import storage_filesystem, strip_scheme
+from gansweep.study import TrialConfig
+from gansweep.train import is_eval_epoch, resolve_device, train_gan
+
+STATE_FILE = "state.pt"
+GENERATOR_FILE = "generator.pt"
+SAMPLES_DIR = "samples"
+
+
+@lru_cache(maxsize=4)
+def cached_dataset(name: str, data_dir: str | None, seed: int, device: str, n_train: int | None) -> Dataset:
+    # Reused actors run many trials: load each dataset once per worker process.
+    return load_dataset(name, data_dir=data_dir, seed=seed, device=device, n_train=n_train)
+
+
+def load_resume_state(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Tune's own checkpoint (a retry after a worker died) wins over the one recorded in the
+    Optuna study (a trial resumed by a new `gansweep run` after the driver stopped)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and config.get("resume"):
+        uri = config["resume"]
+        checkpoint = tune.Checkpoint(strip_scheme(uri), filesystem=storage_filesystem(uri))
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def write_checkpoint(folder: Path, state: dict[str, Any], trial: TrialConfig, sample: Path | None) -> None:
+    torch.save(state, folder / STATE_FILE)
+    torch.save({"generator": state["generator"], "trial": trial.model_dump(mode="json")}, folder / GENERATOR_FILE)
+    if sample is not None:
+        (folder / SAMPLES_DIR).mkdir()
+        shutil.copy(sample, folder / SAMPLES_DIR / sample.name)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable. config = {"number": Optuna trial number, "values": trial fields,
+    "resume": checkpoint URI or None, "threads": CPU threads for torch}."""
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    trial = TrialConfig.model_validate(config["values"])
+    try:
+        device = resolve_device(trial.device)
+        data = cached_dataset(trial.dataset, trial.data_dir, trial.seed, str(device), trial.n_train)
+    except GansweepError as err:
+        # Bad data or device: a retry would fail the same way, so fail the trial, not the actor.
+        tune.report({"epoch": 0, "failure_reason": str(err)})
+        return
+    resume = load_resume_state(config)
+    with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples:
+        sample_dir = Path(samples)
+
+        def report(metrics: dict[str, float], epoch: int, state: Any) -> None:
+            if not is_eval_epoch(trial, epoch):
+                tune.report(metrics)  # checkpoints at evaluation epochs only: they are not free
+                return
+            sample = sample_dir / f"epoch_{epoch:04d}.png"
+            with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
+                write_checkpoint(Path(folder), state(), trial, sample if sample.exists() else None)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+        try:
+            train_gan(trial, data, report, sample_dir=sample_dir, resume_from=resume)
+        except GansweepError as err:  # TrialDiverged and friends: recorded, not retried
+            tune.report({"epoch": getattr(err, "epoch", 0), "failure_reason": str(err)})
+        except torch.OutOfMemoryError as err:
+            tune.report({"epoch": 0, "failure_reason": f"out of memory: {err}".splitlines()[0]})
