@@ -117,7 +117,7 @@ def _log_likelihoods(
     x = x.to(device)
     sigmas = sigmas.to(device=device, dtype=wide)
     inv = 0.5 / sigmas**2  # (S,) 1 / (2 sigma^2)
-    inv32 = inv.float()
+    neg_inv32 = (-inv).float()
     log_norm = math.log(n) + d * torch.log(sigmas * math.sqrt(2.0 * math.pi))  # (S,)
 
     # Centring by a common mean keeps ||x||^2, ||mu||^2 and x.mu small, so their sum cancels
@@ -127,28 +127,42 @@ def _log_likelihoods(
     mu_sq = mu.square().sum(1)  # (N,)
 
     rows, cols = _block_shape(m, n, chunk_size)
+    size = min(rows, m) * min(cols, n)
+    # Buffers reused by every block: fresh CPU allocations of this size are mmap'd and
+    # page-faulted in on each use, which costs more than the exponentials themselves.
+    partial_buf = torch.empty(size, dtype=wide, device=device)
+    shifted_buf = torch.empty(size, dtype=torch.float32, device=device)
+    exp_buf = torch.empty(size, dtype=torch.float32, device=device)
+    sums = torch.empty(len(sigmas), min(rows, m), dtype=torch.float32, device=device)
     out = torch.empty(len(sigmas), m, dtype=wide, device=device)
     for r0 in range(0, m, rows):
         xb = x[r0 : r0 + rows].to(wide) - centre  # (m_b, d)
-        xb_sq = xb.square().sum(1, keepdim=True)  # (m_b, 1)
+        xb_sq = xb.square().sum(1)  # (m_b,)
+        m_b = xb.shape[0]
         acc: Tensor | None = None  # (S, m_b) logsumexp over the sample blocks seen so far
         for c0 in range(0, n, cols):
-            # (m_b, n_b): ||mu||^2 - 2 x.mu + ||x||^2, one matrix product, clamped at 0
-            dist = torch.addmm(mu_sq[c0 : c0 + cols], xb, mu[c0 : c0 + cols].T, alpha=-2.0)
-            dist.add_(xb_sq).clamp_min_(0.0)
-            nearest = dist.amin(1)  # (m_b,) the largest exponent is -nearest * inv
-            shifted = dist.sub_(nearest[:, None]).to(torch.float32)  # (m_b, n_b), >= 0
-            del dist
-            block = torch.stack(
-                [
-                    shifted.mul(-inv32[k]).clamp_min_(_MIN_EXPONENT).exp_().sum(1)
-                    for k in range(len(sigmas))
-                ]
-            )  # (S, m_b), each sum >= 1 because the nearest term is exp(0)
-            block = block.to(wide).log_() - inv[:, None] * nearest
-            acc = block if acc is None else torch.logaddexp(acc, block)
+            mu_b = mu[c0 : c0 + cols]
+            shape = (m_b, mu_b.shape[0])
+            count = shape[0] * shape[1]
+            # (m_b, n_b): ||mu||^2 - 2 x.mu, one matrix product. ||x||^2 is constant along a
+            # row, so it cancels from the shifted distances and joins only the row minimum.
+            partial = torch.addmm(
+                mu_sq[c0 : c0 + cols], xb, mu_b.T, alpha=-2.0,
+                out=partial_buf[:count].view(shape),
+            )
+            row_min = partial.amin(1)  # (m_b,)
+            nearest = (row_min + xb_sq).clamp_min_(0.0)  # (m_b,) smallest squared distance
+            # (m_b, n_b) >= 0: squared distance minus the row's smallest, rounded to float32
+            shifted = torch.sub(partial, row_min[:, None], out=shifted_buf[:count].view(shape))
+            block = sums[:, :m_b]  # (S, m_b)
+            for k in range(len(sigmas)):
+                exps = torch.mul(shifted, neg_inv32[k], out=exp_buf[:count].view(shape))
+                exps.clamp_min_(_MIN_EXPONENT).exp_()
+                torch.sum(exps, 1, out=block[k])  # >= 1: the nearest term is exp(0)
+            lse = block.to(wide).log_() - inv[:, None] * nearest  # (S, m_b)
+            acc = lse if acc is None else torch.logaddexp(acc, lse)
         assert acc is not None
-        out[:, r0 : r0 + rows] = acc
+        out[:, r0 : r0 + m_b] = acc
     return out - log_norm[:, None]
 
 

@@ -26,6 +26,8 @@ class SweepProgress:
         self.best: float | None = None
         self.started_at = time.monotonic()
         self.console = Console()
+        if not self.console.is_terminal:
+            self.console = Console(width=200)  # logs: keep table rows on one line
         self._live: Live | None = None
 
     def started(self, number: int) -> None:

@@ -22,8 +22,16 @@ from gansweep.study import Choice, FloatRange, IntRange, SearchParam, StudyConfi
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+class TuneGridSampler(optuna.samplers.GridSampler):
+    """GridSampler stops `study.optimize` once the grid is covered, by calling study.stop(),
+    which raises under ask/tell. Ray Tune's num_samples ends the sweep here instead."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        pass
+
+
 SAMPLERS: dict[str, Callable[[StudyConfig], optuna.samplers.BaseSampler]] = {
-    "grid": lambda s: optuna.samplers.GridSampler(grid_space(s), seed=s.sampler.seed),
+    "grid": lambda s: TuneGridSampler(grid_space(s), seed=s.sampler.seed),
     "random": lambda s: optuna.samplers.RandomSampler(seed=s.sampler.seed),
     "tpe": lambda s: optuna.samplers.TPESampler(
         seed=s.sampler.seed, n_startup_trials=max(2, min(10, (s.budget.trials or 10) // 3))

@@ -150,6 +150,11 @@ class TrackingCallback(tune.Callback):
         self.progress = progress
         self.artifacts = tracker.output / "artifacts"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its config for Tuner.restore, which gansweep does not use (resumes go
+        # through the Optuna study); the live MLflow client and console cannot be pickled.
+        return {}
+
     def run_name(self, number: int, values: dict[str, Any]) -> str:
         shown = " ".join(f"{name}={values[name]}" for name in self.search_names if name in values)
         return f"{number:03d} {shown}".strip()
@@ -221,6 +226,8 @@ class TrackingCallback(tune.Callback):
 
 def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
+    # Checkpoints at every evaluation force experiment snapshots; they are small, the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         ray.init(
             address=address,
