@@ -47,8 +47,9 @@ GOODFELLOW_N_VALID = 1_000
 # A block holds 16 bytes per element at its peak (float64 distances, a float32 copy and one
 # float32 buffer of exponentials): 2**23 elements is 128 MiB.
 _BLOCK_ELEMENTS = 1 << 23
-# Exponents below this underflow float32 anyway, and clamping them keeps exp() off the slow
-# denormal path; a clamped term weighs at most e^-80 of the largest, which is exactly 1.
+# Exponents are shifted so that the largest is exp(0) = 1. Those below -80 are raised to -80:
+# that keeps exp() off its slow underflow and denormal path, and N terms of e^-80 (2e-35)
+# change no sum that holds a 1.
 _MIN_EXPONENT = -80.0
 
 
@@ -97,48 +98,60 @@ def _block_shape(n_x: int, n_samples: int, chunk_size: int | None) -> tuple[int,
     return max(1, min(n_x, _BLOCK_ELEMENTS // cols)), cols
 
 
-def _log_likelihoods(
-    samples: Tensor, x: Tensor, sigmas: Tensor, chunk_size: int | None
-) -> Tensor:
-    """Per-example log p(x) for each sigma: (S,) sigmas, (N, d) samples, (M, d) x -> (S, M).
+@dataclass(frozen=True)
+class _Centres:
+    """Kernel centres prepared once per evaluation: centred, widened, with squared norms."""
 
-    sigmas is a tensor on the samples' device so that callers can pick a width on the device
-    without reading it back. Each block's squared distances are computed once and reused for
-    every sigma.
+    centre: Tensor  # (d,) the samples' mean
+    mu: Tensor  # (N, d) samples - centre
+    mu_sq: Tensor  # (N,) ||mu||^2
+
+    @classmethod
+    def of(cls, samples: Tensor) -> _Centres:
+        wide = _wide_dtype(samples.device)
+        # Centring by a common mean keeps ||x||^2, ||mu||^2 and x.mu small, so their sum
+        # cancels less; the distances themselves do not change.
+        centre = samples.mean(0, dtype=wide)
+        mu = samples.to(wide, copy=True).sub_(centre)
+        return cls(centre, mu, mu.square().sum(1))
+
+
+def _log_likelihoods(
+    centres: _Centres, x: Tensor, sigmas: Tensor, chunk_size: int | None
+) -> Tensor:
+    """Per-example log p(x) for each sigma: (S,) sigmas, (M, d) x -> (S, M).
+
+    sigmas is a tensor (on any device) so that callers can pick a width on the device without
+    reading it back. Each block's squared distances are computed once and reused for every
+    sigma.
     """
-    if samples.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"samples have {samples.shape[1]} dimensions but the data have {x.shape[1]}"
-        )
-    device = samples.device
-    wide = _wide_dtype(device)
-    n, d = samples.shape
-    m = x.shape[0]
+    mu, mu_sq, centre = centres.mu, centres.mu_sq, centres.centre
+    n, d = mu.shape
+    if x.shape[1] != d:
+        raise ValueError(f"samples have {d} dimensions but the data have {x.shape[1]}")
+    device, wide = mu.device, mu.dtype
+    m, s = x.shape[0], sigmas.shape[0]
     x = x.to(device)
     sigmas = sigmas.to(device=device, dtype=wide)
     inv = 0.5 / sigmas**2  # (S,) 1 / (2 sigma^2)
     neg_inv32 = (-inv).float()
     log_norm = math.log(n) + d * torch.log(sigmas * math.sqrt(2.0 * math.pi))  # (S,)
 
-    # Centring by a common mean keeps ||x||^2, ||mu||^2 and x.mu small, so their sum cancels
-    # less; the distances themselves do not change.
-    centre = samples.to(wide).mean(0)
-    mu = samples.to(wide) - centre  # (N, d)
-    mu_sq = mu.square().sum(1)  # (N,)
-
     rows, cols = _block_shape(m, n, chunk_size)
-    size = min(rows, m) * min(cols, n)
+    rows, cols = min(rows, m), min(cols, n)
     # Buffers reused by every block: fresh CPU allocations of this size are mmap'd and
     # page-faulted in on each use, which costs more than the exponentials themselves.
-    partial_buf = torch.empty(size, dtype=wide, device=device)
-    shifted_buf = torch.empty(size, dtype=torch.float32, device=device)
-    exp_buf = torch.empty(size, dtype=torch.float32, device=device)
-    sums = torch.empty(len(sigmas), min(rows, m), dtype=torch.float32, device=device)
-    out = torch.empty(len(sigmas), m, dtype=wide, device=device)
+    xb_buf = torch.empty(rows, d, dtype=wide, device=device)
+    partial_buf = torch.empty(rows * cols, dtype=wide, device=device)
+    shifted_buf = torch.empty(rows * cols, dtype=torch.float32, device=device)
+    exp_buf = torch.empty(rows * cols, dtype=torch.float32, device=device)
+    sums = torch.empty(s, rows, dtype=torch.float32, device=device)
+    out = torch.empty(s, m, dtype=wide, device=device)
     for r0 in range(0, m, rows):
-        xb = x[r0 : r0 + rows].to(wide) - centre  # (m_b, d)
+        x_b = x[r0 : r0 + rows]
+        m_b = x_b.shape[0]
+        xb = xb_buf[:m_b].copy_(x_b).sub_(centre)  # (m_b, d)
         xb_sq = xb.square().sum(1)  # (m_b,)
-        m_b = xb.shape[0]
         acc: Tensor | None = None  # (S, m_b) logsumexp over the sample blocks seen so far
         for c0 in range(0, n, cols):
             mu_b = mu[c0 : c0 + cols]
@@ -147,15 +160,20 @@ def _log_likelihoods(
             # (m_b, n_b): ||mu||^2 - 2 x.mu, one matrix product. ||x||^2 is constant along a
             # row, so it cancels from the shifted distances and joins only the row minimum.
             partial = torch.addmm(
-                mu_sq[c0 : c0 + cols], xb, mu_b.T, alpha=-2.0,
+                mu_sq[c0 : c0 + cols],
+                xb,
+                mu_b.T,
+                alpha=-2.0,
                 out=partial_buf[:count].view(shape),
             )
             row_min = partial.amin(1)  # (m_b,)
             nearest = (row_min + xb_sq).clamp_min_(0.0)  # (m_b,) smallest squared distance
-            # (m_b, n_b) >= 0: squared distance minus the row's smallest, rounded to float32
-            shifted = torch.sub(partial, row_min[:, None], out=shifted_buf[:count].view(shape))
+            # (m_b, n_b) >= 0: squared distance minus the row's smallest, then float32.
+            # (In place and copy_: a float32 out= on float64 inputs allocates a temporary.)
+            partial.sub_(row_min[:, None])
+            shifted = shifted_buf[:count].view(shape).copy_(partial)
             block = sums[:, :m_b]  # (S, m_b)
-            for k in range(len(sigmas)):
+            for k in range(s):
                 exps = torch.mul(shifted, neg_inv32[k], out=exp_buf[:count].view(shape))
                 exps.clamp_min_(_MIN_EXPONENT).exp_()
                 torch.sum(exps, 1, out=block[k])  # >= 1: the nearest term is exp(0)
@@ -163,7 +181,7 @@ def _log_likelihoods(
             acc = lse if acc is None else torch.logaddexp(acc, lse)
         assert acc is not None
         out[:, r0 : r0 + m_b] = acc
-    return out - log_norm[:, None]
+    return out.sub_(log_norm[:, None])
 
 
 def parzen_log_likelihood_grid(
@@ -183,7 +201,7 @@ def parzen_log_likelihood_grid(
     samples = _flatten(samples, "samples")
     x = _flatten(x, "x")
     grid = torch.tensor(_check_sigmas(sigmas), dtype=torch.float64)
-    return _log_likelihoods(samples, x, grid, chunk_size)
+    return _log_likelihoods(_Centres.of(samples), x, grid, chunk_size)
 
 
 def parzen_log_likelihood(
@@ -212,10 +230,11 @@ def evaluate(
     valid = _flatten(valid, "valid")
     test = _flatten(test, "test")
     sigma_t = torch.tensor(grid, dtype=torch.float64)
-    valid_means = _log_likelihoods(samples, valid, sigma_t, chunk_size).mean(1)  # (S,)
+    centres = _Centres.of(samples)
+    valid_means = _log_likelihoods(centres, valid, sigma_t, chunk_size).mean(1)  # (S,)
     best = valid_means.argmax()  # first maximum, on the device
     sigma_best = sigma_t.to(valid_means.device)[best].reshape(1)
-    test_ll = _log_likelihoods(samples, test, sigma_best, chunk_size)[0]  # (n_test,)
+    test_ll = _log_likelihoods(centres, test, sigma_best, chunk_size)[0]  # (n_test,)
     n_test = test_ll.shape[0]
     summary = torch.cat(
         [
@@ -249,12 +268,14 @@ def data_as_model_baseline(
     chunk_size: int | None = None,
 ) -> ParzenResult:
     """The Theis et al. caveat baseline: evaluate() with n_samples real training examples
-    (a random subset drawn with `seed`) as the kernel centres instead of generated samples."""
+    (a random subset drawn with `seed`) as the kernel centres instead of generated samples.
+
+    A training set smaller than n_samples (the bundled digits) is used whole; the result's
+    n_samples says how many centres were used."""
     train = _flatten(train, "train")
-    if not 1 <= n_samples <= train.shape[0]:
-        raise ValueError(
-            f"n_samples must be in 1..{train.shape[0]} (the training examples), got {n_samples}"
-        )
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    n_samples = min(n_samples, train.shape[0])
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(train.shape[0], generator=generator)[:n_samples]
     centres = train[index.to(train.device)]

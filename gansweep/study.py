@@ -225,6 +225,29 @@ class StudyConfig(Frozen):
     objective: ObjectiveConfig = ObjectiveConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @field_validator("output")
+    @classmethod
+    def _inside_working_directory(cls, value: str | None) -> str | None:
+        # A study file is shared and re-run by others: it may only name a folder below the
+        # working directory. Writing elsewhere is the caller's explicit choice (--output).
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError(
+                f"output must be a relative path below the working directory (use --output "
+                f"for another place), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pruning_needs_one_objective(self) -> StudyConfig:
+        if self.objective.second is not None and (
+            self.pruner.name != "none" or self.pruner.patience is not None
+        ):
+            raise ValueError(
+                f"pruner {self.pruner.name!r}: Optuna cannot prune a multi-objective study "
+                "(objective.second is set); use pruner: {name: none}"
+            )
+        return self
+
     @property
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.name

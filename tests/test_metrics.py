@@ -90,7 +90,7 @@ def test_scatter_png(tmp_path: Path) -> None:
         assert png.size == (400, 400)
         pixels = np.asarray(png.convert("RGB")).reshape(-1, 3).astype(int)
     red = (pixels[:, 0] > 200) & (pixels[:, 1] < 60) & (pixels[:, 2] < 60)
-    light_blue = (abs(pixels - [173, 216, 230]).sum(1) < 30)
+    light_blue = abs(pixels - [173, 216, 230]).sum(1) < 30
     assert red.any() and light_blue.any()
     small = save_scatter(samples, real, tmp_path / "small.png", size_inches=3, dpi=50)
     assert matplotlib.image.imread(small).shape[:2] == (150, 150)

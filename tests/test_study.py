@@ -1,0 +1,150 @@
+"""Study files: every shipped study validates; bad input names file, line, field and value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from gansweep import data, models
+from gansweep.cli import main
+from gansweep.errors import ConfigError
+from gansweep.study import (
+    IMAGE_DATASETS, TOY_DATASETS, ArchitectureName, Choice, FloatRange, load_study, trial_from_study,
+)
+
+STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
+GOOD = """\
+name: ok
+trial:
+  dataset: circle
+  epochs: 2
+search:
+  alpha: [0.3, 0.5]
+  lr_d: {log_uniform: [1.0e-4, 1.0e-2]}
+  k: {int: [1, 3]}
+  adam_beta1: {uniform: [0.0, 0.9], when: {optimizer: adam}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_validates(path: Path) -> None:
+    study = load_study(path)
+    trial_from_study(study)  # the trial `gansweep train` would run is valid too
+    assert study.name == path.stem
+
+
+def test_registries_hold_exactly_the_names_studies_accept() -> None:
+    assert set(data.DATASETS) == set(TOY_DATASETS + IMAGE_DATASETS)
+    assert set(models.ARCHITECTURES) == set(get_args(ArchitectureName))
+
+
+def test_search_forms_parse(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, GOOD))
+    assert isinstance(study.search["alpha"], Choice) and study.search["alpha"].values == (0.3, 0.5)
+    assert isinstance(study.search["lr_d"], FloatRange) and study.search["lr_d"].kind == "log_uniform"
+    assert study.search["adam_beta1"].when == {"optimizer": "adam"}
+    trial = trial_from_study(study)
+    assert trial.alpha == 0.3 and trial.k == 2
+    assert trial.lr_d == pytest.approx(1e-3)  # geometric middle of a log range
+
+
+def test_set_fixes_a_field_and_removes_it_from_the_search(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, GOOD), ["alpha=0.7", "budget.trials=3", "g_hidden=[8, 8]"])
+    assert "alpha" not in study.search and study.trial.alpha == 0.7
+    assert study.budget.trials == 3 and study.trial.g_hidden == (8, 8)
+
+
+# Each case: (file text or None for GOOD, --set overrides, words the message must contain).
+BAD = {
+    "yaml syntax": ("name: x\ntrial: {dataset: circle\n", [], ["study.yaml:", "invalid YAML"]),
+    "not a mapping": ("- 1\n- 2\n", [], ["mapping"]),
+    "missing name": ("trial: {}\n", [], ["name", "Field required"]),
+    "bad name": ("name: 'a b/c'\n", [], ["name", "'a b/c'"]),
+    "unknown top key": ("name: x\nbogus: 1\n", [], ["bogus", "unknown field"]),
+    "unknown trial key": ("name: x\ntrial: {alhpa: 0.3}\n", [], ["trial.alhpa", "unknown field", "alpha"]),
+    "alpha too big": ("name: x\ntrial: {alpha: 1.5}\n", [], ["study.yaml:2", "trial.alpha", "1.5"]),
+    "alpha zero": ("name: x\ntrial: {alpha: 0}\n", [], ["trial.alpha", "0"]),
+    "alpha string": ("name: x\ntrial: {alpha: lots}\n", [], ["trial.alpha", "lots"]),
+    "k zero": ("name: x\ntrial: {k: 0}\n", [], ["trial.k", "0"]),
+    "k float": ("name: x\ntrial: {k: 1.5}\n", [], ["trial.k", "1.5"]),
+    "negative lr": ("name: x\ntrial: {lr_d: -0.1}\n", [], ["trial.lr_d", "-0.1"]),
+    "unknown loss": ("name: x\ntrial: {loss: wgan}\n", [], ["trial.loss", "wgan", "non_saturating"]),
+    "unknown architecture": ("name: x\ntrial: {architecture: resnet}\n", [], ["trial.architecture", "resnet", "dcgan"]),
+    "unknown dataset": ("name: x\ntrial: {dataset: imagenet}\n", [], ["trial.dataset", "imagenet", "fashion-mnist"]),
+    "unknown optimizer": ("name: x\ntrial: {optimizer: rmsprop}\n", [], ["trial.optimizer", "rmsprop"]),
+    "unknown sampler": ("name: x\nsampler: {name: bayes}\n", [], ["sampler.name", "bayes", "tpe"]),
+    "unknown pruner": ("name: x\npruner: {name: early}\n", [], ["pruner.name", "early", "median"]),
+    "dcgan on 2D": ("name: x\ntrial: {architecture: dcgan, dataset: circle}\n", [], ["dcgan", "circle"]),
+    "compose leaves no real": ("name: x\ntrial: {alpha: 0.001, batch_size: 64}\n", [], ["alpha=0.001", "0 real"]),
+    "smoothing on hinge": ("name: x\ntrial: {loss: hinge, label_smoothing: 0.9}\n", [], ["label_smoothing", "hinge"]),
+    "empty choices": ("name: x\nsearch: {alpha: []}\n", [], ["search.alpha", "empty"]),
+    "bad choice value": ("name: x\nsearch:\n  alpha: [0.3, 1.5]\n", [], ["study.yaml:3", "search.alpha.1", "1.5"]),
+    "low above high": ("name: x\nsearch: {lr_d: {uniform: [0.1, 0.01]}}\n", [], ["search.lr_d", "low=0.1", "high=0.01"]),
+    "log range at zero": ("name: x\nsearch: {lr_d: {log_uniform: [0, 0.01]}}\n", [], ["search.lr_d", "low > 0", "low=0"]),
+    "range wrong arity": ("name: x\nsearch: {lr_d: {uniform: [0.1]}}\n", [], ["search.lr_d", "[low, high]"]),
+    "two kinds": ("name: x\nsearch: {lr_d: {uniform: [0.1, 1], values: [1]}}\n", [], ["search.lr_d", "exactly one"]),
+    "unknown search field": ("name: x\nsearch: {alhpa: [0.3]}\n", [], ["search.alhpa", "unknown trial field"]),
+    "range outside field": ("name: x\nsearch: {alpha: {uniform: [0.5, 2.0]}}\n", [], ["search.alpha", "2.0"]),
+    "grid with a range": ("name: x\nsampler: {name: grid}\nsearch: {lr_d: {uniform: [0.1, 1]}}\n", [], ["grid", "search.lr_d"]),
+    "impossible condition": ("name: x\nsearch: {momentum: {uniform: [0, 0.9], when: {optimizer: lbfgs}}}\n", [], ["when", "lbfgs"]),
+    "zero gpus fraction": ("name: x\nbudget: {gpus_per_trial: 1.5}\n", [], ["budget.gpus_per_trial", "1.5"]),
+    "negative cpus": ("name: x\nbudget: {cpus_per_trial: -1}\n", [], ["budget.cpus_per_trial", "-1"]),
+    "zero trials": ("name: x\nbudget: {trials: 0}\n", [], ["budget.trials", "0"]),
+    "set unknown key": (None, ["alhpa=0.3"], ["--set alhpa", "unknown trial field"]),
+    "set bad value": (None, ["alpha=2"], ["trial.alpha", "2"]),
+    "set no equals": (None, ["alpha"], ["KEY=VALUE"]),
+    "set bad dotted": (None, ["budget.trials=lots"], ["budget.trials", "lots"]),
+    "set through a scalar": (None, ["name.x=1"], ["name", "not a mapping"]),
+    "output escapes": ("name: x\noutput: ../../etc\n", [], ["output", "../../etc"]),
+    "absolute output outside": ("name: x\noutput: /etc/gansweep\n", [], ["output", "/etc/gansweep"]),
+    "python object tag": ("name: !!python/object/apply:os.system ['true']\n", [], ["invalid YAML"]),
+    "second objective with pruning": (
+        "name: x\npruner: {name: median}\nobjective: {second: {metric: wall_time, direction: minimize}}\n",
+        [], ["pruner", "multi-objective"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_naming_the_field(case: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    text, overrides, words = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, GOOD if text is None else text)
+    before = set(tmp_path.rglob("*"))
+    argv = ["run", str(path)] + [x for o in overrides for x in ("--set", o)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert str(path) in err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    assert set(tmp_path.rglob("*")) == before  # nothing written: no runs/, no mlflow.db
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: study file not found" in capsys.readouterr().err
+
+
+def test_the_real_command_has_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrial: {alpha: 1.5}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "gansweep", "validate", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "trial.alpha" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_config_error_is_the_one_error_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_study(write(tmp_path, "name: x\ntrial: {k: 0}\n"))
