@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.fs
 import ray
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -137,6 +137,29 @@ class OptunaPruner(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
+def final_state(frozen: FrozenTrial) -> str:
+    return frozen.state.name if frozen.state.is_finished() else "INTERRUPTED"
+
+
+def final_tags(frozen: FrozenTrial) -> dict[str, str]:
+    tags = {}
+    if frozen.user_attrs.get("pruned_at") is not None:
+        tags[TAG_PRUNED_AT] = str(frozen.user_attrs["pruned_at"])
+    if frozen.user_attrs.get("failure_reason"):
+        tags[TAG_REASON] = frozen.user_attrs["failure_reason"]
+    return tags
+
+
+def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
+    """A driver killed between telling Optuna and ending the MLflow run leaves the run
+    RUNNING for a finished trial: end it now, as Optuna (the source of truth) says."""
+    for number, run_id in tracker.open_children().items():
+        frozen = study.study.trials[number]
+        if frozen.state.is_finished():
+            tracker.run_ids[number] = run_id
+            tracker.finish_child(number, final_state(frozen), final_tags(frozen))
+
+
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.path
@@ -193,17 +216,11 @@ class TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         number = number_of(trial)
         frozen = self.optuna.study.trials[number]
-        state = frozen.state.name if frozen.state.is_finished() else "INTERRUPTED"
-        tags = {}
-        if frozen.user_attrs.get("pruned_at") is not None:
-            tags[TAG_PRUNED_AT] = str(frozen.user_attrs["pruned_at"])
-        if frozen.user_attrs.get("failure_reason"):
-            tags[TAG_REASON] = frozen.user_attrs["failure_reason"]
         if trial.checkpoint is not None:
             self.fetch(trial.checkpoint, GENERATOR_FILE, self.artifacts / str(number) / "checkpoint", number)
         self.log_theory_plot(number, trial.config["values"])
-        self.tracker.finish_child(number, state, tags)
-        self.progress.finished(number, state)
+        self.tracker.finish_child(number, final_state(frozen), final_tags(frozen))
+        self.progress.finished(number, final_state(frozen))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         number = number_of(trial)
@@ -258,6 +275,7 @@ def run_study(
         study.name,
         output,
     )
+    reconcile(optuna_study, tracker)
     tracker.log_study(
         {"study_file": str(study_path), **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in study.search.items()}},
         study_path,

@@ -218,9 +218,11 @@ class Tracker:
         self.closed.add(number)
         self._call(f"trial {number} end {state}", finish)
 
-    def open_children(self) -> list[str]:
+    def open_children(self) -> dict[int, str]:
+        """Trial number -> run id of this study's child runs still marked RUNNING."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and attributes.status = 'RUNNING'",
+            max_results=10_000,
         )
-        return [run.info.run_id for run in runs]
+        return {int(run.data.tags[TAG_TRIAL]): run.info.run_id for run in runs}

@@ -207,7 +207,7 @@ def test_each_required_secret_is_enforced(tmp_path: Path, missing: str) -> None:
 
 
 def test_env_example_has_no_working_secrets() -> None:
-    required, keys = env_example_keys()
+    required, _ = env_example_keys()
     assert set(required) >= {name for name in SECRET_USERS}, (
         "a secret has a default in .env.example"
     )
@@ -323,17 +323,16 @@ class _ComposeLoader(yaml.SafeLoader):
     """YAML loader that knows Compose's merge tags (!reset, !override)."""
 
 
-for _tag in ("!reset", "!override"):
-    _ComposeLoader.add_constructor(
-        _tag,
-        lambda loader, node: (
-            loader.construct_mapping(node)
-            if isinstance(node, yaml.MappingNode)
-            else loader.construct_sequence(node)
-            if isinstance(node, yaml.SequenceNode)
-            else loader.construct_scalar(node) or None
-        ),
-    )
+def _merge_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_scalar(node) or None
+
+
+_ComposeLoader.add_constructor("!reset", _merge_tag)
+_ComposeLoader.add_constructor("!override", _merge_tag)
 
 
 def compose_schema_errors(document: Any) -> list[str]:

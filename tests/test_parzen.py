@@ -46,7 +46,7 @@ def data(kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "784d":
         return torch.rand(300, 784, generator=g), torch.rand(40, 784, generator=g)
     # "near": MNIST-like mostly-0/1 images whose nearest sample is a close copy: the case in
-    # which ||x||^2 + ||mu||^2 - 2 x.mu cancels badly (float32 misses by ~3e-3 nats here).
+    # which ||x||^2 + ||mu||^2 - 2 x.mu cancels badly (a float32 product misses by 2e-3 here).
     base = (torch.rand(40, 784, generator=g) < 0.2).float()
     noise = 0.03 * torch.randn(300, 784, generator=g)
     samples = (base.repeat(8, 1)[:300] + noise).clamp(0, 1)
