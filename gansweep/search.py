@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from gansweep.study import Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# PatientPruner, GPSampler and friends are "experimental" in Optuna 5.0; we pin the version.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 class TuneGridSampler(optuna.samplers.GridSampler):
     """GridSampler stops `study.optimize` once the grid is covered, by calling study.stop(),
@@ -218,7 +221,7 @@ class OptunaStudy:
         if epoch in self._frozen(number).intermediate_values:
             return False  # a resumed trial re-reporting an epoch: the first report stands
         trial.report(value, epoch)
-        return trial.should_prune()
+        return bool(trial.should_prune())
 
     def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
         trial = self._live(number)

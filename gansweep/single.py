@@ -34,7 +34,9 @@ def write_csv_atomically(rows: list[dict[str, float]], path: Path) -> None:
     import pandas as pd
 
     tmp = path.with_suffix(".csv.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
+    table = pd.DataFrame(rows)
+    first = [c for c in ("epoch",) if c in table.columns]
+    table[first + [c for c in table.columns if c not in first]].to_csv(tmp, index=False)
     os.replace(tmp, path)
 
 

@@ -509,12 +509,18 @@ def _check_trial_value(
 
 
 def _check_study(study: StudyConfig, path: Path) -> None:
-    if study.sampler.name in ("grid",):
+    if study.sampler.name == "grid":
         ranged = [n for n, p in study.search.items() if not isinstance(p, Choice)]
         if ranged:
             raise ConfigError(
                 f"{path}: sampler.name: the grid sampler needs value lists; "
                 f"search.{ranged[0]} is a range"
+            )
+        conditional = [n for n, p in study.search.items() if p.when]
+        if conditional:
+            raise ConfigError(
+                f"{path}: sampler.name: the grid sampler crosses every axis, so it cannot skip "
+                f"a conditional one; search.{conditional[0]} has `when`"
             )
     if study.sampler.name == "cmaes" and not any(
         not isinstance(p, Choice) for p in study.search.values()

@@ -242,6 +242,10 @@ class TrackingCallback(tune.Callback):
         self.tracker.log_artifacts(number, folder, "plots")
 
 
+def trial_name(trial: Trial) -> str:
+    return f"trial_{number_of(trial):04d}_{trial.trial_id}"
+
+
 def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # Checkpoints at every evaluation force experiment snapshots; they are small, the warning is noise.
@@ -299,6 +303,10 @@ def run_study(
         tracker.flush_with_retries()
         if ray.is_initialized():
             ray.shutdown()
+    unfinished = len(optuna_study.unfinished())
+    if unfinished:
+        print(f"gansweep: interrupted with {unfinished} trial(s) unfinished; run the same command to resume")
+        return 1
     return 0
 
 
@@ -322,6 +330,10 @@ def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, pr
             num_samples=to_run,
             max_concurrent_trials=budget.max_concurrent,
             reuse_actors=True,
+            # Tune names trial folders after the whole config by default: far past 255 bytes
+            # for a study with many fields.
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",

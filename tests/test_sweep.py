@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -216,3 +217,36 @@ def test_tracking_server_down_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "MLflow tracking at http://127.0.0.1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "tune").exists()  # no trial started
+
+
+def test_ctrl_c_ends_runs_as_killed_and_the_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+
+    (tmp_path / "resume.yaml").write_text(RESUME_STUDY)
+    driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
+    db = tmp_path / "out" / "optuna.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and optuna_states(db).count("RUNNING") < 2:
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.5)
+    time.sleep(3)  # a few epochs in, checkpoints written
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+    assert driver.wait(timeout=120) != 0
+    log = (tmp_path / "first.log").read_text()
+    assert "run the same command to resume" in log
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "resume")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    interrupted = [r for r in children(runs) if r.data.tags["gansweep.state"] == "INTERRUPTED"]
+    assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
+    parent = next(r for r in runs if r.data.tags.get("gansweep.role") == "study")
+    assert parent.info.status == "KILLED"
+
+    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = check_consistent(tmp_path / "out", uri, "resume", expected=5)
+    assert set(table["state"]) == {"COMPLETE"}
+    client = MlflowClient(uri)
+    for run in interrupted:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
+        assert steps == [1, 2, 3, 4, 5, 6]  # continued in the same run, no epoch twice
