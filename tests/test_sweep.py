@@ -260,3 +260,18 @@ def test_ctrl_c_ends_runs_as_killed_and_the_rerun_resumes(tmp_path: Path) -> Non
     for run in interrupted:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
         assert steps == [1, 2, 3, 4, 5, 6]  # continued in the same run, no epoch twice
+
+
+def test_a_second_objective_makes_a_multi_objective_study(tmp_path: Path) -> None:
+    done = gansweep("run", str(SMOKE), "--output", "out", "--set", "budget.trials=2",
+                    "--set", "objective.second.metric=wall_time", "--set", "objective.second.direction=minimize",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = check_consistent(tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke", expected=2)
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    by_trial = table.set_index("trial")
+    for trial in study.trials:
+        assert by_trial.loc[trial.number, "objective"] == pytest.approx(trial.values[0])
+        assert by_trial.loc[trial.number, "objective_2"] == pytest.approx(trial.values[1])
+        assert trial.values[1] == pytest.approx(trial.user_attrs["wall_time"])
