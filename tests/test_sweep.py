@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import STUDIES, clean_env, gansweep, kill_group, mlflow_runs, start_gansweep
+from conftest import STUDIES, gansweep, kill_group, mlflow_runs, start_gansweep
 
 SMOKE = STUDIES / "smoke.yaml"
 EPOCH_METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "d_loss_gap", "g_loss_gap", "parzen_ll", "parzen_sigma"}
@@ -49,7 +49,7 @@ def test_smoke_study_end_to_end_and_rerun_resumes(tmp_path: Path) -> None:
     output, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     table = check_consistent(output, uri, "smoke", expected=4)
     assert set(table["state"]) == {"COMPLETE"}
-    assert sorted(zip(table["alpha"], table["loss"])) == [
+    assert sorted(zip(table["alpha"], table["loss"], strict=True)) == [
         (0.3, "minimax"), (0.3, "non_saturating"), (0.7, "minimax"), (0.7, "non_saturating")
     ]
     assert (table["epochs"] == 3).all() and table["objective"].notna().all()
