@@ -34,15 +34,12 @@ class SweepProgress:
         self.states[number] = "RUNNING"
         self.refresh()
 
-    def result(self, number: int, result: dict, epoch: int) -> None:
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            better = max if self.direction == "maximize" else min
-            self.best = value if self.best is None else better(self.best, value)
-        self.refresh()
-
-    def finished(self, number: int, state: str) -> None:
+    def finished(self, number: int, state: str, objective: float | None = None) -> None:
+        """A trial ended; its objective (complete trials only) may be the new best."""
         self.states[number] = state
+        if objective is not None and math.isfinite(objective):
+            better = max if self.direction == "maximize" else min
+            self.best = objective if self.best is None else better(self.best, objective)
         if self._live is None:
             done = self.done_before + sum(s != "RUNNING" for s in self.states.values())
             self.console.print(f"trial {number} {state.lower()}  ({done}/{self.total} done, best {self._best_text()})")

@@ -193,7 +193,6 @@ class TrackingCallback(tune.Callback):
         epoch = int(metrics.pop("epoch", result.get("training_iteration", 0)))
         if "failure_reason" not in result:
             self.tracker.log_epoch(number_of(trial), metrics, epoch)
-        self.progress.result(number_of(trial), result, epoch)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Trial, checkpoint: tune.Checkpoint, **info: Any) -> None:
         number = number_of(trial)
@@ -220,7 +219,7 @@ class TrackingCallback(tune.Callback):
             self.fetch(trial.checkpoint, GENERATOR_FILE, self.artifacts / str(number) / "checkpoint", number)
         self.log_theory_plot(number, trial.config["values"])
         self.tracker.finish_child(number, final_state(frozen), final_tags(frozen))
-        self.progress.finished(number, final_state(frozen))
+        self.progress.finished(number, final_state(frozen), frozen.values[0] if frozen.values else None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         number = number_of(trial)
