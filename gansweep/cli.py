@@ -49,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_study("validate", "Check a study file and print its trial and search space.")
 
-    report = commands.add_parser("report", help="Write an HTML report of a finished study.")
-    report.add_argument("output_dir", help="a study's output folder")
+    report = commands.add_parser(
+        "report", help="Write an HTML report of a study: figures, trials, importances."
+    )
+    report.add_argument(
+        "output_dir", help="a study's output folder (or the name of its MLflow experiment)"
+    )
+    report.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
 
     baseline = commands.add_parser(
         "baseline", help="Parzen score of real training data used as a model's samples."
@@ -115,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gansweep.report import write_report
 
-    path = write_report(Path(args.output_dir))
+    path = write_report(Path(args.output_dir), args.tracking_uri)
     print(f"report written to {path}")
     return 0
 

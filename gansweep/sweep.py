@@ -28,12 +28,13 @@ from ray.tune.search import Searcher
 
 from gansweep.errors import ConfigError
 from gansweep.progress import SweepProgress
+from gansweep.report import report_after_sweep, run_name
 from gansweep.results import write_results
 from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
 from gansweep.study import StudyConfig, TrialConfig
-from gansweep.tracking import TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
-from gansweep.worker import GENERATOR_FILE, SAMPLES_DIR, run_trial
+from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
+from gansweep.worker import ATTEMPT_KEYS, GENERATOR_FILE, SAMPLES_DIR, run_trial
 
 # Keys Tune adds to every result; they are not ours to log.
 TUNE_KEYS = {
@@ -51,7 +52,8 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in result.items()
-        if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k not in TUNE_KEYS and k not in ATTEMPT_KEYS
+        and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 
@@ -180,8 +182,7 @@ class TrackingCallback(tune.Callback):
         return {}
 
     def run_name(self, number: int, values: dict[str, Any]) -> str:
-        shown = " ".join(f"{name}={values[name]}" for name in self.search_names if name in values)
-        return f"{number:03d} {shown}".strip()
+        return run_name(number, values, self.search_names)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         number, values = number_of(trial), trial.config["values"]
@@ -189,10 +190,24 @@ class TrackingCallback(tune.Callback):
         self.progress.started(number)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
+        if "node_id" in result:
+            self.record_attempt(number_of(trial), result)
         metrics = numeric_metrics(result)
         epoch = int(metrics.pop("epoch", result.get("training_iteration", 0)))
         if "failure_reason" not in result:
             self.tracker.log_epoch(number_of(trial), metrics, epoch)
+
+    def record_attempt(self, number: int, result: dict[str, Any]) -> None:
+        """Where each attempt of a trial ran and which epoch it resumed from: the Optuna user
+        attr `attempts` (kept across driver restarts) and the MLflow tag gansweep.nodes."""
+        attempts = list(self.optuna.study.trials[number].user_attrs.get("attempts", []))
+        attempts.append({
+            "node": str(result["node_id"]),
+            "resumed_from": int(result.get("resumed_from", 0)),
+            "first_epoch": int(result.get("epoch", 0)),
+        })
+        self.optuna.set_attrs(number, {"attempts": attempts})
+        self.tracker.set_child_tags(number, {TAG_NODES: ",".join(a["node"] for a in attempts)})
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Trial, checkpoint: tune.Checkpoint, **info: Any) -> None:
         number = number_of(trial)
@@ -261,6 +276,17 @@ def init_ray(address: str | None) -> None:
         raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
 
 
+def prepare_output(output: Path) -> None:
+    """Create the output folder and prove it writable before anything is tracked or started."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".gansweep-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output folder {output} is not writable: {err.strerror or err}") from None
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -270,7 +296,7 @@ def run_study(
     output: Path | None = None,
 ) -> int:
     output = (output or study.output_dir).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    prepare_output(output)
     optuna_study = OptunaStudy(study, optuna_storage_url(study.storage, output))
     tracker = Tracker(
         tracking_uri or study.tracking.tracking_uri or default_tracking_uri(),
@@ -298,6 +324,7 @@ def run_study(
         close_interrupted(optuna_study, tracker)
         results = write_results(optuna_study, output / "results.csv")
         progress.close(results)
+        report_after_sweep(output, tracker, status)
         tracker.finish_study(status if not optuna_study.unfinished() else "KILLED", [output / "results.csv"])
         tracker.flush_with_retries()
         if ray.is_initialized():

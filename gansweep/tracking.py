@@ -38,6 +38,7 @@ TAG_TRIAL = "gansweep.trial"
 TAG_STATE = "gansweep.state"
 TAG_PRUNED_AT = "gansweep.pruned_at"
 TAG_REASON = "gansweep.failure_reason"
+TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -189,6 +190,10 @@ class Tracker:
             self.last_step[number] = epoch
 
         self._call(f"trial {number} epoch {epoch} metrics", log)
+
+    def set_child_tags(self, number: int, tags: dict[str, str]) -> None:
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._call(f"trial {number} tags", lambda: self.client.log_batch(self.run_ids[number], tags=batch))
 
     def log_artifacts(self, number: int, folder: Path, artifact_path: str | None = None) -> None:
         """Log a folder's files; the folder must stay until the queue has delivered them."""

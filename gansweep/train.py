@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,10 +76,55 @@ def sample_noise(trial: TrialConfig, n: int, device: torch.device) -> Tensor:
     return torch.randn(n, trial.noise_dim, device=device)
 
 
-def make_optimizer(trial: TrialConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class FastPaths:
+    """Optimisations of the step loop, each on by default and each checked against the plain
+    path (FastPaths.plain()) in tests/test_fast_paths.py; benchmarks/train_bench.py measures
+    them. None changes what a trial computes, only how; a few change the rounding."""
+
+    # One fused kernel per optimiser step for all parameters (torch.optim fused=True) instead
+    # of a dozen small ops per parameter tensor. Different rounding from the for-loop kernel.
+    fused_optimizer: bool = True
+    # One discriminator forward on cat(real, fake) instead of two, where that cannot change
+    # the result: D has no batch norm (which would pool the two batches' statistics).
+    joint_discriminator: bool = True
+    # The generator step differentiates g_loss with respect to G's parameters only, skipping
+    # the weight gradients of D that the plain `backward()` computes and then throws away.
+    generator_grads_only: bool = True
+    # The alpha weights of compose and weight modes are constants: built once per trial, not
+    # as two torch.full tensors per discriminator step (bernoulli draws them every step).
+    cached_weights: bool = True
+    # The per-step statistics are stacked and added in one op per step, not three.
+    stacked_sums: bool = True
+
+    @classmethod
+    def plain(cls) -> FastPaths:
+        """Every fast path off: the step loop as it was written first, the reference."""
+        return cls(
+            fused_optimizer=False,
+            joint_discriminator=False,
+            generator_grads_only=False,
+            cached_weights=False,
+            stacked_sums=False,
+        )
+
+
+def fused_supported(device: torch.device) -> bool:
+    """torch.optim's fused Adam/SGD kernels exist for CPU and CUDA float tensors."""
+    return device.type in ("cpu", "cuda")
+
+
+def make_optimizer(
+    trial: TrialConfig, params: Any, lr: float, *, fused: bool = False
+) -> torch.optim.Optimizer:
+    extra = {"fused": True} if fused else {}
     if trial.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=trial.momentum)
-    return torch.optim.Adam(params, lr=lr, betas=(trial.adam_beta1, trial.adam_beta2))
+        return torch.optim.SGD(params, lr=lr, momentum=trial.momentum, **extra)
+    return torch.optim.Adam(params, lr=lr, betas=(trial.adam_beta1, trial.adam_beta2), **extra)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def momentum_at(trial: TrialConfig, epoch: int) -> float:
@@ -121,24 +166,40 @@ class GanTrial:
     wall_time: float = 0.0
     last_samples: Tensor | None = None  # the latest evaluation's samples, reused for plots
     last_metrics: Metrics | None = None  # kept in checkpoints: a finished trial can re-report
+    fast: FastPaths = field(default_factory=FastPaths)
+    # Derived once in __post_init__ from `fast`, the trial and the networks.
+    joint_d: bool = field(init=False, default=False)
+    weights: tuple[Tensor, Tensor] | None = field(init=False, default=None)
+    g_params: list[Tensor] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        trial = self.trial
+        self.joint_d = self.fast.joint_discriminator and not has_batch_norm(self.discriminator)
+        if self.fast.cached_weights and trial.alpha_mode != "bernoulli":
+            plan = minibatch_plan(trial.alpha_mode, trial.alpha, trial.batch_size)
+            self.weights = alpha_weights(trial.alpha_mode, trial.alpha, plan, self.device)
+        self.g_params = [p for p in self.generator.parameters() if p.requires_grad]
 
     @classmethod
-    def create(cls, trial: TrialConfig, data: Dataset) -> GanTrial:
+    def create(cls, trial: TrialConfig, data: Dataset, fast: FastPaths | None = None) -> GanTrial:
+        fast = FastPaths() if fast is None else fast
         device = resolve_device(trial.device)
         torch.manual_seed(trial.seed)
         generator, discriminator = build_models(trial, data.shape)
         generator, discriminator = generator.to(device), discriminator.to(device)
         scale = TO_MODEL_SCALE[trial.generator_output]
+        fused = fast.fused_optimizer and fused_supported(device)
         return cls(
             trial=trial,
             data=data,
             device=device,
             generator=generator,
             discriminator=discriminator,
-            opt_g=make_optimizer(trial, generator.parameters(), trial.effective_lr_g),
-            opt_d=make_optimizer(trial, discriminator.parameters(), trial.lr_d),
+            opt_g=make_optimizer(trial, generator.parameters(), trial.effective_lr_g, fused=fused),
+            opt_d=make_optimizer(trial, discriminator.parameters(), trial.lr_d, fused=fused),
             loss=get_loss(trial.loss),
             train_data=scale(data.train.to(device)),
+            fast=fast,
         )
 
     # -- checkpoints -------------------------------------------------------------------
@@ -176,9 +237,16 @@ class GanTrial:
         real = minibatch(self.train_data, plan.n_real)
         with torch.no_grad():
             fake = self.generator(sample_noise(trial, plan.n_fake, self.device))
-        real_logits = self.discriminator(real)
-        fake_logits = self.discriminator(fake)
-        w_real, w_fake = alpha_weights(trial.alpha_mode, trial.alpha, plan, self.device)
+        if self.joint_d:
+            logits = self.discriminator(torch.cat((real, fake)))
+            real_logits, fake_logits = logits[: plan.n_real], logits[plan.n_real :]
+        else:
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(fake)
+        if self.weights is not None:
+            w_real, w_fake = self.weights
+        else:
+            w_real, w_fake = alpha_weights(trial.alpha_mode, trial.alpha, plan, self.device)
         d_loss = discriminator_loss(
             loss, real_logits, fake_logits, w_real, w_fake, trial.label_smoothing
         )
@@ -189,6 +257,16 @@ class GanTrial:
         total.backward()
         self.opt_d.step()
         with torch.no_grad():
+            if self.fast.stacked_sums:  # sums holds (d_loss, d_real, d_fake, g_loss) here
+                stats = torch.stack(
+                    (
+                        d_loss,
+                        discriminator_output(loss, real_logits).mean(),
+                        discriminator_output(loss, fake_logits).mean(),
+                    )
+                )
+                sums[:3] += stats if trial.k == 1 else stats / trial.k
+                return
             sums[0] += d_loss.detach() / trial.k
             sums[2] += discriminator_output(loss, real_logits).mean() / trial.k
             sums[3] += discriminator_output(loss, fake_logits).mean() / trial.k
@@ -196,10 +274,17 @@ class GanTrial:
     def generator_step(self, sums: Tensor) -> None:
         fake = self.generator(sample_noise(self.trial, self.trial.batch_size, self.device))
         g_loss = generator_loss(self.loss, self.discriminator(fake))
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        if self.fast.generator_grads_only:
+            # D's weight gradients are not needed here: the next D step discards them.
+            grads = torch.autograd.grad(g_loss, self.g_params, allow_unused=True)
+            for param, grad in zip(self.g_params, grads, strict=True):
+                param.grad = grad
+        else:
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
         self.opt_g.step()
-        sums[1] += g_loss.detach()
+        with torch.no_grad():
+            sums[3 if self.fast.stacked_sums else 1] += g_loss
 
     def train_epoch(self) -> Metrics:
         """One epoch; returns the mean losses and D outputs. One host sync, at the end."""
@@ -220,6 +305,8 @@ class GanTrial:
         means = (sums / steps).tolist()
         elapsed = time.perf_counter() - started
         self.wall_time += elapsed
+        if self.fast.stacked_sums:  # stacked order: d_loss, d_real, d_fake, g_loss
+            means = [means[0], means[3], means[1], means[2]]
         metrics = dict(zip(ACCUMULATED, means, strict=True))
         for name in ("d_loss", "g_loss"):
             if not math.isfinite(metrics[name]):
@@ -303,14 +390,16 @@ def train_gan(
     *,
     sample_dir: Path | None = None,
     resume_from: dict[str, Any] | None = None,
+    fast: FastPaths | None = None,
 ) -> list[Metrics]:
     """Train one trial to `trial.epochs`, reporting after every epoch.
 
     `resume_from` is a `state()` given to an earlier report: training continues after its
     epoch with the same networks, optimiser moments and RNG state. Raises TrialDiverged on a
     NaN or infinite loss; exceptions raised by `report` (e.g. a pruning signal) propagate.
+    `fast` picks the step loop's fast paths (default: all of them; FastPaths.plain(): none).
     """
-    gan = GanTrial.create(trial, data)
+    gan = GanTrial.create(trial, data, fast)
     if resume_from is not None:
         gan.load_state_dict(resume_from)
     history: list[Metrics] = []

@@ -5,6 +5,10 @@ records everything). A checkpoint folder holds:
     state.pt       full training state (networks, optimisers, RNG, last metrics)
     generator.pt   the generator's weights and the trial config, the artifact users keep
     samples/       the sample image of this epoch, when it is a sample epoch
+
+The first result of each attempt (a fresh start, a retry after a worker died, a resume after
+the driver stopped) also carries `node_id` (the Ray node it runs on) and `resumed_from` (the
+epoch of the checkpoint it loaded, 0 for none), which the driver records per trial.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -25,6 +30,8 @@ from gansweep.study import TrialConfig
 from gansweep.train import is_eval_epoch, resolve_device, train_gan
 
 STATE_FILE = "state.pt"
+# Keys of the first result of an attempt that describe the attempt, not the training.
+ATTEMPT_KEYS = ("node_id", "resumed_from")
 GENERATOR_FILE = "generator.pt"
 SAMPLES_DIR = "samples"
 
@@ -69,10 +76,17 @@ def run_trial(config: dict[str, Any]) -> None:
         tune.report({"epoch": 0, "failure_reason": str(err)})
         return
     resume = load_resume_state(config)
+    attempt: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "resumed_from": int(resume["epoch"]) if resume else 0,
+    }
     with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples:
         sample_dir = Path(samples)
 
         def report(metrics: dict[str, float], epoch: int, state: Any) -> None:
+            if attempt:  # the first report of this attempt says where it runs and resumed from
+                metrics = {**metrics, **attempt}
+                attempt.clear()
             if not is_eval_epoch(trial, epoch):
                 tune.report(metrics)  # checkpoints at evaluation epochs only: they are not free
                 return

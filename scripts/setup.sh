@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist)  # the real Fashion-MNIST, found in /usr/share/datasets
+APT_PACKAGES=(
+  dataset-fashion-mnist  # the real Fashion-MNIST, found in /usr/share/datasets
+  chromium               # headless browser for the MLflow UI test
+)
 if command -v apt-get >/dev/null; then
   SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
   $SUDO apt-get update -qq
