@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,35 +79,80 @@ def sample_noise(trial: TrialConfig, n: int, device: torch.device) -> Tensor:
 
 @dataclass(frozen=True)
 class FastPaths:
-    """Optimisations of the step loop, each on by default and each checked against the plain
-    path (FastPaths.plain()) in tests/test_fast_paths.py; benchmarks/train_bench.py measures
-    them. None changes what a trial computes, only how; a few change the rounding."""
+    """Optimisations of the step loop, each checked against the plain path
+    (FastPaths.plain()) in tests/test_fast_paths.py and measured by benchmarks/train_bench.py.
+    None changes the algorithm; most change only the rounding, bf16 the precision of the
+    matrix products. None means "where it pays" (see `resolve`)."""
 
     # One fused kernel per optimiser step for all parameters (torch.optim fused=True) instead
     # of a dozen small ops per parameter tensor. Different rounding from the for-loop kernel.
     fused_optimizer: bool = True
+    # Adam's fused kernel called on parameter lists built once, skipping torch.optim's
+    # per-call bookkeeping (about 0.1 ms a step, as much as a toy net's whole update).
+    # Same kernel, same numbers as opt.step(); needs fused_optimizer.
+    direct_adam: bool = True
     # One discriminator forward on cat(real, fake) instead of two, where that cannot change
     # the result: D has no batch norm (which would pool the two batches' statistics).
     joint_discriminator: bool = True
-    # The generator step differentiates g_loss with respect to G's parameters only, skipping
-    # the weight gradients of D that the plain `backward()` computes and then throws away.
-    generator_grads_only: bool = True
+    # Each step takes the gradients of the network it updates with torch.autograd.grad and
+    # hands them to the optimiser: the G step skips the weight gradients of D that a plain
+    # `backward()` computes and throws away, and no step needs a zero_grad pass.
+    direct_grads: bool = True
     # The alpha weights of compose and weight modes are constants: built once per trial, not
     # as two torch.full tensors per discriminator step (bernoulli draws them every step).
     cached_weights: bool = True
     # The per-step statistics are stacked and added in one op per step, not three.
     stacked_sums: bool = True
+    # Forward passes under torch.autocast(bfloat16): matrix products and convolutions in
+    # bf16 with float32 accumulation; weights, optimiser state and losses stay float32.
+    # None: on for image data where the device multiplies bf16 natively (CUDA with bf16,
+    # CPUs with AVX512-BF16 or AMX), off for the 2D toys, whose small products gain nothing.
+    bf16_autocast: bool | None = None
+    # DCGAN's tensors in channels_last memory order. None: on for DCGAN on CUDA only (on
+    # CPU it measured no faster).
+    channels_last: bool | None = None
 
     @classmethod
     def plain(cls) -> FastPaths:
         """Every fast path off: the step loop as it was written first, the reference."""
         return cls(
             fused_optimizer=False,
+            direct_adam=False,
             joint_discriminator=False,
-            generator_grads_only=False,
+            direct_grads=False,
             cached_weights=False,
             stacked_sums=False,
+            bf16_autocast=False,
+            channels_last=False,
         )
+
+    def resolve(self, trial: TrialConfig, data: Dataset, device: torch.device) -> FastPaths:
+        """These paths with every None replaced by this trial's choice."""
+        autocast = self.bf16_autocast
+        if autocast is None:
+            autocast = data.is_image and native_bf16(device)
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = trial.architecture == "dcgan" and device.type == "cuda"
+        fused = self.fused_optimizer and fused_supported(device)
+        return replace(
+            self,
+            fused_optimizer=fused,
+            direct_adam=self.direct_adam and fused,
+            bf16_autocast=autocast,
+            channels_last=channels_last and trial.architecture == "dcgan",
+        )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (else bf16 is emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
 
 
 def fused_supported(device: torch.device) -> bool:
@@ -121,6 +167,78 @@ def make_optimizer(
     if trial.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=trial.momentum, **extra)
     return torch.optim.Adam(params, lr=lr, betas=(trial.adam_beta1, trial.adam_beta2), **extra)
+
+
+class DirectAdamStep:
+    """`opt.step()` for a fused torch.optim.Adam with one parameter group, without the
+    per-call bookkeeping: torch._fused_adam_ (the kernel opt.step() itself ends in) on lists
+    of parameters and state built once. The lists are rebuilt when the optimiser's state is
+    replaced (load_state_dict); anything not covered goes to opt.step(): the first step
+    (which creates the state), a missing gradient, amsgrad, maximize, AdamW, tensor lr."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.state: Any = None  # the opt.state the lists below were built from
+        self.params: list[Tensor] = []
+        self.exp_avgs: list[Tensor] = []
+        self.exp_avg_sqs: list[Tensor] = []
+        self.steps: list[Tensor] = []
+
+    @staticmethod
+    def covers(opt: torch.optim.Optimizer) -> bool:
+        if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+            return False
+        if not hasattr(torch, "_fused_adam_"):
+            return False
+        group = opt.param_groups[0]
+        return bool(group.get("fused")) and not any(
+            group.get(flag) for flag in ("amsgrad", "maximize", "capturable", "differentiable",
+                                         "decoupled_weight_decay")
+        )
+
+    def _lists_ready(self) -> bool:
+        opt = self.opt
+        if self.state is opt.state and self.params:
+            return True
+        params = opt.param_groups[0]["params"]
+        states = [opt.state.get(p) for p in params]
+        if any(not state or "exp_avg" not in state for state in states):
+            return False
+        self.params = list(params)
+        self.exp_avgs = [state["exp_avg"] for state in states]
+        self.exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        self.steps = [state["step"] for state in states]
+        self.state = opt.state
+        return True
+
+    def __call__(self) -> None:
+        group = self.opt.param_groups[0]
+        lr = group["lr"]
+        if isinstance(lr, Tensor) or not self._lists_ready():
+            self.opt.step()
+            return
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            self.opt.step()
+            return
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(self.steps, 1)
+        torch._fused_adam_(
+            self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+            amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        )
+
+
+def set_grads(params: list[Tensor], loss: Tensor) -> None:
+    """params' .grad = d loss / d param, computing no gradient that `params` do not need."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad
+
+
+def stepper(opt: torch.optim.Optimizer, direct: bool) -> Callable[[], Any]:
+    return DirectAdamStep(opt) if direct and DirectAdamStep.covers(opt) else opt.step
 
 
 def has_batch_norm(module: nn.Module) -> bool:
@@ -166,41 +284,62 @@ class GanTrial:
     wall_time: float = 0.0
     last_samples: Tensor | None = None  # the latest evaluation's samples, reused for plots
     last_metrics: Metrics | None = None  # kept in checkpoints: a finished trial can re-report
-    fast: FastPaths = field(default_factory=FastPaths)
+    fast: FastPaths = field(default_factory=FastPaths)  # resolved: no None left
     # Derived once in __post_init__ from `fast`, the trial and the networks.
     joint_d: bool = field(init=False, default=False)
     weights: tuple[Tensor, Tensor] | None = field(init=False, default=None)
     g_params: list[Tensor] = field(init=False, default_factory=list)
+    d_params: list[Tensor] = field(init=False, default_factory=list)
+    step_d: Callable[[], Any] = field(init=False, repr=False, default=None)  # type: ignore[assignment]
+    step_g: Callable[[], Any] = field(init=False, repr=False, default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         trial = self.trial
+        self.fast = self.fast.resolve(trial, self.data, self.device)
         self.joint_d = self.fast.joint_discriminator and not has_batch_norm(self.discriminator)
         if self.fast.cached_weights and trial.alpha_mode != "bernoulli":
             plan = minibatch_plan(trial.alpha_mode, trial.alpha, trial.batch_size)
             self.weights = alpha_weights(trial.alpha_mode, trial.alpha, plan, self.device)
         self.g_params = [p for p in self.generator.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        self.step_d = stepper(self.opt_d, self.fast.direct_adam)
+        self.step_g = stepper(self.opt_g, self.fast.direct_adam)
 
     @classmethod
     def create(cls, trial: TrialConfig, data: Dataset, fast: FastPaths | None = None) -> GanTrial:
-        fast = FastPaths() if fast is None else fast
         device = resolve_device(trial.device)
+        fast = (FastPaths() if fast is None else fast).resolve(trial, data, device)
         torch.manual_seed(trial.seed)
         generator, discriminator = build_models(trial, data.shape)
         generator, discriminator = generator.to(device), discriminator.to(device)
         scale = TO_MODEL_SCALE[trial.generator_output]
-        fused = fast.fused_optimizer and fused_supported(device)
+        train_data = scale(data.train.to(device))
+        if fast.channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+            discriminator = discriminator.to(memory_format=torch.channels_last)
+            train_data = train_data.contiguous(memory_format=torch.channels_last)
         return cls(
             trial=trial,
             data=data,
             device=device,
             generator=generator,
             discriminator=discriminator,
-            opt_g=make_optimizer(trial, generator.parameters(), trial.effective_lr_g, fused=fused),
-            opt_d=make_optimizer(trial, discriminator.parameters(), trial.lr_d, fused=fused),
+            opt_g=make_optimizer(
+                trial, generator.parameters(), trial.effective_lr_g, fused=fast.fused_optimizer
+            ),
+            opt_d=make_optimizer(
+                trial, discriminator.parameters(), trial.lr_d, fused=fast.fused_optimizer
+            ),
             loss=get_loss(trial.loss),
-            train_data=scale(data.train.to(device)),
+            train_data=train_data,
             fast=fast,
         )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward passes' precision context: bf16 autocast where `fast` says so."""
+        if not self.fast.bf16_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -235,14 +374,15 @@ class GanTrial:
         trial, loss = self.trial, self.loss
         plan = minibatch_plan(trial.alpha_mode, trial.alpha, trial.batch_size)
         real = minibatch(self.train_data, plan.n_real)
-        with torch.no_grad():
-            fake = self.generator(sample_noise(trial, plan.n_fake, self.device))
-        if self.joint_d:
-            logits = self.discriminator(torch.cat((real, fake)))
-            real_logits, fake_logits = logits[: plan.n_real], logits[plan.n_real :]
-        else:
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(fake)
+        with self.autocast():
+            with torch.no_grad():
+                fake = self.generator(sample_noise(trial, plan.n_fake, self.device))
+            if self.joint_d:
+                logits = self.discriminator(torch.cat((real, fake))).float()
+                real_logits, fake_logits = logits[: plan.n_real], logits[plan.n_real :]
+            else:
+                real_logits = self.discriminator(real).float()
+                fake_logits = self.discriminator(fake).float()
         if self.weights is not None:
             w_real, w_fake = self.weights
         else:
@@ -251,11 +391,14 @@ class GanTrial:
             loss, real_logits, fake_logits, w_real, w_fake, trial.label_smoothing
         )
         total = d_loss
-        if loss.gradient_penalty:
+        if loss.gradient_penalty:  # in float32: it differentiates D's input gradient
             total = d_loss + trial.gp_weight * gradient_penalty(self.discriminator, real, fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_d.step()
+        if self.fast.direct_grads:
+            set_grads(self.d_params, total)
+        else:
+            self.opt_d.zero_grad(set_to_none=True)
+            total.backward()
+        self.step_d()
         with torch.no_grad():
             if self.fast.stacked_sums:  # sums holds (d_loss, d_real, d_fake, g_loss) here
                 stats = torch.stack(
@@ -272,17 +415,16 @@ class GanTrial:
             sums[3] += discriminator_output(loss, fake_logits).mean() / trial.k
 
     def generator_step(self, sums: Tensor) -> None:
-        fake = self.generator(sample_noise(self.trial, self.trial.batch_size, self.device))
-        g_loss = generator_loss(self.loss, self.discriminator(fake))
-        if self.fast.generator_grads_only:
-            # D's weight gradients are not needed here: the next D step discards them.
-            grads = torch.autograd.grad(g_loss, self.g_params, allow_unused=True)
-            for param, grad in zip(self.g_params, grads, strict=True):
-                param.grad = grad
+        with self.autocast():
+            fake = self.generator(sample_noise(self.trial, self.trial.batch_size, self.device))
+            logits = self.discriminator(fake).float()
+        g_loss = generator_loss(self.loss, logits)
+        if self.fast.direct_grads:
+            set_grads(self.g_params, g_loss)  # not D's weight gradients: nothing uses them
         else:
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
-        self.opt_g.step()
+        self.step_g()
         with torch.no_grad():
             sums[3 if self.fast.stacked_sums else 1] += g_loss
 

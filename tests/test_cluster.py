@@ -25,7 +25,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer, clean_env, free_port, gansweep, kill_group, mlflow_runs, start_gansweep
+from conftest import MlflowServer, clean_env, free_port, gansweep, mlflow_runs, start_gansweep
 from test_sweep import EPOCH_METRICS, check_consistent, children
 
 RAY = Path(sys.executable).with_name("ray")
@@ -104,11 +104,32 @@ def wait_until(condition, what: str, driver: subprocess.Popen, log: Path, timeou
     raise TimeoutError(f"{what}: not within {timeout}s\n{log.read_text()[-5000:]}")
 
 
+def worker_progress(output: Path, number: int) -> int:
+    """Epochs a trial's worker has checkpointed (it writes checkpoint_<n-1> after epoch n)."""
+    found = [int(p.name.rsplit("_", 1)[1]) for p in output.glob(f"tune/*/trial_{number:04d}_*/checkpoint_*")]
+    return max(found, default=-1) + 1
+
+
 def d_loss_steps(client: MlflowClient, run) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, "d_loss"))
 
 
 # -------------------------------------------------------------------- a Ray cluster of processes
+
+def kill_session(leader: int) -> None:
+    """SIGKILL every process in the session a `start_new_session` child leads: the process
+    groups Ray's workers make for themselves stay in it."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == leader:  # state, ppid, pgrp, session
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
 
 class RayCluster:
     """A head and worker nodes, each a `ray start --block` process in its own process group,
@@ -132,10 +153,15 @@ class RayCluster:
             str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
             "--object-store-memory=100000000", *(f"--{p}={free_port()}" for p in sorted(ports)), *args,
         ]
-        self.nodes[name] = subprocess.Popen(
-            command, env=self.env, stdout=(self.temp_dir / f"{name}.log").open("w"),
-            stderr=subprocess.STDOUT, start_new_session=True,
+        log = self.temp_dir / f"{name}.log"
+        self.nodes[name] = process = subprocess.Popen(
+            command, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
+        # One at a time, each once up: a node joining a head that is still starting times out.
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, f"node {name} did not start" + self.logs()
+            time.sleep(0.3)
 
     def start(self, workers: tuple[str, ...]) -> dict[str, str]:
         """Head (no CPUs: trials run on workers only) and one-CPU workers, each with a custom
@@ -168,28 +194,34 @@ class RayCluster:
         return found
 
     def kill(self, name: str) -> None:
-        """SIGKILL the node's process group: its raylet and the trials' worker processes."""
-        kill_group(self.nodes.pop(name), signal.SIGKILL)
+        """What a machine's death looks like: SIGKILL every process of the node at once, its
+        raylet and the trials' worker processes (which Ray puts in process groups of their
+        own, within the node's session)."""
+        process = self.nodes.pop(name)
+        kill_session(process.pid)
+        process.wait(timeout=30)
 
     def logs(self) -> str:
         return "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in self.temp_dir.glob("*.log"))
 
     def stop(self) -> None:
-        for name in [n for n in self.nodes if n != "head"] + ["head"]:
-            process = self.nodes.pop(name, None)
-            if process is None:
-                continue
+        """SIGTERM every node's group, SIGKILL what remains after a few seconds: Ray's own
+        graceful shutdown of a whole cluster takes half a minute, and nothing here needs it."""
+        processes = list(self.nodes.values())
+        self.nodes.clear()
+        for process in processes:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
             except ProcessLookupError:
                 pass
-            except subprocess.TimeoutExpired:
-                kill_group(process, signal.SIGKILL)
+        deadline = time.monotonic() + 3
+        for process in processes:
             try:
-                os.killpg(process.pid, signal.SIGKILL)  # whatever of the group outlived its leader
-            except ProcessLookupError:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 pass
+            kill_session(process.pid)  # the leader's children (workers too), or a stuck leader
+            process.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -258,11 +290,14 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other(
     db = tmp_path / "out" / "optuna.db"
     try:
         def checkpointed_on_wa() -> tuple[int, int] | None:
+            """A trial running on wa whose worker has written 2 to 4 of its 6 checkpoints.
+            Progress is read from the checkpoint folders the worker writes, not from the
+            driver's records, which may lag a few results behind."""
             for number, trial in live_trials(db).items():
                 attempts = trial.get("attempts") or [{}]
-                if (trial["state"] == "RUNNING" and attempts[-1].get("node") == nodes["wa"]
-                        and trial.get("checkpoint") and 2 <= trial["epochs"] < LONG_EPOCHS - 1):
-                    return number, trial["epochs"]
+                done = worker_progress(tmp_path / "out", number)
+                if trial["state"] == "RUNNING" and attempts[-1].get("node") == nodes["wa"] and 2 <= done <= LONG_EPOCHS - 2:
+                    return number, done
             return None
 
         victim, epochs_before = wait_until(checkpointed_on_wa, "a trial checkpointed on node wa", driver, log)
@@ -273,7 +308,8 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other(
               f"{time.monotonic() - killed_at:.0f}s later")
     finally:
         if driver.poll() is None:
-            kill_group(driver)
+            kill_session(driver.pid)
+            driver.wait(timeout=60)
 
     table = check_consistent(tmp_path / "out", server.uri, "nodeloss", expected=4)
     assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == LONG_EPOCHS).all()
@@ -282,8 +318,9 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other(
     assert attempts[0] == {"node": nodes["wa"], "resumed_from": 0, "first_epoch": 1}
     retry = attempts[-1]
     assert len(attempts) >= 2 and retry["node"] == nodes["wb"]
-    # resumed from a checkpoint at least as late as the one seen before the kill, not from scratch
-    assert retry["resumed_from"] >= epochs_before - 1 >= 1
+    # resumed from its last checkpoint (one more may have landed as the node died), not from
+    # scratch, and trained the remaining epochs on wb
+    assert epochs_before <= retry["resumed_from"] <= epochs_before + 1 < LONG_EPOCHS
     assert retry["first_epoch"] == retry["resumed_from"] + 1
     client = MlflowClient(server.uri)
     runs = children(mlflow_runs(server.uri, "nodeloss"))
@@ -320,7 +357,8 @@ def test_mlflow_server_down_mid_sweep_then_back_loses_no_metric(tmp_path: Path, 
         assert driver.wait(timeout=400) == 0, log.read_text()[-5000:]
     finally:
         if driver.poll() is None:
-            kill_group(driver)
+            kill_session(driver.pid)
+            driver.wait(timeout=60)
     print(f"server away {outage:.0f}s; {evaluations_during} evaluations went on meanwhile")
     assert evaluations_during >= 2  # training did not wait for tracking
     assert not (tmp_path / "out" / "mlflow-undelivered.jsonl").exists()
@@ -436,7 +474,8 @@ def test_two_hundred_trials_all_accounted_for_with_bounded_driver_memory(tmp_pat
         assert driver.wait(timeout=60) == 0, log.read_text()[-5000:]
     finally:
         if driver.poll() is None:
-            kill_group(driver)
+            kill_session(driver.pid)
+            driver.wait(timeout=60)
     wall = time.monotonic() - started
     halfway = max((rss for t, rss in samples if t <= wall / 2), default=0)
     print(f"{LOAD_TRIALS} trials in {wall:.0f}s; driver peak RSS {peak / 1024:.0f} MiB "

@@ -1,0 +1,197 @@
+"""Sweep overhead: how much of a real `gansweep run` is spent training.
+
+    python -m benchmarks.sweep_bench            # 20 trials, actor reuse on and off (~4 min)
+    python -m benchmarks.sweep_bench --small    # 8 trials, actor reuse on only (~1 min)
+
+A generated study (benchmarks/sweep_bench.py: STUDY) of 20 short trials on the 2D circle,
+a 5 x 4 grid over alpha and lr_d, each trial 2 epochs x 1,000 iterations (about 2 to 4 s of
+training on one core) and one Parzen evaluation at the end, is run by the real CLI,
+`gansweep run`, in a subprocess, with 2 trials at a time on 1 cpu each (the study's budget),
+MLflow on a SQLite file in the output folder.
+
+Share of the machine spent training = sum over trials of `wall_time` (results.csv: the
+seconds inside train_epoch, evaluation excluded) / (the sweep's wall-clock time x 2 trial
+slots). The ideal is 100%: trials back to back on both cores with nothing else. The
+remainder is split using Tune's per-trial records (result.json):
+- in the trial, not training: time_total_s of the trainable minus its epochs: dataset load,
+  model set-up, Parzen evaluation, checkpoint writes;
+- start-up: from the command's start to the first trial's start (Python imports, Ray's
+  start, MLflow and Optuna set-up);
+- between trials: free slots while the sweep runs (actor start, scheduling, the driver's
+  callbacks: Optuna tell/ask, MLflow logging, checkpoint records);
+- wind-down: from the last trial's end to the command's exit (results.csv, MLflow, Ray's
+  shutdown).
+Tune's timestamps have one-second resolution, so the start-up/wind-down split is good to
+about a second; the total is exact.
+
+With actor reuse (what sweep.py asks Tune for) a worker process runs trial after trial;
+without it (benchmarks/_launch.py turns it off, sweep.py untouched) every trial starts a
+fresh Ray actor, which imports torch and loads the data again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOTS = 2  # max_concurrent x cpus_per_trial = the machine's 2 cores
+
+STUDY = """\
+name: sweep-bench
+description: 20 short trials on the circle; timing the sweep machinery (benchmarks/sweep_bench.py).
+trial:
+  dataset: circle
+  g_hidden: [64, 64]
+  d_hidden: [64, 64]
+  noise_dim: 2
+  batch_size: 64
+  epochs: 2
+  steps_per_epoch: {steps}
+  lr_d: 0.001
+  eval_every: 2
+  eval_samples: 1000
+  eval_valid: 500
+  eval_test: 1000
+  device: cpu
+search:
+  alpha: {alphas}
+  lr_d: {lrs}
+sampler: {{name: grid, seed: 0}}
+budget: {{max_concurrent: 2, cpus_per_trial: 1}}
+"""
+FULL = dict(steps=1000, alphas=[0.2, 0.35, 0.5, 0.65, 0.8], lrs=[3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3])
+SMALL = dict(steps=1000, alphas=[0.2, 0.4, 0.6, 0.8], lrs=[1.0e-3, 2.0e-3])
+
+
+@dataclass
+class SweepTiming:
+    label: str
+    trials: int
+    wall: float  # the command, start to exit
+    training: float  # sum of results.csv wall_time
+    in_trial: float  # sum of Tune's time_total_s per trial
+    startup: float
+    winddown: float
+    states: dict[str, int]
+
+    @property
+    def capacity(self) -> float:
+        return self.wall * SLOTS
+
+    @property
+    def share(self) -> float:
+        return self.training / self.capacity
+
+    @property
+    def between(self) -> float:
+        return self.capacity - self.in_trial - SLOTS * (self.startup + self.winddown)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", GANSWEEP_OFFLINE="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def tune_records(output: Path) -> list[list[dict]]:
+    """Every trial's result.json rows (Tune writes one JSON object per report)."""
+    records = []
+    for path in sorted((output / "tune").glob("*/trial_*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            records.append(rows)
+    return records
+
+
+def run_sweep(label: str, spec: dict, *, reuse_actors: bool, keep: Path | None) -> SweepTiming:
+    folder = Path(tempfile.mkdtemp(prefix="gansweep-sweep-bench-"))
+    try:
+        study = folder / "study.yaml"
+        study.write_text(STUDY.format(**spec))
+        output = folder / "out"
+        command = [
+            sys.executable, "-m", "benchmarks._launch", "run", str(study), "--output", str(output),
+            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        ]
+        env = clean_env(GANSWEEP_BENCH_REUSE_ACTORS="1" if reuse_actors else "0")
+        started = time.time()
+        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=1200)
+        ended = time.time()
+        if done.returncode != 0:
+            raise RuntimeError(f"gansweep run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        results = pd.read_csv(output / "results.csv")
+        records = tune_records(output)
+        starts = [rows[0]["timestamp"] - rows[0]["time_this_iter_s"] for rows in records]
+        ends = [rows[-1]["timestamp"] for rows in records]
+        timing = SweepTiming(
+            label=label,
+            trials=len(results),
+            wall=ended - started,
+            training=float(results["wall_time"].sum()),
+            in_trial=float(sum(rows[-1]["time_total_s"] for rows in records)),
+            startup=max(0.0, min(starts) - started),
+            winddown=max(0.0, ended - max(ends)),
+            states=results["state"].value_counts().to_dict(),
+        )
+        if keep is not None:
+            shutil.copytree(output, keep / label.replace(" ", "_"), dirs_exist_ok=True)
+        return timing
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def table(timings: list[SweepTiming]) -> str:
+    lines = [
+        "| sweep | trials | wall s | training s (sum) | share training | in trials, not training | start-up | between trials | wind-down | per trial overhead s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in timings:
+        cap = t.capacity
+        not_training = t.in_trial - t.training
+        per_trial = (cap - t.training - SLOTS * (t.startup + t.winddown)) / max(1, t.trials) / SLOTS
+        lines.append(
+            f"| {t.label} | {t.trials} | {t.wall:.1f} | {t.training:.1f} | **{t.share:.0%}** | "
+            f"{not_training / cap:.0%} ({not_training:.1f} s) | "
+            f"{SLOTS * t.startup / cap:.0%} ({t.startup:.0f} s) | "
+            f"{t.between / cap:.0%} ({t.between:.1f} slot-s) | "
+            f"{SLOTS * t.winddown / cap:.0%} ({t.winddown:.0f} s) | {per_trial:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[SweepTiming]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="8 trials, actor reuse on only")
+    parser.add_argument("--no-compare", action="store_true", help="skip the reuse_actors=False run")
+    parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
+    args = parser.parse_args(argv)
+    spec = SMALL if args.small else FULL
+    runs = [("reuse_actors on (sweep.py)", True)]
+    if not (args.small or args.no_compare):
+        runs.append(("reuse_actors off", False))
+    print(f"{len(spec['alphas']) * len(spec['lrs'])} trials x 2 epochs x {spec['steps']} iterations, "
+          f"{SLOTS} at a time; load average at start {os.getloadavg()[0]:.1f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    timings = [run_sweep(label, spec, reuse_actors=reuse, keep=args.keep) for label, reuse in runs]
+    print()
+    print(table(timings))
+    for t in timings:
+        print(f"{t.label}: states {t.states}; mean training per trial {t.training / t.trials:.2f} s, "
+              f"mean trainable time {t.in_trial / t.trials:.2f} s")
+    return timings
+
+
+if __name__ == "__main__":
+    main()
