@@ -522,7 +522,7 @@ def log_report(tracker_or_uri: Tracker | MlflowClient | str, parent_run_id: str,
         client.log_artifacts(parent_run_id, str(folder), REPORT_DIR)
 
     if isinstance(tracker_or_uri, Tracker):
-        tracker_or_uri._call("log report", lambda: log(tracker_or_uri.client))
+        tracker_or_uri.call_later("log report", lambda: log(tracker_or_uri.client))
     else:
         log(tracker_or_uri if isinstance(tracker_or_uri, MlflowClient) else MlflowClient(tracker_or_uri))
 

@@ -28,23 +28,32 @@ def tune_storage_path(output: Path) -> str:
 
 
 def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
-    """An S3 filesystem honouring GANSWEEP_S3_ENDPOINT for s3:// URIs (MinIO and other
-    S3-compatible stores); None lets Ray pick the filesystem from the URI itself."""
+    """For s3:// URIs, an S3 filesystem built now, with the credentials of this process's
+    environment (or the default AWS chain) and GANSWEEP_S3_ENDPOINT for MinIO and other
+    S3-compatible stores. Built eagerly because the driver withholds the AWS variables from
+    its environment while Tune runs (see sweep.withheld_from_ray). None for other URIs: Ray
+    picks the filesystem from the URI itself."""
     if not uri.startswith("s3://"):
         return None
+    credentials = {
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+    }
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     endpoint = os.environ.get(S3_ENDPOINT_ENV)
-    if not endpoint:
-        return None
+    if not endpoint:  # AWS itself: the bucket's own region unless one is set
+        bucket = uri.removeprefix("s3://").split("/", 1)[0]
+        return pyarrow.fs.S3FileSystem(**credentials, region=region or pyarrow.fs.resolve_s3_region(bucket))
     scheme, _, host = endpoint.partition("://")
     return pyarrow.fs.S3FileSystem(
+        **credentials,
         endpoint_override=host or scheme,
         scheme=scheme if host else "https",
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        region=region or "us-east-1",
     )
 
 
 def strip_scheme(uri: str) -> str:
     """pyarrow filesystems take paths without the scheme once the filesystem is given."""
-    return uri.split("://", 1)[1] if "://" in uri and storage_filesystem(uri) else uri
+    return uri.removeprefix("s3://")

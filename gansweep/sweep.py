@@ -12,9 +12,11 @@ new `gansweep run` of the same study resumes the others from their last checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,15 +247,37 @@ class TrackingCallback(tune.Callback):
         self.progress.finished(number, "FAIL")
 
     def log_theory_plot(self, number: int, values: dict[str, Any]) -> None:
+        """The losses-vs-theory figure, drawn from the run's own history once it is delivered."""
         from gansweep.plots import plot_losses_vs_theory
 
-        history = self.tracker.metric_history(number, ("d_loss", "g_loss", "d_loss_star", "g_loss_star"))
-        if not history.get("d_loss"):
-            return
         folder = self.artifacts / str(number) / "plots"
-        folder.mkdir(parents=True, exist_ok=True)
-        plot_losses_vs_theory(history, TrialConfig.model_validate(values), folder / "losses_vs_theory.png")
-        self.tracker.log_artifacts(number, folder, "plots")
+        trial = TrialConfig.model_validate(values)
+
+        def draw(history: dict[str, list[tuple[int, float]]]) -> Path | None:
+            if not history.get("d_loss"):
+                return None
+            folder.mkdir(parents=True, exist_ok=True)
+            plot_losses_vs_theory(history, trial, folder / "losses_vs_theory.png")
+            return folder
+
+        self.tracker.log_from_history(number, ("d_loss", "g_loss", "d_loss_star", "g_loss_star"), draw, "plots")
+
+
+# Ray Tune copies these from the driver's environment into every trainable's runtime_env,
+# and Ray's runtime-env agent logs a runtime_env in full, at INFO, in the session's logs.
+# Workers never need them from the driver: the S3 filesystem handed to Tune carries its
+# own keys, and cluster nodes have their credentials in their own environment.
+RAY_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+@contextlib.contextmanager
+def withheld_from_ray(names: tuple[str, ...]) -> Iterator[None]:
+    """These environment variables out of os.environ while Tune starts trials, then back."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def trial_name(trial: Trial) -> str:
@@ -371,6 +395,6 @@ def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, pr
             verbose=0,
         ),
     )
-    with progress.live():
+    with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
         tuner.fit()
     shutil.rmtree(output / "tune-tmp", ignore_errors=True)

@@ -24,7 +24,7 @@ from gansweep.errors import GansweepError
 
 # Fail fast and let the queue below retry, instead of MLflow's own minutes-long backoff
 # blocking the driver's event loop.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
@@ -41,6 +41,9 @@ TAG_REASON = "gansweep.failure_reason"
 TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+# While the server is away, the queue is retried after 1 s, then 2, 4 ... at most 15 s apart.
+MIN_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 15.0
 
 
 def default_tracking_uri() -> str:
@@ -66,6 +69,8 @@ class Tracker:
     last_step: dict[int, int] = field(default_factory=dict, init=False)  # trial -> epoch logged
     run_ids: dict[int, str] = field(default_factory=dict, init=False)  # trial -> MLflow run
     closed: set[int] = field(default_factory=set, init=False)  # trials whose run was ended
+    backoff_s: float = field(default=0.0, init=False)  # 0 while the server answers
+    retry_at: float = field(default=0.0, init=False)  # time.monotonic() of the next attempt
 
     def __post_init__(self) -> None:
         self.client = MlflowClient(self.tracking_uri)
@@ -83,19 +88,27 @@ class Tracker:
             ) from None
 
     # -- resilience ------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any]) -> None:
-        """Run fn now if the queue is empty and the server answers, else queue it."""
+    def call_later(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run fn now if the queue is empty and the server answers, else queue it (in order).
+        While the server is away, each new call only joins the queue: the queue is tried
+        again after a back-off, so the driver's event loop (and training) never waits more
+        than one failed request per back-off period for tracking."""
         self.pending.append((what, fn))
-        self.flush()
+        if time.monotonic() >= self.retry_at:
+            self.flush()
 
     def flush(self) -> bool:
+        """Deliver the queue in order; False (and a back-off) at the first call that fails."""
         while self.pending:
             what, fn = self.pending[0]
             try:
                 fn()
             except Exception:
+                self.backoff_s = min(MAX_BACKOFF_S, self.backoff_s * 2 if self.backoff_s else MIN_BACKOFF_S)
+                self.retry_at = time.monotonic() + self.backoff_s
                 return False
             self.pending.popleft()
+        self.backoff_s, self.retry_at = 0.0, 0.0
         return True
 
     def flush_with_retries(self, seconds: float = 60.0) -> None:
@@ -137,19 +150,19 @@ class Tracker:
         existing = self.client.get_run(self.parent_id).data.params
         fresh = [Param(k, param_text(v)) for k, v in params.items() if k not in existing]
         if fresh:
-            self._call("log_batch parent params", lambda: self.client.log_batch(self.parent_id, params=fresh))
-        self._call("log study file", lambda: self.client.log_artifact(self.parent_id, str(study_file), "study"))
+            self.call_later("log_batch parent params", lambda: self.client.log_batch(self.parent_id, params=fresh))
+        self.call_later("log study file", lambda: self.client.log_artifact(self.parent_id, str(study_file), "study"))
 
     def finish_study(self, status: str, artifacts: list[Path]) -> None:
         for path in artifacts:
-            self._call(f"log {path.name}", lambda p=path: self.client.log_artifact(self.parent_id, str(p)))
-        self._call("end parent", lambda: self.client.set_terminated(self.parent_id, status))
+            self.call_later(f"log {path.name}", lambda p=path: self.client.log_artifact(self.parent_id, str(p)))
+        self.call_later("end parent", lambda: self.client.set_terminated(self.parent_id, status))
 
     # -- children -------------------------------------------------------------------------
     # Child operations are keyed by trial number and resolve the run id when they run, so
     # that even a run's creation can wait in the queue while the server is away.
     def start_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
-        self._call(f"start trial {number}", lambda: self._open_child(number, run_name, params))
+        self.call_later(f"start trial {number}", lambda: self._open_child(number, run_name, params))
 
     def _open_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
         """The trial's run: found again when a trial resumes, created otherwise."""
@@ -189,27 +202,36 @@ class Tracker:
             self.client.log_batch(self.run_ids[number], metrics=batch)
             self.last_step[number] = epoch
 
-        self._call(f"trial {number} epoch {epoch} metrics", log)
+        self.call_later(f"trial {number} epoch {epoch} metrics", log)
 
     def set_child_tags(self, number: int, tags: dict[str, str]) -> None:
         batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-        self._call(f"trial {number} tags", lambda: self.client.log_batch(self.run_ids[number], tags=batch))
+        self.call_later(f"trial {number} tags", lambda: self.client.log_batch(self.run_ids[number], tags=batch))
 
     def log_artifacts(self, number: int, folder: Path, artifact_path: str | None = None) -> None:
         """Log a folder's files; the folder must stay until the queue has delivered them."""
-        self._call(
+        self.call_later(
             f"trial {number} artifacts {artifact_path}",
             lambda: self.client.log_artifacts(self.run_ids[number], str(folder), artifact_path),
         )
 
-    def metric_history(self, number: int, names: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
-        if not self.flush():
-            return {}
-        run_id = self.run_ids[number]
-        return {
-            name: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, name))
-            for name in names
-        }
+    def log_from_history(
+        self, number: int, names: tuple[str, ...], draw: Callable[[dict[str, list[tuple[int, float]]]], Path | None],
+        artifact_path: str,
+    ) -> None:
+        """Queue: read the run's metric history back (so after every queued epoch has been
+        delivered), let `draw` write a folder from it, and log that folder."""
+        def log() -> None:
+            run_id = self.run_ids[number]
+            history = {
+                name: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, name))
+                for name in names
+            }
+            folder = draw(history)
+            if folder is not None:
+                self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+        self.call_later(f"trial {number} {artifact_path} from history", log)
 
     def finish_child(self, number: int, state: str, tags: dict[str, str]) -> None:
         """state: COMPLETE, PRUNED, FAIL or INTERRUPTED -> MLflow FINISHED, KILLED, FAILED, KILLED."""
@@ -221,7 +243,7 @@ class Tracker:
             self.client.set_terminated(self.run_ids[number], status)
 
         self.closed.add(number)
-        self._call(f"trial {number} end {state}", finish)
+        self.call_later(f"trial {number} end {state}", finish)
 
     def open_children(self) -> dict[int, str]:
         """Trial number -> run id of this study's child runs still marked RUNNING."""
