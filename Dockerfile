@@ -23,7 +23,7 @@ WORKDIR /app
 
 # PyTorch first, in a layer of its own: by far the largest download, and the one that changes
 # least often, so that editing the project does not download it again. PyPI's default Linux
-# wheels are the CUDA builds. The pins match pyproject.toml.
+# wheels are the CUDA builds. The pins satisfy pyproject.toml's ranges (a tested pair).
 RUN pip install --no-cache-dir "torch==2.15.0" "torchvision==0.29.2"
 
 COPY . /app

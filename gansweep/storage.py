@@ -27,27 +27,75 @@ def tune_storage_path(output: Path) -> str:
     return os.environ.get(TUNE_STORAGE_ENV) or str(output.resolve() / "tune")
 
 
+# Credentials in the environment: read by each process that builds or rebuilds a filesystem.
+CREDENTIAL_ENV = {
+    "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY",
+    "session_token": "AWS_SESSION_TOKEN",
+}
+
+
+# Filesystems built in this process, by their (non-secret) options.
+BUILT: dict[tuple, S3Storage] = {}
+
+
+class S3Storage(pyarrow.fs.S3FileSystem):
+    """pyarrow's S3FileSystem, except that it pickles without its credentials.
+
+    Why: pyarrow pickles an S3FileSystem with its access and secret keys in clear, and Tune
+    pickles the RunConfig's storage_filesystem into files it writes, tuner.pkl and
+    search_gen_state-*.json: both in the driver's Ray session folder on local disk
+    (/tmp/ray/session_*/artifacts/.../driver_artifacts) and uploaded next to the checkpoints
+    in the bucket. tests/test_storage.py found AWS_SECRET_ACCESS_KEY in both places, which
+    defeated sweep.withheld_from_ray. A pickled S3Storage carries only the endpoint, scheme and
+    region; the process that unpickles it (a Ray worker) takes the keys from its own environment
+    (or the default AWS chain), as cluster nodes have them (docker-compose.yml, k8s/ray) and as
+    load_resume_state already needs. In the process that built it (the driver, whose AWS
+    variables are withheld while Tune runs) copies and round trips return the object itself."""
+
+    def __init__(self, *, endpoint_override: str | None, scheme: str, region: str) -> None:
+        credentials = {name: os.environ.get(env) for name, env in CREDENTIAL_ENV.items()}
+        super().__init__(**credentials, endpoint_override=endpoint_override, scheme=scheme, region=region)
+        self.options = {"endpoint_override": endpoint_override, "scheme": scheme, "region": region}
+        BUILT[options_key(self.options)] = self  # the latest, built with the current environment
+
+    def __reduce__(self) -> tuple:
+        return rebuild_s3_storage, (self.options,)
+
+    def __copy__(self) -> S3Storage:
+        return self  # immutable: a copy needs neither a rebuild nor the credentials again
+
+    def __deepcopy__(self, memo: dict) -> S3Storage:
+        return self
+
+
+def options_key(options: dict[str, str | None]) -> tuple:
+    return tuple(sorted(options.items()))
+
+
+def rebuild_s3_storage(options: dict[str, str | None]) -> S3Storage:
+    """Unpickling: this process's own filesystem for these options, else a new one with this
+    process's credentials."""
+    return BUILT.get(options_key(options)) or S3Storage(**options)
+
+
 def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
     """For s3:// URIs, an S3 filesystem built now, with the credentials of this process's
     environment (or the default AWS chain) and GANSWEEP_S3_ENDPOINT for MinIO and other
     S3-compatible stores. Built eagerly because the driver withholds the AWS variables from
-    its environment while Tune runs (see sweep.withheld_from_ray). None for other URIs: Ray
-    picks the filesystem from the URI itself."""
+    its environment while Tune runs (see sweep.withheld_from_ray). It pickles without the
+    credentials (see S3Storage). None for other URIs: Ray picks the filesystem from the URI
+    itself."""
     if not uri.startswith("s3://"):
         return None
-    credentials = {
-        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
-    }
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     endpoint = os.environ.get(S3_ENDPOINT_ENV)
     if not endpoint:  # AWS itself: the bucket's own region unless one is set
         bucket = uri.removeprefix("s3://").split("/", 1)[0]
-        return pyarrow.fs.S3FileSystem(**credentials, region=region or pyarrow.fs.resolve_s3_region(bucket))
+        region = region or pyarrow.fs.resolve_s3_region(bucket)
+        return S3Storage(endpoint_override=None, scheme="https", region=region)
     scheme, _, host = endpoint.partition("://")
-    return pyarrow.fs.S3FileSystem(
-        **credentials,
+    return S3Storage(
         endpoint_override=host or scheme,
         scheme=scheme if host else "https",
         region=region or "us-east-1",

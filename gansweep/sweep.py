@@ -265,8 +265,9 @@ class TrackingCallback(tune.Callback):
 
 # Ray Tune copies these from the driver's environment into every trainable's runtime_env,
 # and Ray's runtime-env agent logs a runtime_env in full, at INFO, in the session's logs.
-# Workers never need them from the driver: the S3 filesystem handed to Tune carries its
-# own keys, and cluster nodes have their credentials in their own environment.
+# Workers never need them from the driver: the S3 filesystem handed to Tune is built before
+# they are withheld and pickles without them (storage.S3Storage), and every node takes its
+# credentials from its own environment (docker-compose.yml, k8s/ray).
 RAY_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 

@@ -30,6 +30,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -428,9 +430,9 @@ def is_pin_only(args: list[str]) -> bool:
     return bool(args) and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+\-]+", a) for a in args)
 
 
-def install_mismatches(dockerfile: str, readme: str, pins: dict[str, str]) -> list[str]:
+def install_mismatches(dockerfile: str, readme: str, requirements: dict[str, SpecifierSet]) -> list[str]:
     """What in the Dockerfile's installs the README (project installs) or pyproject.toml
-    (pinned pre-installs, e.g. the PyTorch layer) does not say."""
+    (pinned pre-installs, e.g. the PyTorch layer, must satisfy its requirements) does not say."""
     problems = []
     commands = pip_install_commands(dockerfile)
     if not commands:
@@ -440,30 +442,25 @@ def install_mismatches(dockerfile: str, readme: str, pins: dict[str, str]) -> li
         if is_pin_only(args):
             for arg in args:
                 name, ver = arg.split("==")
-                if pins.get(name.lower()) != ver:
-                    problems.append(
-                        f"Dockerfile pins {arg}, pyproject.toml says {pins.get(name.lower())}"
-                    )
+                wanted = requirements.get(name.lower())
+                if wanted is None or ver not in wanted:
+                    problems.append(f"Dockerfile pins {arg}, pyproject.toml says {name}{wanted or ' (nothing)'}")
         elif args not in documented:
             problems.append(f"README.md has no `pip install {shlex.join(args)}` (the Dockerfile's)")
     return problems
 
 
-def pyproject_pins() -> dict[str, str]:
+def pyproject_requirements() -> dict[str, SpecifierSet]:
+    """Package name -> the version specifier pyproject.toml's dependencies give it."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = {}
-    for dep in deps:
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^;\s]+)", dep.strip())
-        if m:
-            pins[m.group(1).lower()] = m.group(3)
-    return pins
+    return {Requirement(dep).name.lower(): Requirement(dep).specifier for dep in deps}
 
 
 def test_dockerfile_installs_the_project_as_the_readme_does() -> None:
     readme = ROOT / "README.md"
     assert readme.is_file(), "README.md is missing"
     problems = install_mismatches(
-        (ROOT / "Dockerfile").read_text(), readme.read_text(), pyproject_pins()
+        (ROOT / "Dockerfile").read_text(), readme.read_text(), pyproject_requirements()
     )
     assert problems == []
 
@@ -474,10 +471,12 @@ def test_install_check_catches_drift() -> None:
         ' && pip install --no-cache-dir ".[cluster]"\n'
     )
     good_readme = 'Install:\n\n    pip install ".[cluster]"\n'
-    pins = {"torch": "2.15.0"}
+    pins = {"torch": SpecifierSet(">=2.14,<2.16")}
     assert install_mismatches(dockerfile, good_readme, pins) == []
+    assert install_mismatches(dockerfile, good_readme, {"torch": SpecifierSet("==2.15.0")}) == []
     assert install_mismatches(dockerfile, "    pip install .\n", pins)  # another install
-    assert install_mismatches(dockerfile, good_readme, {"torch": "2.14.0"})  # pin drifted
+    assert install_mismatches(dockerfile, good_readme, {"torch": SpecifierSet("<2.15")})  # drifted
+    assert install_mismatches(dockerfile, good_readme, {})  # a pin pyproject.toml does not know
     assert install_mismatches("FROM python:3.11-slim\n", good_readme, pins)  # no install at all
 
 
