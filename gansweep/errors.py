@@ -24,3 +24,21 @@ class TrialDiverged(GansweepError):
         self.loss_name = loss_name
         self.value = value
         super().__init__(f"diverged at epoch {epoch}: {loss_name} = {value}")
+
+
+class TrialOutOfMemory(GansweepError):
+    """The trial's networks or batches do not fit in its device's memory (CUDA or host);
+    recorded as failed with this reason, not retried: a retry would fail the same way."""
+
+    def __init__(self, epoch: int, device: str, detail: str) -> None:
+        self.epoch = epoch
+        super().__init__(f"out of memory on {device} at epoch {epoch}: {detail}")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError, or the RuntimeError its CPU allocator raises."""
+    if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
+        return True
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
+    )

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gansweep.errors import TrialDiverged
+from gansweep.errors import TrialDiverged, TrialOutOfMemory
 from gansweep.study import TrialConfig
 
 SUMMARY_METRICS = (
@@ -78,7 +78,7 @@ def train_one(trial: TrialConfig, output: Path) -> int:
         task = progress.add_task("", total=trial.epochs)
         try:
             train_gan(trial, data, report, sample_dir=output / "samples")
-        except TrialDiverged as err:
+        except (TrialDiverged, TrialOutOfMemory) as err:
             console.print(f"[red]trial failed: {err}[/red]")
             console.print(f"metrics so far: {output / 'metrics.csv'}")
             return 1

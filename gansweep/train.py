@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gansweep.data import Dataset, minibatch
-from gansweep.errors import TrialDiverged
+from gansweep.errors import TrialDiverged, TrialOutOfMemory, is_out_of_memory
 from gansweep.losses import (
     Loss,
     alpha_weights,
@@ -540,26 +540,37 @@ def train_gan(
     epoch with the same networks, optimiser moments and RNG state. Raises TrialDiverged on a
     NaN or infinite loss; exceptions raised by `report` (e.g. a pruning signal) propagate.
     `fast` picks the step loop's fast paths (default: all of them; FastPaths.plain(): none).
+    Raises TrialOutOfMemory when the networks or a step do not fit in the device's memory.
     """
-    gan = GanTrial.create(trial, data, fast)
-    if resume_from is not None:
-        gan.load_state_dict(resume_from)
-    history: list[Metrics] = []
-    if gan.epoch >= trial.epochs and gan.last_metrics is not None and report is not None:
-        # Resumed from the final checkpoint (its driver stopped before recording the end):
-        # say the last epoch's metrics again so that the caller can close the trial.
-        report(gan.last_metrics, gan.epoch, gan.state_dict)
-    while gan.epoch < trial.epochs:
-        metrics = gan.train_epoch()
-        metrics.update(theory_metrics(trial, metrics))
-        gan.last_samples = None
-        if is_eval_epoch(trial, gan.epoch):
-            metrics.update(gan.evaluate())
-        if sample_dir is not None and is_sample_epoch(trial, gan.epoch):
-            gan.save_samples(sample_dir)
-        metrics["epoch"] = float(gan.epoch)
-        gan.last_metrics = metrics
-        history.append(metrics)
-        if report is not None:
-            report(metrics, gan.epoch, gan.state_dict)
+    gan: GanTrial | None = None
+    try:
+        gan = GanTrial.create(trial, data, fast)
+        if resume_from is not None:
+            gan.load_state_dict(resume_from)
+        history: list[Metrics] = []
+        if gan.epoch >= trial.epochs and gan.last_metrics is not None and report is not None:
+            # Resumed from the final checkpoint (its driver stopped before recording the end):
+            # say the last epoch's metrics again so that the caller can close the trial.
+            report(gan.last_metrics, gan.epoch, gan.state_dict)
+        while gan.epoch < trial.epochs:
+            metrics = gan.train_epoch()
+            metrics.update(theory_metrics(trial, metrics))
+            gan.last_samples = None
+            if is_eval_epoch(trial, gan.epoch):
+                metrics.update(gan.evaluate())
+            if sample_dir is not None and is_sample_epoch(trial, gan.epoch):
+                gan.save_samples(sample_dir)
+            metrics["epoch"] = float(gan.epoch)
+            gan.last_metrics = metrics
+            history.append(metrics)
+            if report is not None:
+                report(metrics, gan.epoch, gan.state_dict)
+    except (RuntimeError, MemoryError) as err:
+        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+            raise
+        # train_epoch counts an epoch as it starts it; 0: the networks themselves did not fit
+        epoch = gan.epoch if gan is not None else 0
+        device = str(gan.device) if gan is not None else str(resolve_device(trial.device))
+        lines = str(err).strip().splitlines()
+        raise TrialOutOfMemory(epoch, device, lines[-1][:300] if lines else type(err).__name__) from err
     return history

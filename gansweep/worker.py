@@ -97,7 +97,5 @@ def run_trial(config: dict[str, Any]) -> None:
 
         try:
             train_gan(trial, data, report, sample_dir=sample_dir, resume_from=resume)
-        except GansweepError as err:  # TrialDiverged and friends: recorded, not retried
+        except GansweepError as err:  # TrialDiverged, TrialOutOfMemory: recorded, not retried
             tune.report({"epoch": getattr(err, "epoch", 0), "failure_reason": str(err)})
-        except torch.OutOfMemoryError as err:
-            tune.report({"epoch": 0, "failure_reason": f"out of memory: {err}".splitlines()[0]})

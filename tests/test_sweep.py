@@ -150,6 +150,34 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path:
     assert "diverged at epoch 1" in failed[0].data.tags["gansweep.failure_reason"]
 
 
+OUT_OF_MEMORY_STUDY = """\
+name: oom
+trial: {dataset: circle, d_hidden: [16], epochs: 2, steps_per_epoch: 20,
+        eval_samples: 200, eval_valid: 100, eval_test: 200, device: cpu}
+search:
+  g_hidden: [[16], [4000000000000]]  # the second: a weight matrix of tens of terabytes
+sampler: {name: grid}
+budget: {max_failures: 2}
+"""
+
+
+def test_a_trial_out_of_memory_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "oom.yaml").write_text(OUT_OF_MEMORY_STUDY)
+    done = gansweep("run", "oom.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "oom", expected=2)
+    assert sorted(table["state"]) == ["COMPLETE", "FAIL"]
+    failed = table[table["state"] == "FAIL"].iloc[0]
+    assert "out of memory on cpu at epoch 0" in failed["failure_reason"]
+    assert "can't allocate memory" in failed["failure_reason"]
+    runs = [r for r in mlflow_runs(uri, "oom") if r.data.tags.get("gansweep.state") == "FAIL"]
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["gansweep.failure_reason"] == failed["failure_reason"]
+    # reported by the trial itself, not a crashed worker that Tune retried max_failures times
+    assert not failed["failure_reason"].startswith("worker error")
+
+
 RESUME_STUDY = """\
 name: resume
 trial: {dataset: circle, g_hidden: [32], d_hidden: [32], noise_dim: 2, epochs: 6, steps_per_epoch: 150,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gansweep.data import load_dataset
-from gansweep.errors import TrialDiverged
+from gansweep.errors import TrialDiverged, TrialOutOfMemory
 from gansweep.losses import equilibrium
 from gansweep.parzen import data_as_model_baseline
 from gansweep.study import TrialConfig
@@ -106,6 +106,34 @@ def test_nan_loss_stops_the_trial_naming_epoch_and_loss() -> None:
     with pytest.raises(TrialDiverged, match=r"epoch 1: d_loss = nan") as caught:
         train_gan(TrialConfig(**TINY), dataclasses.replace(data, train=poisoned))
     assert caught.value.epoch == 1
+
+
+# 4e12 units: a weight matrix of tens of terabytes, which the allocator refuses at once.
+TOO_BIG = 4_000_000_000_000
+
+
+def test_networks_that_do_not_fit_are_out_of_memory_at_epoch_0() -> None:
+    data = load_dataset("circle", seed=0)
+    with pytest.raises(TrialOutOfMemory, match=r"out of memory on cpu at epoch 0: .*allocate") as caught:
+        train_gan(TrialConfig(**{**TINY, "g_hidden": (TOO_BIG,)}), data)
+    assert caught.value.epoch == 0
+
+
+def test_a_step_that_does_not_fit_is_out_of_memory_in_its_epoch() -> None:
+    data = load_dataset("circle", seed=0)
+    # bernoulli mode: nothing of batch size is allocated before the first step draws its batch
+    trial = TrialConfig(**{**TINY, "batch_size": TOO_BIG, "alpha_mode": "bernoulli"})
+    with pytest.raises(TrialOutOfMemory, match=r"out of memory on cpu at epoch 1: ") as caught:
+        train_gan(trial, data)
+    assert caught.value.epoch == 1
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory() -> None:
+    def report(metrics, epoch, state):
+        raise RuntimeError("a bug in the caller")
+
+    with pytest.raises(RuntimeError, match="a bug in the caller"):
+        train_gan(TrialConfig(**TINY), load_dataset("circle", seed=0), report)
 
 
 def test_report_sees_every_epoch_and_the_theory_gaps() -> None:
