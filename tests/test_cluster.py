@@ -442,7 +442,7 @@ name: load
 trial: {dataset: line, g_hidden: [8], d_hidden: [8], noise_dim: 1, batch_size: 32, epochs: 1,
         steps_per_epoch: 5, eval_samples: 100, eval_valid: 50, eval_test: 100, device: cpu}
 search:
-  alpha: {kind: uniform, low: 0.2, high: 0.8}
+  alpha: {uniform: [0.2, 0.8]}
 sampler: {name: random, seed: 0}
 budget: {trials: 200, max_concurrent: 2, cpus_per_trial: 1}
 """
