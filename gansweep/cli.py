@@ -7,6 +7,7 @@ Heavy imports (torch, Ray, MLflow) happen inside the commands that need them.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except GansweepError as err:
         print(f"gansweep: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        # A disk that filled up faster than the sweep's free-space floor could notice.
+        print(f"gansweep: error: no space left on device: {err.filename or err}; free some "
+              "space and run the same command again to resume", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gansweep: interrupted", file=sys.stderr)

@@ -16,6 +16,11 @@ class DataError(GansweepError):
     """A dataset cannot be found or read; the message says where gansweep looked."""
 
 
+class DiskFull(GansweepError):
+    """Free space below the sweep's floor (GANSWEEP_MIN_FREE_MB): the sweep stops with its
+    state saved, before a write can fail halfway; the same command resumes it."""
+
+
 class TrialDiverged(GansweepError):
     """A loss became NaN or infinite; the trial is recorded as failed with this reason."""
 

@@ -28,7 +28,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, DiskFull
 from gansweep.progress import SweepProgress
 from gansweep.report import report_after_sweep, run_name
 from gansweep.results import write_results
@@ -301,6 +301,58 @@ def init_ray(address: str | None) -> None:
         raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
 
 
+MIN_FREE_ENV = "GANSWEEP_MIN_FREE_MB"
+DEFAULT_MIN_FREE_MB = 256  # a few checkpoints of the largest shipped nets, with room to spare
+
+
+def min_free_bytes() -> int:
+    text = os.environ.get(MIN_FREE_ENV, str(DEFAULT_MIN_FREE_MB))
+    try:
+        return int(float(text) * 2**20)
+    except ValueError:
+        raise ConfigError(f"{MIN_FREE_ENV} must be a number of MiB, got {text!r}") from None
+
+
+def short_of_space(folders: list[Path], floor: int) -> tuple[Path, int] | None:
+    """The first folder whose file system has less than `floor` bytes free, and its free bytes."""
+    for folder in folders:
+        free = shutil.disk_usage(folder).free
+        if free < floor:
+            return folder, free
+    return None
+
+
+def disk_full_error(short: tuple[Path, int], floor: int, unfinished: int | None = None) -> DiskFull:
+    folder, free = short
+    stopped = f"the sweep stopped with {unfinished} trial(s) unfinished, their state saved; " if unfinished else ""
+    return DiskFull(
+        f"{folder} has {free / 2**20:.0f} MiB free, below the {floor / 2**20:.0f} MiB the sweep "
+        f"keeps in reserve ({MIN_FREE_ENV}); {stopped}free some space and run the same command "
+        "to resume"
+    )
+
+
+class DiskSpaceStopper(tune.Stopper):
+    """Stops every trial, as Ctrl-C does (they stay resumable), once a folder the sweep writes
+    to runs short of space: better a clean stop than a checkpoint or database write that
+    fails halfway. Checked at most once a second (statvfs is cheap; results come often)."""
+
+    def __init__(self, folders: list[Path], floor: int) -> None:
+        self.folders = folders
+        self.floor = floor
+        self.short: tuple[Path, int] | None = None
+        self.checked_at = 0.0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self.short is None and time.monotonic() - self.checked_at >= 1.0:
+            self.checked_at = time.monotonic()
+            self.short = short_of_space(self.folders, self.floor)
+        return self.short is not None
+
+
 def prepare_output(output: Path) -> None:
     """Create the output folder and prove it writable before anything is tracked or started."""
     try:
@@ -321,6 +373,11 @@ def run_study(
     output: Path | None = None,
 ) -> int:
     output = (output or study.output_dir).resolve()
+    floor = min_free_bytes()
+    existing = next((p for p in (output, *output.parents) if p.is_dir()), Path("/"))
+    short = short_of_space([existing], floor)  # before anything is created or tracked
+    if short is not None:
+        raise disk_full_error(short, floor)
     prepare_output(output)
     optuna_study = OptunaStudy(study, optuna_storage_url(study.storage, output))
     tracker = Tracker(
@@ -342,7 +399,7 @@ def run_study(
         if to_run > 0:
             init_ray(address)
             run_tune(study, optuna_study, tracker, progress, to_run, output)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DiskFull):
         status = "KILLED"
         raise
     finally:
@@ -372,6 +429,9 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
 def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress, to_run: int, output: Path) -> None:
     budget = study.budget
     storage_path = tune_storage_path(output)
+    local_folders = [output] + ([] if "://" in storage_path else [Path(storage_path)])
+    floor = min_free_bytes()
+    disk_guard = DiskSpaceStopper([f for f in local_folders if f.exists()] or [output], floor)
     trainable = tune.with_resources(run_trial, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -392,10 +452,13 @@ def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, pr
             storage_filesystem=storage_filesystem(storage_path),
             failure_config=tune.FailureConfig(max_failures=budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            stop=disk_guard,
             callbacks=[TrackingCallback(optuna_study, tracker, list(study.search), progress)],
             verbose=0,
         ),
     )
     with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
         tuner.fit()
+    if disk_guard.short is not None:
+        raise disk_full_error(disk_guard.short, floor, len(optuna_study.unfinished()))
     shutil.rmtree(output / "tune-tmp", ignore_errors=True)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -432,6 +433,57 @@ def test_an_output_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path
     assert "Traceback" not in done.stderr + done.stdout
     assert MlflowClient(server.uri).get_experiment_by_name("nowrite") is None  # nothing tracked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mlflow-server", "nowrite.yaml"]
+
+
+MIB = 2**20
+
+
+def test_a_disk_running_short_stops_the_sweep_cleanly_and_the_rerun_finishes(tmp_path: Path) -> None:
+    """The free-space floor is set 300 MiB below what is free now; once the first evaluation
+    is in, a 600 MiB ballast file takes the disk below it, as a filling disk would."""
+    write_study(tmp_path, LONG_STUDY, "diskfull")
+    floor_mib = (shutil.disk_usage(tmp_path).free - 300 * MIB) / MIB
+    env = clean_env(GANSWEEP_MIN_FREE_MB=f"{floor_mib:.0f}")
+    log, db, ballast = tmp_path / "driver.log", tmp_path / "out" / "optuna.db", tmp_path / "ballast"
+    driver = start_gansweep("run", "diskfull.yaml", "--output", "out", cwd=tmp_path, env=env, log=log)
+    try:
+        wait_until(lambda: any(t["epochs"] >= 1 for t in live_trials(db).values()), "a first evaluation", driver, log)
+        with ballast.open("wb") as file:
+            os.posix_fallocate(file.fileno(), 0, 600 * MIB)
+        assert driver.wait(timeout=300) == 2, log.read_text()[-5000:]
+    finally:
+        if driver.poll() is None:
+            kill_session(driver.pid)
+            driver.wait(timeout=60)
+    text = log.read_text()
+    assert f"{tmp_path / 'out'} has " in text and "MiB free, below the" in text, text[-3000:]
+    assert "GANSWEEP_MIN_FREE_MB" in text and "run the same command to resume" in text
+    assert "Traceback" not in text
+    states = [t["state"] for t in live_trials(db).values()]
+    assert "RUNNING" in states  # stopped mid-sweep: unfinished trials kept for the rerun
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not [r for r in mlflow_runs(uri, "diskfull") if r.info.status == "RUNNING"]
+    first = pd.read_csv(tmp_path / "out" / "results.csv")  # written whole, not cut off
+    assert len(first) == len(states)
+
+    ballast.unlink()
+    done = gansweep("run", "diskfull.yaml", "--output", "out", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = check_consistent(tmp_path / "out", uri, "diskfull", expected=4)
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == LONG_EPOCHS).all()
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "diskfull")):
+        assert d_loss_steps(client, run) == list(range(1, LONG_EPOCHS + 1))  # each epoch once
+
+
+def test_a_disk_already_short_is_a_clear_error_before_anything_starts(tmp_path: Path) -> None:
+    write_study(tmp_path, SHORT_STUDY, "nospace")
+    floor_mib = (shutil.disk_usage(tmp_path).free + 100 * MIB) / MIB  # more than there is
+    done = gansweep("run", "nospace.yaml", "--output", "out", cwd=tmp_path,
+                    env=clean_env(GANSWEEP_MIN_FREE_MB=f"{floor_mib:.0f}"), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "MiB free, below the" in done.stderr and "Traceback" not in done.stderr + done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nospace.yaml"]  # nothing created
 
 
 # -------------------------------------------------------------------- 6. load
