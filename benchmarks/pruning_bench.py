@@ -1,11 +1,14 @@
 """Pruning: what Optuna's pruner saves on studies/search.yaml, and what it costs in the best value.
 
-    python -m benchmarks.pruning_bench              # seeds 0 and 1, pruned and not (~20 min)
-    python -m benchmarks.pruning_bench --small      # seed 0, 10 trials each (~5 min)
+    python -m benchmarks.pruning_bench              # seeds 0 and 1, four pruners (~15 min)
+    python -m benchmarks.pruning_bench --small      # seed 0, 10 trials each (~4 min)
+    python -m benchmarks.pruning_bench --pruners none median
 
-The shipped study (TPE over every axis on the line, median pruner after 5 start-up trials
-and 2 warm-up epochs) is run by the real CLI, `gansweep run`, twice per sampler seed: as
-shipped, and with `--set pruner.name=none` (the baseline: every trial runs all its epochs).
+The shipped study (TPE over every axis on the line, 8 epochs of 250 steps, pruning after 5
+start-up trials and 2 warm-up epochs) is run by the real CLI, `gansweep run`, once per
+sampler seed and pruner, with `--set pruner.name=...`: `none` is the baseline (every trial
+runs all its epochs); median, percentile (keep the top 25%) and successive_halving
+(min_resource 1, reduction factor 3) keep the study's other pruner settings.
 The same sampler seed gives the same first trials; after the first prune the two TPE
 histories differ, as they would for a user. Reported from each results.csv: trials, total
 epochs trained (the compute), best objective (Parzen log-likelihood on the line, nats), the
@@ -44,14 +47,15 @@ class SweepOutcome:
     wall_s: float
 
 
-def run_sweep(folder: Path, pruner: str | None, seed: int, trials: int) -> SweepOutcome:
+PRUNERS = ("none", "median", "percentile", "successive_halving")
+
+
+def run_sweep(folder: Path, pruner: str, seed: int, trials: int) -> SweepOutcome:
     """One `gansweep run` of the shipped study in its own folder (own Optuna and MLflow)."""
-    label = pruner or "median"
+    label = pruner
     out = folder / f"{label}-{seed}"
     out.mkdir(parents=True)
-    sets = ["--set", f"sampler.seed={seed}", "--set", f"budget.trials={trials}"]
-    if pruner is not None:
-        sets += ["--set", f"pruner.name={pruner}"]
+    sets = ["--set", f"sampler.seed={seed}", "--set", f"budget.trials={trials}", "--set", f"pruner.name={pruner}"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}", "GANSWEEP_OFFLINE": "1"}
     started = time.monotonic()
     done = subprocess.run(
@@ -87,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="seed 0 only, 10 trials per sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--pruners", nargs="+", default=list(PRUNERS), choices=PRUNERS,
+                        help="none (the baseline) is always run")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.small else [0, 1])
     trials = 10 if args.small else 20
@@ -95,7 +101,7 @@ def main() -> None:
     outcomes: list[SweepOutcome] = []
     with tempfile.TemporaryDirectory(prefix="gansweep-prune-bench-") as folder:
         for seed in seeds:
-            for pruner in ("none", None):
+            for pruner in dict.fromkeys(["none", *args.pruners]):
                 outcome = run_sweep(Path(folder), pruner, seed, trials)
                 print(f"  {outcome}", flush=True)
                 outcomes.append(outcome)
