@@ -50,12 +50,23 @@ class SweepOutcome:
 PRUNERS = ("none", "median", "percentile", "successive_halving")
 
 
+def pruner_sets(variant: str) -> list[str]:
+    """`--set` arguments for a variant: a pruner name, optionally `name:key=value,key=value`.
+
+    >>> pruner_sets("percentile:startup_trials=3,warmup_epochs=1")
+    ['--set', 'pruner.name=percentile', '--set', 'pruner.startup_trials=3', '--set', 'pruner.warmup_epochs=1']
+    """
+    name, _, settings = variant.partition(":")
+    pairs = [f"name={name}", *filter(None, settings.split(","))]
+    return [arg for pair in pairs for arg in ("--set", f"pruner.{pair}")]
+
+
 def run_sweep(folder: Path, pruner: str, seed: int, trials: int) -> SweepOutcome:
     """One `gansweep run` of the shipped study in its own folder (own Optuna and MLflow)."""
     label = pruner
-    out = folder / f"{label}-{seed}"
+    out = folder / f"{label.replace(':', '_').replace(',', '_').replace('=', '')}-{seed}"
     out.mkdir(parents=True)
-    sets = ["--set", f"sampler.seed={seed}", "--set", f"budget.trials={trials}", "--set", f"pruner.name={pruner}"]
+    sets = ["--set", f"sampler.seed={seed}", "--set", f"budget.trials={trials}", *pruner_sets(pruner)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}", "GANSWEEP_OFFLINE": "1"}
     started = time.monotonic()
     done = subprocess.run(
@@ -91,8 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="seed 0 only, 10 trials per sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--pruners", nargs="+", default=list(PRUNERS), choices=PRUNERS,
-                        help="none (the baseline) is always run")
+    parser.add_argument("--pruners", nargs="+", default=list(PRUNERS),
+                        help="pruner names, or variants such as percentile:startup_trials=3,warmup_epochs=1; "
+                        "none (the baseline) is always run")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.small else [0, 1])
     trials = 10 if args.small else 20

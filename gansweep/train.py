@@ -111,6 +111,9 @@ class FastPaths:
     # DCGAN's tensors in channels_last memory order. None: on for DCGAN on CUDA only (on
     # CPU it measured no faster).
     channels_last: bool | None = None
+    # torch.compile on G and D. None: the trial's `compile` setting (off unless asked: on
+    # CPU it measured slower than the eager paths, after half a minute of compiling).
+    compile: bool | None = None
 
     @classmethod
     def plain(cls) -> FastPaths:
@@ -124,6 +127,7 @@ class FastPaths:
             stacked_sums=False,
             bf16_autocast=False,
             channels_last=False,
+            compile=False,
         )
 
     def resolve(self, trial: TrialConfig, data: Dataset, device: torch.device) -> FastPaths:
@@ -141,6 +145,7 @@ class FastPaths:
             direct_adam=self.direct_adam and fused,
             bf16_autocast=autocast,
             channels_last=channels_last and trial.architecture == "dcgan",
+            compile=trial.compile if self.compile is None else self.compile,
         )
 
 
@@ -324,6 +329,10 @@ class GanTrial:
             generator = generator.to(memory_format=torch.channels_last)
             discriminator = discriminator.to(memory_format=torch.channels_last)
             train_data = train_data.contiguous(memory_format=torch.channels_last)
+        if fast.compile:
+            # In place (Module.compile), so that state_dict keys stay those of eager modules.
+            generator.compile()
+            discriminator.compile()
         return cls(
             trial=trial,
             data=data,
