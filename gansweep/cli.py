@@ -117,15 +117,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gansweep.study import load_study
 
     study = load_study(args.study, args.overrides)
-    from gansweep.sweep import run_study
+    from gansweep.raystart import RayStart
 
-    return run_study(
-        study,
-        study_path=Path(args.study),
-        address=args.address,
-        tracking_uri=args.tracking_uri,
-        output=Path(args.output) if args.output else None,
-    )
+    # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.
+    ray_start = RayStart.begin(args.address)
+    try:
+        from gansweep.sweep import run_study
+
+        return run_study(
+            study,
+            study_path=Path(args.study),
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            output=Path(args.output) if args.output else None,
+            ray_start=ray_start,
+        )
+    finally:
+        ray_start.stop()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

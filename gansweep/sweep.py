@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
-import ray
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune.experiment import Trial
@@ -30,6 +29,7 @@ from ray.tune.search import Searcher
 
 from gansweep.errors import ConfigError, DiskFull
 from gansweep.progress import SweepProgress
+from gansweep.raystart import RayStart
 from gansweep.report import report_after_sweep, run_name
 from gansweep.results import write_results
 from gansweep.search import OptunaStudy, requested_trials
@@ -285,22 +285,6 @@ def trial_name(trial: Trial) -> str:
     return f"trial_{number_of(trial):04d}_{trial.trial_id}"
 
 
-def init_ray(address: str | None) -> None:
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Checkpoints at every evaluation force experiment snapshots; they are small, the warning is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            configure_logging=True,
-            logging_level="WARNING",
-            log_to_driver=False,  # workers' logs stay in Ray's session folder, not the terminal
-        )
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
-
-
 MIN_FREE_ENV = "GANSWEEP_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 256  # a few checkpoints of the largest shipped nets, with room to spare
 
@@ -373,6 +357,20 @@ def run_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     output: Path | None = None,
+    ray_start: RayStart | None = None,
+) -> int:
+    """`ray_start`: Ray already starting in the background (the CLI begins it before it
+    imports this module); by default it begins here, beside the Optuna and MLflow set-up."""
+    ray_start = ray_start or RayStart.begin(address)
+    try:
+        return run_study_on_ray(study, study_path, tracking_uri, output, ray_start)
+    finally:
+        ray_start.stop()
+
+
+def run_study_on_ray(
+    study: StudyConfig, study_path: Path, tracking_uri: str | None, output: Path | None,
+    ray_start: RayStart,
 ) -> int:
     output = (output or study.output_dir).resolve()
     floor = min_free_bytes()
@@ -398,20 +396,19 @@ def run_study(
     status = "FINISHED"
     try:
         if to_run > 0:
-            init_ray(address)
+            ray_start.wait()
             run_tune(study, optuna_study, tracker, progress, to_run, output, floor)
     except (KeyboardInterrupt, DiskFull):
         status = "KILLED"
         raise
     finally:
+        ray_start.stop_in_background()  # while the results and the report are written
         close_interrupted(optuna_study, tracker)
         results = write_results(optuna_study, output / "results.csv")
         progress.close(results)
         report_after_sweep(output, tracker, status)
         tracker.finish_study(status if not optuna_study.unfinished() else "KILLED", [output / "results.csv"])
         tracker.flush_with_retries()
-        if ray.is_initialized():
-            ray.shutdown()
     unfinished = len(optuna_study.unfinished())
     if unfinished:
         print(f"gansweep: interrupted with {unfinished} trial(s) unfinished; run the same command to resume")

@@ -1,0 +1,104 @@
+"""Ray's start and stop, overlapped with the driver's own set-up and wind-down.
+
+Starting a local Ray takes seconds (a GCS, a raylet and their helpers start as processes)
+and so do the driver's imports (torch, Ray Tune, MLflow, Optuna) and the MLflow and Optuna
+databases; stopping Ray and writing the report take seconds too. Each pair waits on
+different things, so `gansweep run` runs them side by side: RayStart.begin() in a thread
+as soon as the study file has been validated, RayStart.stop_in_background() as soon as
+Tune is done. benchmarks/sweep_bench.py measures what this saves.
+
+This module imports only Ray, so that the thread starts before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+import ray
+
+from gansweep.errors import ConfigError
+
+# Ray installs its SIGTERM handler (exit, so that `finally` blocks run) only when ray.init
+# runs in the main thread, and warns otherwise; RayStart installs the same handler itself.
+_NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
+
+
+class _DropNotMainThreadWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _NOT_MAIN_THREAD_WARNING not in record.getMessage()
+
+
+def init_ray(address: str | None) -> None:
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Checkpoints at every evaluation force experiment snapshots; they are small, the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=False,  # workers' logs stay in Ray's session folder, not the terminal
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(signum)  # as Ray's own handler: SystemExit unwinds through every `finally`
+
+
+class RayStart:
+    """A thread that owns the driver's connection to Ray: it runs ray.init, waits, and runs
+    ray.shutdown when told to.
+
+    The thread must live as long as Ray does: Ray starts its local processes with the
+    parent-death signal (prctl PR_SET_PDEATHSIG), which Linux sends when the *thread* that
+    started them ends, not the process. An init-only thread would take Ray down with it.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._own_ray, name="gansweep-ray", daemon=True)
+
+    @classmethod
+    def begin(cls, address: str | None) -> RayStart:
+        start = cls(address)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, exit_on_sigterm)
+        logging.getLogger("ray._private.worker").addFilter(_DropNotMainThreadWarning())
+        start.thread.start()
+        return start
+
+    def _own_ray(self) -> None:
+        try:
+            init_ray(self.address)
+        except BaseException as err:  # handed to wait(), in the main thread
+            self.error = err
+        finally:
+            self.ready.set()
+        self.stopping.wait()
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def wait(self) -> None:
+        """Block until Ray is up (or failed to start: that error is raised here)."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop_in_background(self) -> None:
+        """Start ray.shutdown() (after the start, if that is still going on) and return."""
+        self.stopping.set()
+
+    def stop(self) -> None:
+        """Stop Ray and return once it is down."""
+        self.stopping.set()
+        self.thread.join()
