@@ -1,16 +1,43 @@
-"""Runs the real `gansweep` CLI, optionally with Ray Tune's actor reuse turned off.
+"""Runs the real `gansweep` CLI, optionally with one of its overhead savings turned off.
 
     python -m benchmarks._launch run STUDY [gansweep args...]
 
-sweep.py always asks Tune for reuse_actors=True; with GANSWEEP_BENCH_REUSE_ACTORS=0 this
-launcher wraps ray.tune.TuneConfig so that every trial gets a fresh actor (process) instead,
-which is what the sweep benchmark compares. Nothing else changes.
+The sweep benchmark compares gansweep with and without each saving; nothing else changes.
+- GANSWEEP_BENCH_REUSE_ACTORS=0: sweep.py always asks Tune for reuse_actors=True; this
+  wraps ray.tune.TuneConfig so that every trial gets a fresh actor (process) instead.
+- GANSWEEP_BENCH_OVERLAP_RAY=0: Ray starts only when the sweep needs it (after the imports
+  and the Optuna and MLflow set-up) and stops only after the report, one thing after the
+  other, as gansweep did before raystart.py.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+
+def ray_start_in_turn():  # noqa: ANN201
+    """RayStart that starts Ray when first waited for and stops it only in stop()."""
+    from gansweep.raystart import RayStart
+
+    class InTurn(RayStart):
+        @classmethod
+        def begin(cls, address: str | None) -> RayStart:
+            return cls(address)
+
+        def wait(self) -> None:
+            if not self.thread.is_alive() and not self.ready.is_set():
+                self.thread.start()
+            super().wait()
+
+        def stop_in_background(self) -> None:
+            pass  # Ray stops at the very end, in stop()
+
+        def stop(self) -> None:
+            if self.ready.is_set() or self.thread.is_alive():
+                super().stop()
+
+    return InTurn
 
 
 def main() -> int:
@@ -24,6 +51,10 @@ def main() -> int:
             return original(*args, **kwargs)
 
         tune.TuneConfig = no_reuse  # sweep.py reads tune.TuneConfig at call time
+    if os.environ.get("GANSWEEP_BENCH_OVERLAP_RAY", "1") == "0":
+        from gansweep import raystart
+
+        raystart.RayStart = ray_start_in_turn()  # the CLI imports RayStart at call time
     from gansweep.cli import main as gansweep_main
 
     return gansweep_main(sys.argv[1:])

@@ -1,7 +1,8 @@
 """Sweep overhead: how much of a real `gansweep run` is spent training.
 
-    python -m benchmarks.sweep_bench            # 20 trials, actor reuse on and off (~4 min)
-    python -m benchmarks.sweep_bench --small    # 8 trials, actor reuse on only (~1 min)
+    python -m benchmarks.sweep_bench            # 20 trials, three ways (~4 min)
+    python -m benchmarks.sweep_bench --small    # 8 trials, gansweep as it is only (~1 min)
+    python -m benchmarks.sweep_bench --study studies/alpha.yaml   # and a shipped study
 
 A generated study (benchmarks/sweep_bench.py: STUDY) of 20 short trials on the 2D circle,
 a 5 x 4 grid over alpha and lr_d, each trial 2 epochs x 1,000 iterations (about 2 to 4 s of
@@ -24,9 +25,16 @@ remainder is split using Tune's per-trial records (result.json):
 Tune's timestamps have one-second resolution, so the start-up/wind-down split is good to
 about a second; the total is exact.
 
-With actor reuse (what sweep.py asks Tune for) a worker process runs trial after trial;
-without it (benchmarks/_launch.py turns it off, sweep.py untouched) every trial starts a
-fresh Ray actor, which imports torch and loads the data again.
+Compared, in the same run (benchmarks/_launch.py turns one saving off at a time; sweep.py
+is untouched):
+- gansweep as it is: Tune's actor reuse (a worker process runs trial after trial), and Ray
+  started in a thread while the driver imports and sets up Optuna and MLflow, and stopped in
+  one while it writes the results and the report (gansweep/raystart.py);
+- Ray in turn: Ray started only once the set-up is done and stopped after the report;
+- actor reuse off: every trial starts a fresh Ray actor, which imports torch and loads the
+  data again.
+`--study studies/alpha.yaml` adds a shipped study as it is, for trials of the size the
+studies run.
 """
 
 from __future__ import annotations
@@ -115,17 +123,23 @@ def tune_records(output: Path) -> list[list[dict]]:
     return records
 
 
-def run_sweep(label: str, spec: dict, *, reuse_actors: bool, keep: Path | None) -> SweepTiming:
+def run_sweep(
+    label: str, study_text: str, *, reuse_actors: bool = True, overlap_ray: bool = True,
+    keep: Path | None = None,
+) -> SweepTiming:
     folder = Path(tempfile.mkdtemp(prefix="gansweep-sweep-bench-"))
     try:
         study = folder / "study.yaml"
-        study.write_text(STUDY.format(**spec))
+        study.write_text(study_text)
         output = folder / "out"
         command = [
             sys.executable, "-m", "benchmarks._launch", "run", str(study), "--output", str(output),
             "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
         ]
-        env = clean_env(GANSWEEP_BENCH_REUSE_ACTORS="1" if reuse_actors else "0")
+        env = clean_env(
+            GANSWEEP_BENCH_REUSE_ACTORS="1" if reuse_actors else "0",
+            GANSWEEP_BENCH_OVERLAP_RAY="1" if overlap_ray else "0",
+        )
         started = time.time()
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=1200)
         ended = time.time()
@@ -173,18 +187,24 @@ def table(timings: list[SweepTiming]) -> str:
 
 def main(argv: list[str] | None = None) -> list[SweepTiming]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="8 trials, actor reuse on only")
-    parser.add_argument("--no-compare", action="store_true", help="skip the reuse_actors=False run")
+    parser.add_argument("--small", action="store_true", help="8 trials, gansweep as it is only")
+    parser.add_argument("--no-compare", action="store_true", help="gansweep as it is only")
+    parser.add_argument("--study", type=Path, action="append", default=[],
+                        help="also time this study file (e.g. studies/alpha.yaml), as it is")
     parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
     args = parser.parse_args(argv)
     spec = SMALL if args.small else FULL
-    runs = [("reuse_actors on (sweep.py)", True)]
+    study_text = STUDY.format(**spec)
+    runs = [("gansweep (actor reuse, Ray started and stopped in the background)", {})]
     if not (args.small or args.no_compare):
-        runs.append(("reuse_actors off", False))
+        runs.append(("Ray started and stopped in turn", {"overlap_ray": False}))
+        runs.append(("actor reuse off", {"reuse_actors": False}))
     print(f"{len(spec['alphas']) * len(spec['lrs'])} trials x 2 epochs x {spec['steps']} iterations, "
           f"{SLOTS} at a time; load average at start {os.getloadavg()[0]:.1f}; "
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    timings = [run_sweep(label, spec, reuse_actors=reuse, keep=args.keep) for label, reuse in runs]
+    timings = [run_sweep(label, study_text, keep=args.keep, **options) for label, options in runs]
+    for path in args.study:
+        timings.append(run_sweep(f"{path} as shipped", path.read_text(), keep=args.keep))
     print()
     print(table(timings))
     for t in timings:

@@ -50,7 +50,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
