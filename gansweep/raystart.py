@@ -99,6 +99,9 @@ class RayStart:
         self.stopping.set()
 
     def stop(self) -> None:
-        """Stop Ray and return once it is down."""
+        """Stop Ray and return once it is down. If ray.init has not returned yet (Ctrl-C or
+        SIGTERM while it is still trying to reach a cluster), it cannot be interrupted: return
+        at once, and the daemon thread, with any Ray process it started, ends with ours."""
         self.stopping.set()
-        self.thread.join()
+        if self.ready.is_set():
+            self.thread.join()
