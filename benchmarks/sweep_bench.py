@@ -34,7 +34,10 @@ is untouched):
 - actor reuse off: every trial starts a fresh Ray actor, which imports torch and loads the
   data again.
 `--study studies/alpha.yaml` adds a shipped study as it is, for trials of the size the
-studies run.
+studies run. `--fractional` adds the same 20 trials 4 at a time on half a cpu each (the same
+2 cores, one torch thread per trial): Ray's fractional resources; compare the trials per
+hour (each trial's training time stretches when two share a core, so its share of the
+machine is not comparable).
 """
 
 from __future__ import annotations
@@ -76,10 +79,10 @@ search:
   alpha: {alphas}
   lr_d: {lrs}
 sampler: {{name: grid, seed: 0}}
-budget: {{max_concurrent: 2, cpus_per_trial: 1}}
+budget: {{max_concurrent: {concurrent}, cpus_per_trial: {cpus}}}
 """
-FULL = dict(steps=1000, alphas=[0.2, 0.35, 0.5, 0.65, 0.8], lrs=[3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3])
-SMALL = dict(steps=1000, alphas=[0.2, 0.4, 0.6, 0.8], lrs=[1.0e-3, 2.0e-3])
+FULL = dict(concurrent=2, cpus=1, steps=1000, alphas=[0.2, 0.35, 0.5, 0.65, 0.8], lrs=[3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3])
+SMALL = dict(concurrent=2, cpus=1, steps=1000, alphas=[0.2, 0.4, 0.6, 0.8], lrs=[1.0e-3, 2.0e-3])
 
 
 @dataclass
@@ -168,15 +171,15 @@ def run_sweep(
 
 def table(timings: list[SweepTiming]) -> str:
     lines = [
-        "| sweep | trials | wall s | training s (sum) | share training | in trials, not training | start-up | between trials | wind-down | per trial overhead s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sweep | trials | wall s | trials/hour | training s (sum) | share training | in trials, not training | start-up | between trials | wind-down | per trial overhead s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in timings:
         cap = t.capacity
         not_training = t.in_trial - t.training
         per_trial = (cap - t.training - SLOTS * (t.startup + t.winddown)) / max(1, t.trials) / SLOTS
         lines.append(
-            f"| {t.label} | {t.trials} | {t.wall:.1f} | {t.training:.1f} | **{t.share:.0%}** | "
+            f"| {t.label} | {t.trials} | {t.wall:.1f} | {3600 * t.trials / t.wall:.0f} | {t.training:.1f} | **{t.share:.0%}** | "
             f"{not_training / cap:.0%} ({not_training:.1f} s) | "
             f"{SLOTS * t.startup / cap:.0%} ({t.startup:.0f} s) | "
             f"{t.between / cap:.0%} ({t.between:.1f} slot-s) | "
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
     parser.add_argument("--no-compare", action="store_true", help="gansweep as it is only")
     parser.add_argument("--study", type=Path, action="append", default=[],
                         help="also time this study file (e.g. studies/alpha.yaml), as it is")
+    parser.add_argument("--fractional", action="store_true",
+                        help="also 4 trials at a time on half a cpu each (the same 2 cores)")
     parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
     args = parser.parse_args(argv)
     spec = SMALL if args.small else FULL
@@ -203,13 +208,17 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
           f"{SLOTS} at a time; load average at start {os.getloadavg()[0]:.1f}; "
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     timings = [run_sweep(label, study_text, keep=args.keep, **options) for label, options in runs]
+    if args.fractional:
+        shared = STUDY.format(**{**spec, "concurrent": 4, "cpus": 0.5})
+        timings.append(run_sweep("4 at a time on 0.5 cpu each", shared, keep=args.keep))
     for path in args.study:
         timings.append(run_sweep(f"{path} as shipped", path.read_text(), keep=args.keep))
     print()
     print(table(timings))
     for t in timings:
         print(f"{t.label}: states {t.states}; mean training per trial {t.training / t.trials:.2f} s, "
-              f"mean trainable time {t.in_trial / t.trials:.2f} s")
+              f"mean trainable time {t.in_trial / t.trials:.2f} s; "
+              f"{3600 * t.trials / t.wall:.0f} trials per hour")
     return timings
 
 

@@ -27,6 +27,10 @@ from gansweep.errors import ConfigError
 _NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
 
 
+# How long a normal stop waits for a start still under way (a local Ray starts in seconds).
+STOP_WAIT_S = 60.0
+
+
 class _DropNotMainThreadWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return _NOT_MAIN_THREAD_WARNING not in record.getMessage()
@@ -98,10 +102,14 @@ class RayStart:
         """Start ray.shutdown() (after the start, if that is still going on) and return."""
         self.stopping.set()
 
-    def stop(self) -> None:
-        """Stop Ray and return once it is down. If ray.init has not returned yet (Ctrl-C or
-        SIGTERM while it is still trying to reach a cluster), it cannot be interrupted: return
-        at once, and the daemon thread, with any Ray process it started, ends with ours."""
+    def stop(self, *, wait_for_start: bool = False) -> None:
+        """Stop Ray and return once it is down. ray.init cannot be interrupted: unless
+        `wait_for_start` (a sweep that ended normally, perhaps with nothing left to run,
+        waits for Ray to come up and stops it cleanly), a start still under way is left to
+        the daemon thread, which ends with our process, taking any Ray process it started
+        with it: Ctrl-C or SIGTERM while Ray is trying to reach a cluster ends the command."""
         self.stopping.set()
+        if wait_for_start:
+            self.ready.wait(timeout=STOP_WAIT_S)
         if self.ready.is_set():
             self.thread.join()

@@ -363,9 +363,12 @@ def run_study(
     imports this module); by default it begins here, beside the Optuna and MLflow set-up."""
     ray_start = ray_start or RayStart.begin(address)
     try:
-        return run_study_on_ray(study, study_path, tracking_uri, output, ray_start)
-    finally:
-        ray_start.stop()
+        code = run_study_on_ray(study, study_path, tracking_uri, output, ray_start)
+    except BaseException:
+        ray_start.stop()  # at once, even while Ray is still starting
+        raise
+    ray_start.stop(wait_for_start=True)
+    return code
 
 
 def run_study_on_ray(
