@@ -3,12 +3,15 @@
     python -m benchmarks.pruning_bench              # seeds 0 and 1, four pruners (~15 min)
     python -m benchmarks.pruning_bench --small      # seed 0, 10 trials each (~4 min)
     python -m benchmarks.pruning_bench --pruners none median
+    python -m benchmarks.pruning_bench --seeds 0 1 2 --pruners percentile:startup_trials=5 \
+        percentile:warmup_epochs=1 successive_halving:min_resource=2
 
-The shipped study (TPE over every axis on the line, 8 epochs of 250 steps, pruning after 5
+The shipped study (TPE over every axis on the line, 8 epochs of 250 steps, pruning after 3
 start-up trials and 2 warm-up epochs) is run by the real CLI, `gansweep run`, once per
 sampler seed and pruner, with `--set pruner.name=...`: `none` is the baseline (every trial
 runs all its epochs); median, percentile (keep the top 25%) and successive_halving
-(min_resource 1, reduction factor 3) keep the study's other pruner settings.
+(min_resource 1, reduction factor 3) keep the study's other pruner settings, and a variant
+`name:key=value,...` overrides some of them.
 The same sampler seed gives the same first trials; after the first prune the two TPE
 histories differ, as they would for a user. Reported from each results.csv: trials, total
 epochs trained (the compute), best objective (Parzen log-likelihood on the line, nats), the
