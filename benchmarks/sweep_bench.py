@@ -3,6 +3,7 @@
     python -m benchmarks.sweep_bench            # 20 trials, three ways (~4 min)
     python -m benchmarks.sweep_bench --small    # 8 trials, gansweep as it is only (~1 min)
     python -m benchmarks.sweep_bench --study studies/alpha.yaml   # and a shipped study
+    python -m benchmarks.sweep_bench --no-compare --steps 8000    # trials 8 times longer
 
 A generated study (benchmarks/sweep_bench.py: STUDY) of 20 short trials on the 2D circle,
 a 5 x 4 grid over alpha and lr_d, each trial 2 epochs x 1,000 iterations (about 2 to 4 s of
@@ -196,9 +197,14 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
                         help="also time this study file (e.g. studies/alpha.yaml), as it is")
     parser.add_argument("--fractional", action="store_true",
                         help="also 4 trials at a time on half a cpu each (the same 2 cores)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="iterations per epoch (default 1,000: about 1 s an epoch); longer "
+                        "trials show where the fixed costs stop mattering")
     parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
     args = parser.parse_args(argv)
     spec = SMALL if args.small else FULL
+    if args.steps is not None:
+        spec = {**spec, "steps": args.steps}
     study_text = STUDY.format(**spec)
     runs = [("gansweep (actor reuse, Ray started and stopped in the background)", {})]
     if not (args.small or args.no_compare):
