@@ -423,7 +423,8 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
     """Trials still RUNNING in Optuna after Tune stopped (Ctrl-C) are resumed by the next
     run; their MLflow runs end KILLED meanwhile, never left RUNNING."""
     for frozen in study.unfinished():
-        if frozen.number in tracker.run_ids and frozen.number not in tracker.closed:
+        started = frozen.number in tracker.started or frozen.number in tracker.run_ids
+        if started and frozen.number not in tracker.closed:
             tracker.finish_child(frozen.number, "INTERRUPTED", {})
 
 

@@ -4,15 +4,19 @@ Workers never talk to MLflow: the driver receives every result through Ray Tune 
 here. One writer means no lock contention on a SQLite store, credentials only on the driver,
 and one place that buffers while the tracking server is away.
 
-Policy while the server is unreachable: calls are queued in order and replayed before the
-next call and at the end of the sweep; the sweep never stops for tracking. What still cannot
-be delivered at the end is written to <output>/mlflow-undelivered.jsonl and reported.
+Every call is queued, in order, and delivered by one thread of its own, so the driver's
+event loop (and with it training) never waits for MLflow: not for a slow server, nor for a
+request that hangs until its timeout when the server dies in the middle of it. While the
+server is unreachable the thread retries the queue after a back-off; at the end of the sweep
+the driver waits for the queue to drain. What still cannot be delivered at the end is
+written to <output>/mlflow-undelivered.jsonl and reported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,8 +73,14 @@ class Tracker:
     last_step: dict[int, int] = field(default_factory=dict, init=False)  # trial -> epoch logged
     run_ids: dict[int, str] = field(default_factory=dict, init=False)  # trial -> MLflow run
     closed: set[int] = field(default_factory=set, init=False)  # trials whose run was ended
+    started: set[int] = field(default_factory=set, init=False)  # trials whose run was asked for
     backoff_s: float = field(default=0.0, init=False)  # 0 while the server answers
     retry_at: float = field(default=0.0, init=False)  # time.monotonic() of the next attempt
+    failures: int = field(default=0, init=False)  # failed deliveries so far
+    # Guards pending, backoff_s, retry_at and failures between the driver and the deliverer.
+    changed: threading.Condition = field(default_factory=threading.Condition, init=False)
+    deliverer: threading.Thread | None = field(default=None, init=False)
+    given_up: bool = field(default=False, init=False)  # set at the end: the deliverer stops
 
     def __post_init__(self) -> None:
         self.client = MlflowClient(self.tracking_uri)
@@ -89,41 +99,68 @@ class Tracker:
 
     # -- resilience ------------------------------------------------------------------------
     def call_later(self, what: str, fn: Callable[[], Any]) -> None:
-        """Run fn now if the queue is empty and the server answers, else queue it (in order).
-        While the server is away, each new call only joins the queue: the queue is tried
-        again after a back-off, so the driver's event loop (and training) never waits more
-        than one failed request per back-off period for tracking."""
-        self.pending.append((what, fn))
-        if time.monotonic() >= self.retry_at:
-            self.flush()
+        """Queue fn for the delivery thread and return at once; calls run in queue order."""
+        with self.changed:
+            self.pending.append((what, fn))
+            if self.deliverer is None:
+                self.deliverer = threading.Thread(target=self._deliver, name="gansweep-mlflow", daemon=True)
+                self.deliverer.start()
+            self.changed.notify_all()
 
-    def flush(self) -> bool:
-        """Deliver the queue in order; False (and a back-off) at the first call that fails."""
-        while self.pending:
-            what, fn = self.pending[0]
+    def _deliver(self) -> None:
+        """The delivery thread: the queue's head, in order, forever; a failed call stays at
+        the head and is tried again after a back-off (1 s, doubling to 15 s)."""
+        while True:
+            with self.changed:
+                while not self.given_up and (not self.pending or time.monotonic() < self.retry_at):
+                    wait = None if not self.pending else self.retry_at - time.monotonic()
+                    self.changed.wait(wait)
+                if self.given_up:
+                    return
+                _, fn = self.pending[0]
             try:
                 fn()
             except Exception:
-                self.backoff_s = min(MAX_BACKOFF_S, self.backoff_s * 2 if self.backoff_s else MIN_BACKOFF_S)
-                self.retry_at = time.monotonic() + self.backoff_s
-                return False
-            self.pending.popleft()
-        self.backoff_s, self.retry_at = 0.0, 0.0
-        return True
+                with self.changed:
+                    self.backoff_s = min(MAX_BACKOFF_S, self.backoff_s * 2 if self.backoff_s else MIN_BACKOFF_S)
+                    self.retry_at = time.monotonic() + self.backoff_s
+                    self.failures += 1
+                    self.changed.notify_all()
+                continue
+            with self.changed:
+                self.pending.popleft()
+                self.backoff_s, self.retry_at = 0.0, 0.0
+                self.changed.notify_all()
+
+    def flush(self) -> bool:
+        """Wait until the queue is delivered (True) or a delivery fails (False). A queue
+        waiting out a back-off is tried again at once."""
+        with self.changed:
+            failures = self.failures
+            self.retry_at = 0.0
+            self.changed.notify_all()
+            while self.pending and self.failures == failures:
+                self.changed.wait()
+            return not self.pending
 
     def flush_with_retries(self, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(2.0)
-        if self.pending:
-            path = self.output / "mlflow-undelivered.jsonl"
-            with path.open("a") as file:
-                for what, _ in self.pending:
-                    file.write(json.dumps({"call": what}) + "\n")
-            raise GansweepError(
-                f"{len(self.pending)} MLflow calls could not reach {self.tracking_uri}; "
-                f"listed in {path}. Results are complete in the output folder."
-            )
+        with self.changed:
+            if not self.pending:
+                return
+            self.given_up = True  # the deliverer stops after the call it may be making
+            self.changed.notify_all()
+            undelivered = [what for what, _ in self.pending]
+        path = self.output / "mlflow-undelivered.jsonl"
+        with path.open("a") as file:
+            for what in undelivered:
+                file.write(json.dumps({"call": what}) + "\n")
+        raise GansweepError(
+            f"{len(undelivered)} MLflow calls could not reach {self.tracking_uri}; "
+            f"listed in {path}. Results are complete in the output folder."
+        )
 
     # -- parent ---------------------------------------------------------------------------
     def _find_or_create_parent(self) -> str:
@@ -162,6 +199,7 @@ class Tracker:
     # Child operations are keyed by trial number and resolve the run id when they run, so
     # that even a run's creation can wait in the queue while the server is away.
     def start_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
+        self.started.add(number)
         self.call_later(f"start trial {number}", lambda: self._open_child(number, run_name, params))
 
     def _open_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
