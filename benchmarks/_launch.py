@@ -33,9 +33,9 @@ def ray_start_in_turn():  # noqa: ANN201
         def stop_in_background(self) -> None:
             pass  # Ray stops at the very end, in stop()
 
-        def stop(self) -> None:
+        def stop(self, *, wait_for_start: bool = False) -> None:
             if self.ready.is_set() or self.thread.is_alive():
-                super().stop()
+                super().stop(wait_for_start=wait_for_start)
 
     return InTurn
 

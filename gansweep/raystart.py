@@ -25,8 +25,6 @@ from gansweep.errors import ConfigError
 # Ray installs its SIGTERM handler (exit, so that `finally` blocks run) only when ray.init
 # runs in the main thread, and warns otherwise; RayStart installs the same handler itself.
 _NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
-
-
 # How long a normal stop waits for a start still under way (a local Ray starts in seconds).
 STOP_WAIT_S = 60.0
 

@@ -91,8 +91,8 @@ class TrialConfig(Frozen):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile G and D (nn.Module.compile: checkpoints keep their keys). Off by default:
-    # on a 2-core CPU it measured slower than the eager fast paths (0.8x to 0.9x) after 25 to
-    # 40 s of compiling per trial (benchmarks/train_bench.py --compile); untested on GPUs.
+    # on a 2-core CPU it measured slower than the eager fast paths (0.61x to 0.97x) after 26
+    # to 36 s of compiling per process (benchmarks/train_bench.py --compile); untested on GPUs.
     compile: bool = False
     # evaluation (Parzen protocol; full Goodfellow sizes by default)
     eval_every: PositiveInt = 1  # epochs; the last epoch is always evaluated

@@ -423,8 +423,7 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
     """Trials still RUNNING in Optuna after Tune stopped (Ctrl-C) are resumed by the next
     run; their MLflow runs end KILLED meanwhile, never left RUNNING."""
     for frozen in study.unfinished():
-        started = frozen.number in tracker.started or frozen.number in tracker.run_ids
-        if started and frozen.number not in tracker.closed:
+        if frozen.number in tracker.started and frozen.number not in tracker.closed:
             tracker.finish_child(frozen.number, "INTERRUPTED", {})
 
 
