@@ -20,7 +20,8 @@ noise together from the global stream, in train_gan's order (per D update the in
 the noise; then G's noise), continuing it after the last trial's initialisation; a pack of one
 trial therefore draws exactly train_gan's batches, and a trial's draws depend on its pack.
 All trials see the one `data` given, where a sweep worker would load a toy set per seed.
-No checkpoints or resume; a trial cannot be stopped alone except by diverging.
+A checkpoint (pack_state) holds the stacked state and the RNG; `select` drops trials that were
+pruned or diverged, so that they stop costing compute.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from gansweep.data import Dataset, minibatch
 from gansweep.errors import ConfigError
 from gansweep.losses import LOSSES, Term, discriminator_output
-from gansweep.study import TOY_DATASETS, TrialConfig
+from gansweep.study import TOY_DATASETS, StudyConfig, TrialConfig
 from gansweep.train import (
     ACCUMULATED,
     FastPaths,
@@ -90,6 +91,33 @@ def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
                 f"trial cannot be packed: {name}={getattr(trial, name)!r}; a pack needs {need}"
             )
     return tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
+
+
+def check_pack_study(study: StudyConfig, path: object) -> None:
+    """Every trial a study with budget.pack_size > 1 can ask for fits in one pack: the search
+    varies no field of pack_key, and every value it can choose is one a pack implements."""
+    size = study.budget.pack_size
+    why = f"budget.pack_size={size} trains trials together in one vectorised step"
+    for name in study.search:
+        if name in KEY_FIELDS:
+            raise ConfigError(
+                f"{path}: search.{name}: {why}, and a pack's trials share {name}; "
+                "search it with budget.pack_size 1"
+            )
+    try:
+        pack_key(study.trial)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: trial: {err} ({why})") from None
+    for name, param in study.search.items():
+        if name not in REQUIREMENTS:
+            continue
+        for value in getattr(param, "values", None) or [None]:
+            try:
+                if value is None:  # a range over a field with requirements: none is packable
+                    raise ConfigError(f"trial cannot be packed: a range over {name}")
+                pack_key(study.trial.model_copy(update={name: value}))
+            except ConfigError as err:
+                raise ConfigError(f"{path}: search.{name}: {err} ({why})") from None
 
 
 def group_packs(trials: list[TrialConfig]) -> dict[tuple[tuple[str, object], ...], list[int]]:
@@ -294,6 +322,10 @@ class Pack:
     hparams: PackHparams
     specs: tuple[FlatSpec, FlatSpec]  # generator, discriminator
     train_data: Tensor  # (n_train, *shape) in the generator's output scale
+    # Each trial's slot in the pack's draws. A pack draws for all the trials it started with
+    # (n_slots), so a trial's minibatches and noise stay the same when mates leave it.
+    slots: list[int]
+    n_slots: int
 
     @property
     def size(self) -> int:
@@ -327,20 +359,25 @@ def build_pack(trials: list[TrialConfig], data: Dataset) -> Pack:
         d=Adam(d_flat, torch.zeros_like(d_flat), torch.zeros_like(d_flat)),
     )
     hparams = make_hparams(trials, gans[0].device)
-    return Pack(trials, gans, state, hparams, (g_spec, d_spec), gans[0].train_data)
+    slots = list(range(len(trials)))
+    return Pack(trials, gans, state, hparams, (g_spec, d_spec), gans[0].train_data, slots, len(slots))
 
 
 def draw(pack: Pack) -> tuple[Tensor, Tensor, Tensor]:
     """One step's real minibatches and noise for every trial, from the global stream in
     train_gan's order (per D update: indices, then noise; then the G noise)."""
-    trial, p, data = pack.trials[0], pack.size, pack.train_data
+    trial, p, data = pack.trials[0], pack.n_slots, pack.train_data
     m = trial.batch_size
     reals, noises = [], []
     for _ in range(trial.k):
         reals.append(minibatch(data, p * m).view(p, m, *data.shape[1:]))
         noises.append(sample_noise(trial, p * m, data.device).view(p, m, -1))
     noise_g = sample_noise(trial, p * m, data.device).view(p, m, -1)
-    return torch.stack(reals), torch.stack(noises), noise_g
+    real, noise_d = torch.stack(reals), torch.stack(noises)
+    if pack.size == p:
+        return real, noise_d, noise_g
+    slots = torch.tensor(pack.slots, dtype=torch.long, device=data.device)
+    return real[:, slots], noise_d[:, slots], noise_g[slots]
 
 
 def run_steps(pack: Pack, steps: int) -> Tensor:
@@ -386,32 +423,108 @@ def epoch_metrics(pack: Pack, index: int, means: list[float], elapsed: float) ->
     return metrics
 
 
+def select(pack: Pack, rows: list[int]) -> Pack:
+    """The pack of only these rows (trials), in this order: a pruned or diverged trial stops
+    costing compute. Every stacked tensor keeps one row per trial; the step's code does not
+    depend on the pack's size."""
+    index = torch.tensor(rows, dtype=torch.long, device=pack.train_data.device)
+
+    def adam_rows(adam: Adam) -> Adam:
+        return Adam(adam.params[index], adam.exp_avg[index], adam.exp_avg_sq[index], adam.step)
+
+    hp = pack.hparams
+    columns = {
+        name: getattr(hp, name)[index]
+        for name in ("w_real", "w_fake", "smoothing", "smoothing_rest", "lr_d", "lr_g", "beta1",
+                     "beta2", "decay1", "beta2_f32", "decay2")
+    }
+    hparams = replace(hp, **columns, g_masks=hp.g_masks[:, index])
+    state = replace(pack.state, g=adam_rows(pack.state.g), d=adam_rows(pack.state.d))
+    return replace(
+        pack, trials=[pack.trials[r] for r in rows], gans=[pack.gans[r] for r in rows],
+        state=state, hparams=hparams, slots=[pack.slots[r] for r in rows],
+    )
+
+
+def pack_state(pack: Pack) -> dict[str, object]:
+    """What a checkpoint needs to continue the pack: the stacked networks and Adam moments,
+    the RNG (the pack draws from the global stream), and per trial its epoch and clock."""
+    device = pack.train_data.device
+    state: dict[str, object] = {
+        name: {"params": adam.params, "exp_avg": adam.exp_avg, "exp_avg_sq": adam.exp_avg_sq,
+               "step": adam.step}
+        for name, adam in (("g", pack.state.g), ("d", pack.state.d))
+    }
+    state["slots"], state["n_slots"] = list(pack.slots), pack.n_slots
+    state["epochs"] = [gan.epoch for gan in pack.gans]
+    state["wall_times"] = [gan.wall_time for gan in pack.gans]
+    state["rng_cpu"] = torch.get_rng_state()
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def load_pack_state(pack: Pack, state: dict[str, object], rows: list[int]) -> None:
+    """Continue `pack` from a pack_state whose rows `rows` are this pack's trials, in order
+    (a resumed pack may have lost trials that were pruned or failed since)."""
+    device = pack.train_data.device
+    index = torch.tensor(rows, dtype=torch.long)
+
+    def adam_of(saved: dict[str, object]) -> Adam:
+        def part(name: str) -> Tensor:
+            return saved[name][index].to(device)  # type: ignore[index]
+
+        return Adam(part("params"), part("exp_avg"), part("exp_avg_sq"), int(saved["step"]))  # type: ignore[arg-type]
+
+    pack.state = replace(pack.state, g=adam_of(state["g"]), d=adam_of(state["d"]))  # type: ignore[arg-type]
+    pack.slots = [int(state["slots"][row]) for row in rows]  # type: ignore[index]
+    pack.n_slots = int(state["n_slots"])  # type: ignore[arg-type]
+    for gan, row in zip(pack.gans, rows, strict=True):
+        gan.epoch = int(state["epochs"][row])  # type: ignore[index]
+        gan.wall_time = float(state["wall_times"][row])  # type: ignore[index]
+    torch.set_rng_state(state["rng_cpu"])  # type: ignore[arg-type]
+    if "rng_cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], device)  # type: ignore[arg-type]
+
+
+def train_epoch(pack: Pack) -> list[Metrics]:
+    """One epoch of every trial in the pack; per trial, train_gan's epoch metrics (evaluated
+    on its evaluation epochs) plus pack_size, or diverged = 1.0 without evaluation."""
+    trial = pack.trials[0]
+    steps = steps_per_epoch(trial, pack.train_data.shape[0])
+    started = time.perf_counter()
+    rows = (run_steps(pack, steps) / steps).tolist()  # the epoch's one host sync
+    elapsed = time.perf_counter() - started
+    epoch_of_all = []
+    for index, gan in enumerate(pack.gans):
+        gan.epoch, gan.wall_time = gan.epoch + 1, gan.wall_time + elapsed
+        metrics = epoch_metrics(pack, index, rows[index], elapsed)
+        gan.last_samples = None
+        if "diverged" not in metrics and is_eval_epoch(pack.trials[index], gan.epoch):
+            metrics.update(load_trial(pack, index).evaluate())
+        metrics["epoch"] = float(gan.epoch)
+        gan.last_metrics = metrics
+        epoch_of_all.append(metrics)
+    return epoch_of_all
+
+
 def train_pack(
     trials: list[TrialConfig], data: Dataset, report: PackReporter | None = None
 ) -> list[list[Metrics]]:
     """Train `trials` (equal pack_key) together to their epochs; per trial, its per-epoch
     metrics with train_gan's names, plus pack_size. A trial whose loss turns NaN or infinite
-    gets a last entry with diverged = 1.0 and is neither evaluated nor reported after it;
-    the others train on. Exceptions raised by `report` propagate and stop the pack."""
+    gets a last entry with diverged = 1.0 and leaves the pack; the others train on.
+    Exceptions raised by `report` propagate and stop the pack."""
     pack = build_pack(trials, data)
     histories: list[list[Metrics]] = [[] for _ in trials]
-    active = [True] * pack.size
-    trial = trials[0]
-    steps = steps_per_epoch(trial, pack.train_data.shape[0])
-    for epoch in range(1, trial.epochs + 1):
-        started = time.perf_counter()
-        rows = (run_steps(pack, steps) / steps).tolist()  # the epoch's one host sync
-        elapsed = time.perf_counter() - started
-        for index in (i for i in range(pack.size) if active[i]):
-            gan = pack.gans[index]
-            gan.epoch, gan.wall_time = epoch, gan.wall_time + elapsed
-            metrics = epoch_metrics(pack, index, rows[index], elapsed)
-            active[index] = "diverged" not in metrics
-            if active[index] and is_eval_epoch(trials[index], epoch):
-                metrics.update(load_trial(pack, index).evaluate())
-            metrics["epoch"] = float(epoch)
-            gan.last_metrics = metrics
+    indices = list(range(len(trials)))  # the original index of each row still in the pack
+    while pack.size and pack.gans[0].epoch < trials[0].epochs:
+        epoch_results = train_epoch(pack)
+        for index, metrics in zip(indices, epoch_results, strict=True):
             histories[index].append(metrics)
             if report is not None:
-                report(index, metrics, epoch)
+                report(index, metrics, int(metrics["epoch"]))
+        keep = [row for row, metrics in enumerate(epoch_results) if "diverged" not in metrics]
+        if len(keep) < pack.size:
+            pack, indices = select(pack, keep), [indices[row] for row in keep]
     return histories

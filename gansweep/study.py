@@ -193,6 +193,9 @@ class BudgetConfig(Frozen):
     cpus_per_trial: PositiveFloat = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0.0)] = 0.0
     max_failures: Annotated[int, Field(ge=0)] = 1  # retries of a trial whose worker died
+    # Trials trained together in one vectorised step (gansweep/pack.py) on one worker's cpus:
+    # for the 2D toys, whose tiny networks leave a core mostly idle. 1: a worker per trial.
+    pack_size: PositiveInt = 1
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -532,6 +535,10 @@ def _check_study(study: StudyConfig, path: Path) -> None:
         raise ConfigError(f"{path}: sampler.name: cmaes needs at least one numeric range in search")
     if study.budget.max_concurrent * study.budget.cpus_per_trial <= 0:
         raise ConfigError(f"{path}: budget: no CPU for any trial")
+    if study.budget.pack_size > 1:
+        from gansweep.pack import check_pack_study  # imports torch: only for packed studies
+
+        check_pack_study(study, path)
 
 
 def _at(path: Path, line_of: dict[tuple, int], loc: tuple) -> str:

@@ -8,15 +8,23 @@
 
 The Optuna study is the source of truth: a trial is finished once Optuna was told, and a
 new `gansweep run` of the same study resumes the others from their last checkpoint.
+
+With budget.pack_size > 1 a Tune trial is a pack (worker.run_pack) of up to pack_size Optuna
+trials, its members: each has its own Optuna trial, MLflow run and artifacts. A member that is
+pruned or diverges is settled at once (`PackMembers`) while its mates train on; the rest are
+settled when the pack ends. An interrupted pack resumes with its unfinished members together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import uuid
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,7 @@ from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
 from gansweep.study import StudyConfig, TrialConfig
 from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
-from gansweep.worker import ATTEMPT_KEYS, GENERATOR_FILE, SAMPLES_DIR, run_trial
+from gansweep.worker import ATTEMPT_KEYS, GENERATOR_FILE, MEMBERS_DIR, SAMPLES_DIR, PruneBoard, run_pack, run_trial
 
 # Keys Tune adds to every result; they are not ours to log.
 TUNE_KEYS = {
@@ -47,7 +55,58 @@ TUNE_KEYS = {
 
 
 def number_of(trial: Trial) -> int:
-    return int(trial.config["number"])
+    """The Optuna number of a one-trial Tune trial, or of a pack's first member."""
+    config = trial.config
+    return int(config["numbers"][0]) if "numbers" in config else int(config["number"])
+
+
+def is_pack(trial: Trial) -> bool:
+    return "numbers" in trial.config
+
+
+def members(trial: Trial) -> dict[int, dict[str, Any]]:
+    """Optuna number -> trial values of each trial the Tune trial trains (one unless a pack)."""
+    config = trial.config
+    if "numbers" in config:
+        return {int(n): v for n, v in zip(config["numbers"], config["values"], strict=True)}
+    return {int(config["number"]): config["values"]}
+
+
+def member_results(trial: Trial, result: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return split_result(list(members(trial)), result, is_pack(trial))
+
+
+def split_result(numbers: list[int], result: dict[str, Any], pack: bool) -> dict[int, dict[str, Any]]:
+    """Number -> that trial's part of a Tune result. A pack's result nests its members'
+    metrics under "members" (Tune hands schedulers and searchers the flattened form,
+    "members/<number>/<metric>"); a failure of the whole pack concerns every member."""
+    if not pack:
+        return {numbers[0]: result}
+    if "failure_reason" in result:
+        return {n: {"epoch": result.get("epoch", 0), "failure_reason": result["failure_reason"]} for n in numbers}
+    nested: dict[str, dict[str, Any]] = {k: dict(v) for k, v in result.get("members", {}).items()}
+    for key, value in result.items():
+        if key.startswith("members/"):
+            _, number, name = key.split("/", 2)
+            nested.setdefault(number, {})[name] = value
+    return {int(n): {"epoch": result.get("epoch", 0), **m} for n, m in nested.items()}
+
+
+@dataclass
+class PackMembers:
+    """Pack members settled before their pack's Tune trial ends, shared by the searcher, the
+    pruner and the tracking callback. `pruned`: the pruner's verdicts, which the callback
+    tells Optuna once the epoch is logged; `closing`: told, their MLflow run closed once the
+    epoch's checkpoint (their last generator and samples) is in; `ended`: told and closed."""
+
+    board: Any = None  # the PruneBoard actor that packs read
+    board_name: str | None = None
+    pruned: set[int] = field(default_factory=set)
+    closing: set[int] = field(default_factory=set)
+    ended: set[int] = field(default_factory=set)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "board": None}  # Tune pickles its searcher; the actor stays here
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -79,41 +138,92 @@ def objective_values(config: StudyConfig, result: dict[str, Any]) -> list[float]
     return [float(v) for v in values]
 
 
+def settle(study: OptunaStudy, number: int, result: dict[str, Any]) -> bool:
+    """Tell Optuna how a trial ended, from its last result; False: it was interrupted midway
+    and stays RUNNING for a resume."""
+    state = trial_state(study, number, result)
+    if state is None:
+        return False
+    values = objective_values(study.config, result) if state == TrialState.COMPLETE else None
+    if state == TrialState.COMPLETE and values is None:
+        state = TrialState.FAIL  # finished without the objective: nothing to compare
+        study.set_attrs(number, {"failure_reason": "objective metric missing from final result"})
+    summary = {k: result[k] for k in ("d_loss", "g_loss", "wall_time", "failure_reason") if k in result}
+    summary["epoch"] = int(result.get("epoch", 0))
+    study.set_attrs(number, summary)
+    study.tell(number, state, values)
+    return True
+
+
+def resumable_groups(study: OptunaStudy, pack_size: int) -> list[list[int]]:
+    """Trials a killed driver left RUNNING, grouped as they will run again: a pack's
+    unfinished members together (they share its checkpoint), every other trial alone."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for frozen in study.unfinished():
+        pack = frozen.user_attrs.get("pack")
+        key = (tuple(pack), frozen.user_attrs.get("checkpoint")) if pack and pack_size > 1 else (frozen.number,)
+        groups.setdefault(key, []).append(frozen.number)
+    return list(groups.values())
+
+
 class OptunaSearcher(Searcher):
-    def __init__(self, study: OptunaStudy, threads: int) -> None:
+    def __init__(self, study: OptunaStudy, threads: int, packs: PackMembers | None = None) -> None:
         super().__init__()
         self.optuna = study
         self.threads = threads
+        self.pack_size = study.config.budget.pack_size
+        self.packs = packs or PackMembers()
         # Trials a killed driver left RUNNING: handed out again first, same number and values.
-        self.resumable = [t.number for t in study.unfinished()]
-        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.resumable = resumable_groups(study, self.pack_size)
+        self.numbers: dict[str, list[int]] = {}  # Tune trial id -> Optuna trial numbers
+        self.fresh_left = 0  # new trials still to ask for packs (set by tune_trials)
+
+    def tune_trials(self, to_run: int) -> int:
+        """Tune trials that run `to_run` Optuna trials: the resumable groups, then new packs."""
+        self.fresh_left = max(0, to_run - sum(len(group) for group in self.resumable))
+        return len(self.resumable) + math.ceil(self.fresh_left / self.pack_size)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.pack_size > 1:
+            return self.suggest_pack(trial_id)
         if self.resumable:
-            number = self.resumable.pop(0)
+            (number,) = self.resumable.pop(0)
             values = self.optuna.values_of(number)
         else:
             number, values = self.optuna.ask()
-        resume = self.optuna.study.trials[number].user_attrs.get("checkpoint")
+        attrs = self.optuna.study.trials[number].user_attrs
+        # a pack's checkpoint (the study ran with pack_size > 1 before) does not resume one trial
+        resume = None if attrs.get("pack") else attrs.get("checkpoint")
         self.optuna.set_attrs(number, {"tune_trial_id": trial_id})
-        self.numbers[trial_id] = number
+        self.numbers[trial_id] = [number]
         return {"number": number, "values": values, "resume": resume, "threads": self.threads}
 
+    def suggest_pack(self, trial_id: str) -> dict[str, Any]:
+        if self.resumable:
+            numbers = self.resumable.pop(0)
+            values = [self.optuna.values_of(n) for n in numbers]
+            attrs = self.optuna.study.trials[numbers[0]].user_attrs
+            resume = attrs.get("checkpoint") if attrs.get("pack") else None
+        else:
+            size = min(self.pack_size, self.fresh_left)  # the last pack takes what is left
+            self.fresh_left -= size
+            asked = [self.optuna.ask() for _ in range(size)]
+            numbers, values = [n for n, _ in asked], [v for _, v in asked]
+            resume = None
+        for number in numbers:
+            self.optuna.set_attrs(number, {"tune_trial_id": trial_id, "pack": numbers})
+        self.numbers[trial_id] = numbers
+        return {"numbers": numbers, "values": values, "resume": resume, "threads": self.threads,
+                "board": self.packs.board_name}
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        number = self.numbers.get(trial_id)
-        if number is None or error or not result:
+        numbers = self.numbers.get(trial_id)
+        if numbers is None or error or not result:
             return  # errors are recorded by TrackingCallback.on_trial_error; no result: resumable
-        state = trial_state(self.optuna, number, result)
-        if state is None:
-            return
-        values = objective_values(self.optuna.config, result) if state == TrialState.COMPLETE else None
-        if state == TrialState.COMPLETE and values is None:
-            state = TrialState.FAIL  # finished without the objective: nothing to compare
-            self.optuna.set_attrs(number, {"failure_reason": "objective metric missing from final result"})
-        summary = {k: result[k] for k in ("d_loss", "g_loss", "wall_time", "failure_reason") if k in result}
-        summary["epoch"] = int(result.get("epoch", 0))
-        self.optuna.set_attrs(number, summary)
-        self.optuna.tell(number, state, values)
+        parts = split_result(numbers, result, self.pack_size > 1)
+        for number in numbers:
+            if number not in self.packs.ended and number in parts:
+                settle(self.optuna, number, parts[number])
 
     def save(self, checkpoint_path: str) -> None:
         pass  # the Optuna storage holds everything; resumes read it, not this file
@@ -123,22 +233,42 @@ class OptunaSearcher(Searcher):
 
 
 class OptunaPruner(FIFOScheduler):
-    """Asks the study's Optuna pruner after each evaluation whether to stop the trial."""
+    """Asks the study's Optuna pruner after each evaluation whether to stop the trial. In a
+    pack each member is asked: a pruned member leaves the pack (PruneBoard), and the pack
+    stops once none is left."""
 
-    def __init__(self, study: OptunaStudy) -> None:
+    def __init__(self, study: OptunaStudy, packs: PackMembers | None = None) -> None:
         super().__init__()
         self.optuna = study
         self.metric_name = study.config.objective.metric
+        self.packs = packs or PackMembers()
+
+    def prunes(self, number: int, epochs: int, result: dict[str, Any]) -> bool:
+        value = result.get(self.metric_name)
+        if value is None or "epoch" not in result or "failure_reason" in result:
+            return False
+        epoch = int(result["epoch"])
+        if epoch < epochs and self.optuna.report(number, float(value), epoch):
+            self.optuna.set_attrs(number, {"pruned_at": epoch})
+            return True
+        return False
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        value = result.get(self.metric_name)
-        if value is None or "epoch" not in result:
-            return TrialScheduler.CONTINUE
-        number, epoch = number_of(trial), int(result["epoch"])
-        if epoch < trial.config["values"]["epochs"] and self.optuna.report(number, float(value), epoch):
-            self.optuna.set_attrs(number, {"pruned_at": epoch})
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
+        values = members(trial)
+        if not is_pack(trial):
+            (number,) = values
+            pruned = self.prunes(number, int(values[number]["epochs"]), result)
+            return TrialScheduler.STOP if pruned else TrialScheduler.CONTINUE
+        alive = 0
+        for number, part in member_results(trial, result).items():
+            if number in self.packs.ended or "failure_reason" in part:
+                continue
+            if self.prunes(number, int(values[number]["epochs"]), part):
+                self.packs.pruned.add(number)
+                self.packs.board.prune.remote(number)
+            else:
+                alive += 1
+        return TrialScheduler.CONTINUE if alive else TrialScheduler.STOP
 
 
 def final_state(frozen: FrozenTrial) -> str:
@@ -164,6 +294,11 @@ def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
             tracker.finish_child(number, final_state(frozen), final_tags(frozen))
 
 
+def member_generator(number: int) -> str:
+    """Where a pack's checkpoint keeps a member's generator.pt."""
+    return f"{MEMBERS_DIR}/{number}/{GENERATOR_FILE}"
+
+
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.path
@@ -171,12 +306,16 @@ def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
 
 
 class TrackingCallback(tune.Callback):
-    def __init__(self, study: OptunaStudy, tracker: Tracker, search_names: list[str], progress: SweepProgress) -> None:
+    def __init__(
+        self, study: OptunaStudy, tracker: Tracker, search_names: list[str], progress: SweepProgress,
+        packs: PackMembers | None = None,
+    ) -> None:
         self.optuna = study
         self.tracker = tracker
         self.search_names = search_names
         self.progress = progress
         self.artifacts = tracker.output / "artifacts"
+        self.packs = packs or PackMembers()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its config for Tuner.restore, which gansweep does not use (resumes go
@@ -187,17 +326,29 @@ class TrackingCallback(tune.Callback):
         return run_name(number, values, self.search_names)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        number, values = number_of(trial), trial.config["values"]
-        self.tracker.start_child(number, self.run_name(number, values), values)
-        self.progress.started(number)
+        for number, values in members(trial).items():
+            self.tracker.start_child(number, self.run_name(number, values), values)
+            self.progress.started(number)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
-        if "node_id" in result:
-            self.record_attempt(number_of(trial), result)
-        metrics = numeric_metrics(result)
-        epoch = int(metrics.pop("epoch", result.get("training_iteration", 0)))
-        if "failure_reason" not in result:
-            self.tracker.log_epoch(number_of(trial), metrics, epoch)
+        for number, part in member_results(trial, result).items():
+            if number in self.packs.ended:
+                continue
+            if "node_id" in result:
+                self.record_attempt(number, result)
+            metrics = numeric_metrics(part)
+            epoch = int(metrics.pop("epoch", result.get("training_iteration", 0)))
+            if "failure_reason" not in part:
+                self.tracker.log_epoch(number, metrics, epoch)
+            if is_pack(trial) and number not in self.packs.closing and (
+                "failure_reason" in part or number in self.packs.pruned
+            ):
+                # settled now: its pack trains on without it
+                settle(self.optuna, number, part)
+                if result.get("should_checkpoint"):  # Tune's flag: this epoch's checkpoint follows
+                    self.packs.closing.add(number)
+                else:
+                    self.close(trial, number, member_generator(number))
 
     def record_attempt(self, number: int, result: dict[str, Any]) -> None:
         """Where each attempt of a trial ran and which epoch it resumed from: the Optuna user
@@ -212,9 +363,15 @@ class TrackingCallback(tune.Callback):
         self.tracker.set_child_tags(number, {TAG_NODES: ",".join(a["node"] for a in attempts)})
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Trial, checkpoint: tune.Checkpoint, **info: Any) -> None:
-        number = number_of(trial)
-        self.optuna.set_attrs(number, {"checkpoint": checkpoint_uri(checkpoint)})
-        self.fetch(checkpoint, SAMPLES_DIR, self.artifacts / str(number) / SAMPLES_DIR, number)
+        for number in members(trial):
+            if number in self.packs.ended:
+                continue
+            if number not in self.packs.closing:
+                self.optuna.set_attrs(number, {"checkpoint": checkpoint_uri(checkpoint)})
+            samples = f"{MEMBERS_DIR}/{number}/{SAMPLES_DIR}" if is_pack(trial) else SAMPLES_DIR
+            self.fetch(checkpoint, samples, self.artifacts / str(number) / SAMPLES_DIR, number)
+            if number in self.packs.closing:
+                self.close(trial, number, member_generator(number), checkpoint)
 
     def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: int) -> None:
         """Copy a file or folder out of a checkpoint (local or S3) and log it to the run."""
@@ -224,27 +381,40 @@ class TrackingCallback(tune.Callback):
             return
         target.mkdir(parents=True, exist_ok=True)
         if info.type == pyarrow.fs.FileType.File:
-            pyarrow.fs.copy_files(source, str(target / name), source_filesystem=checkpoint.filesystem)
+            pyarrow.fs.copy_files(source, str(target / Path(name).name), source_filesystem=checkpoint.filesystem)
         else:
             pyarrow.fs.copy_files(source, str(target), source_filesystem=checkpoint.filesystem)
         self.tracker.log_artifacts(number, target, target.name if target.name != str(number) else None)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        number = number_of(trial)
+        for number in members(trial):
+            if number not in self.packs.ended:
+                self.close(trial, number, member_generator(number) if is_pack(trial) else GENERATOR_FILE)
+
+    def close(self, trial: Trial, number: int, generator: str, checkpoint: tune.Checkpoint | None = None) -> None:
+        """A trial's end as Optuna has it (told already, or still RUNNING when interrupted):
+        its last checkpoint's generator and the losses figure logged, its MLflow run ended."""
         frozen = self.optuna.study.trials[number]
-        if trial.checkpoint is not None:
-            self.fetch(trial.checkpoint, GENERATOR_FILE, self.artifacts / str(number) / "checkpoint", number)
-        self.log_theory_plot(number, trial.config["values"])
+        checkpoint = checkpoint or trial.checkpoint
+        if checkpoint is not None:
+            self.fetch(checkpoint, generator, self.artifacts / str(number) / "checkpoint", number)
+        self.log_theory_plot(number, members(trial)[number])
         self.tracker.finish_child(number, final_state(frozen), final_tags(frozen))
         self.progress.finished(number, final_state(frozen), frozen.values[0] if frozen.values else None)
+        self.packs.closing.discard(number)
+        if frozen.state.is_finished():
+            self.packs.ended.add(number)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        number = number_of(trial)
         reason = f"worker error after {trial.num_failures} attempt(s): {trial.error_file or 'see Ray logs'}"
-        self.optuna.set_attrs(number, {"failure_reason": reason})
-        self.optuna.tell(number, TrialState.FAIL)
-        self.tracker.finish_child(number, "FAIL", {TAG_REASON: reason})
-        self.progress.finished(number, "FAIL")
+        for number in members(trial):
+            if number in self.packs.ended:
+                continue
+            self.optuna.set_attrs(number, {"failure_reason": reason})
+            self.optuna.tell(number, TrialState.FAIL)
+            self.tracker.finish_child(number, "FAIL", {TAG_REASON: reason})
+            self.progress.finished(number, "FAIL")
+            self.packs.ended.add(number)
 
     def log_theory_plot(self, number: int, values: dict[str, Any]) -> None:
         """The losses-vs-theory figure, drawn from the run's own history once it is delivered."""
@@ -282,7 +452,8 @@ def withheld_from_ray(names: tuple[str, ...]) -> Iterator[None]:
 
 
 def trial_name(trial: Trial) -> str:
-    return f"trial_{number_of(trial):04d}_{trial.trial_id}"
+    kind = "pack" if is_pack(trial) else "trial"
+    return f"{kind}_{number_of(trial):04d}_{trial.trial_id}"
 
 
 MIN_FREE_ENV = "GANSWEEP_MIN_FREE_MB"
@@ -436,13 +607,20 @@ def run_tune(
     storage_path = tune_storage_path(output)
     local_tune = [] if "://" in storage_path else [Path(storage_path)]  # S3: not our disk
     disk_guard = DiskSpaceStopper([output, *local_tune], min_free)
-    trainable = tune.with_resources(run_trial, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
+    packs = PackMembers()
+    if budget.pack_size > 1:
+        packs.board_name = f"gansweep-prune-board-{uuid.uuid4().hex}"
+        packs.board = PruneBoard.options(name=packs.board_name).remote()
+    trainable = tune.with_resources(
+        run_pack if budget.pack_size > 1 else run_trial, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial}
+    )
+    searcher = OptunaSearcher(optuna_study, threads=max(1, int(budget.cpus_per_trial)), packs=packs)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearcher(optuna_study, threads=max(1, int(budget.cpus_per_trial))),
-            scheduler=OptunaPruner(optuna_study),
-            num_samples=to_run,
+            search_alg=searcher,
+            scheduler=OptunaPruner(optuna_study, packs),
+            num_samples=searcher.tune_trials(to_run),
             max_concurrent_trials=budget.max_concurrent,
             reuse_actors=True,
             # Tune names trial folders after the whole config by default: far past 255 bytes
@@ -457,7 +635,7 @@ def run_tune(
             failure_config=tune.FailureConfig(max_failures=budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=disk_guard,
-            callbacks=[TrackingCallback(optuna_study, tracker, list(study.search), progress)],
+            callbacks=[TrackingCallback(optuna_study, tracker, list(study.search), progress, packs)],
             verbose=0,
         ),
     )

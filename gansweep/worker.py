@@ -9,10 +9,17 @@ records everything). A checkpoint folder holds:
 The first result of each attempt (a fresh start, a retry after a worker died, a resume after
 the driver stopped) also carries `node_id` (the Ray node it runs on) and `resumed_from` (the
 epoch of the checkpoint it loaded, 0 for none), which the driver records per trial.
+
+A pack (budget.pack_size > 1, gansweep/pack.py) is one Tune trial that trains several Optuna
+trials, its members. Its results are {"epoch", "members": {number: that member's metrics}},
+and its checkpoints hold the pack's state.pt and members/<number>/ with each member's
+generator.pt and samples/. The driver prunes members one by one: it posts their numbers on a
+PruneBoard actor, which the pack reads before each epoch to drop them from its step.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from functools import lru_cache
@@ -24,16 +31,18 @@ import torch
 from ray import tune
 
 from gansweep.data import Dataset, load_dataset
-from gansweep.errors import GansweepError
+from gansweep.errors import GansweepError, TrialDiverged
 from gansweep.storage import storage_filesystem, strip_scheme
+from gansweep.pack import Pack, build_pack, load_pack_state, load_trial, pack_state, select, train_epoch
 from gansweep.study import TrialConfig
-from gansweep.train import is_eval_epoch, resolve_device, train_gan
+from gansweep.train import is_eval_epoch, is_sample_epoch, resolve_device, train_gan
 
 STATE_FILE = "state.pt"
 # Keys of the first result of an attempt that describe the attempt, not the training.
 ATTEMPT_KEYS = ("node_id", "resumed_from")
 GENERATOR_FILE = "generator.pt"
 SAMPLES_DIR = "samples"
+MEMBERS_DIR = "members"
 
 
 @lru_cache(maxsize=4)
@@ -99,3 +108,107 @@ def run_trial(config: dict[str, Any]) -> None:
             train_gan(trial, data, report, sample_dir=sample_dir, resume_from=resume)
         except GansweepError as err:  # TrialDiverged, TrialOutOfMemory: recorded, not retried
             tune.report({"epoch": getattr(err, "epoch", 0), "failure_reason": str(err)})
+
+
+@ray.remote(num_cpus=0)
+class PruneBoard:
+    """The numbers of pack members the driver pruned; packs read it before each epoch."""
+
+    def __init__(self) -> None:
+        self.numbers: set[int] = set()
+
+    def prune(self, number: int) -> None:
+        self.numbers.add(number)
+
+    def pruned(self, numbers: list[int]) -> list[int]:
+        return [n for n in numbers if n in self.numbers]
+
+
+def divergence_reason(metrics: dict[str, float], epoch: int) -> str:
+    name = next(n for n in ("d_loss", "g_loss") if not math.isfinite(metrics[n]))
+    return str(TrialDiverged(epoch, name, metrics[name]))
+
+
+def write_pack_checkpoint(folder: Path, state: dict[str, Any], pack: Pack, numbers: list[int], samples: Path) -> None:
+    torch.save(state, folder / STATE_FILE)
+    for number, gan in zip(numbers, pack.gans, strict=True):
+        member = folder / MEMBERS_DIR / str(number)
+        member.mkdir(parents=True)
+        generator = {k: v.detach().cpu() for k, v in gan.generator.state_dict().items()}
+        torch.save({"generator": generator, "trial": gan.trial.model_dump(mode="json")}, member / GENERATOR_FILE)
+        sample = samples / str(number) / f"epoch_{gan.epoch:04d}.png"
+        if sample.exists():
+            (member / SAMPLES_DIR).mkdir()
+            shutil.copy(sample, member / SAMPLES_DIR / sample.name)
+
+
+def run_pack(config: dict[str, Any]) -> None:
+    """The Tune trainable of a pack. config = {"numbers": Optuna trial numbers, "values": their
+    trial fields, "resume": checkpoint URI or None, "threads", "board": the PruneBoard's name}."""
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    numbers = [int(n) for n in config["numbers"]]
+    trials = [TrialConfig.model_validate(v) for v in config["values"]]
+    resume = load_resume_state(config)
+    if resume is not None:  # members that diverged before the checkpoint are not in it
+        kept = [row for row, n in enumerate(numbers) if n in resume["numbers"]]
+        numbers, trials = [numbers[row] for row in kept], [trials[row] for row in kept]
+    first = trials[0]
+    # The pack's data: its first member's seed, kept in checkpoints so that a resumed pack
+    # that lost that member trains on the same set.
+    data_seed = int(resume["data_seed"]) if resume else first.seed
+    try:
+        device = resolve_device(first.device)
+        data = cached_dataset(first.dataset, first.data_dir, data_seed, str(device), first.n_train)
+        pack = build_pack(trials, data)
+    except GansweepError as err:
+        tune.report({"epoch": 0, "failure_reason": str(err)})
+        return
+    if resume is not None:
+        load_pack_state(pack, resume["pack"], [resume["numbers"].index(n) for n in numbers])
+    attempt: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "resumed_from": int(resume["epoch"]) if resume else 0,
+    }
+    board = ray.get_actor(config["board"]) if config.get("board") else None
+    if resume is not None and pack.gans[0].epoch >= first.epochs:
+        # Resumed from the final checkpoint (its driver stopped before recording the end):
+        # say the last epoch again so that the driver can close the members.
+        last = {n: resume["last"][str(n)] for n in numbers}
+        tune.report({"epoch": float(pack.gans[0].epoch), "members": {str(n): m for n, m in last.items()}, **attempt})
+        return
+    with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples_dir:
+        samples = Path(samples_dir)
+        while pack.size and pack.gans[0].epoch < first.epochs:
+            if board is not None:
+                pruned = set(ray.get(board.pruned.remote(numbers)))
+                if pruned:
+                    keep = [row for row, n in enumerate(numbers) if n not in pruned]
+                    pack, numbers = select(pack, keep), [numbers[row] for row in keep]
+                    if not pack.size:
+                        return
+            results = train_epoch(pack)
+            epoch = pack.gans[0].epoch
+            members: dict[str, dict[str, Any]] = {}
+            for row, (number, metrics) in enumerate(zip(numbers, results, strict=True)):
+                if "diverged" in metrics:  # train_gan's reason, without the NaN metrics
+                    metrics = {"epoch": float(epoch), "failure_reason": divergence_reason(metrics, epoch)}
+                elif is_sample_epoch(pack.trials[row], epoch):
+                    gan = load_trial(pack, row)
+                    gan.save_samples(samples / str(number))
+                members[str(number)] = metrics
+            result: dict[str, Any] = {"epoch": float(epoch), "members": members, **attempt}
+            attempt = {}
+            keep = [row for row, metrics in enumerate(results) if "diverged" not in metrics]
+            if any(is_eval_epoch(t, epoch) for t in pack.trials):
+                healthy, kept_numbers = select(pack, keep), [numbers[row] for row in keep]
+                state = {
+                    "epoch": epoch, "numbers": kept_numbers, "data_seed": data_seed,
+                    "pack": pack_state(healthy), "last": {str(n): members[str(n)] for n in kept_numbers},
+                }
+                with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
+                    write_pack_checkpoint(Path(folder), state, healthy, kept_numbers, samples)
+                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(result)
+            if len(keep) < pack.size:
+                pack, numbers = select(pack, keep), [numbers[row] for row in keep]

@@ -30,9 +30,13 @@ from gansweep.pack import (
     PACK_LOSSES,
     build_pack,
     group_packs,
+    load_pack_state,
     load_trial,
     pack_key,
+    pack_state,
     pack_step,
+    select,
+    train_epoch,
     train_pack,
 )
 from gansweep.study import TrialConfig
@@ -215,6 +219,44 @@ def test_a_diverging_trial_leaves_its_pack_mates_alone(circle) -> None:
     assert [m["epoch"] for m in mate] == [1.0, 2.0, 3.0]
     for name in (*LOGGED, "parzen_ll"):  # the same draws, and no NaN leaking across trials
         assert [m[name] for m in mate] == pytest.approx([m[name] for m in same_mate], rel=1e-6)
+
+
+def test_a_pack_resumed_from_its_state_trains_on_as_if_never_stopped(circle) -> None:
+    """pack_state after epoch 1, loaded into a freshly built pack (the RNG moved on
+    meanwhile), gives epoch 2 exactly as the pack that never stopped; a resumed pack of the
+    last two trials gives those trials' epoch 2 too: a trial's draws keep their slot."""
+    trials = [TrialConfig(**SMALL, **values) for values in VARIED]
+    going = build_pack(trials, circle)
+    train_epoch(going)
+    saved = pack_state(going)
+    reference = train_epoch(going)
+    torch.rand(1000)  # what else a worker does between the checkpoint and the resume
+    resumed = build_pack(trials, circle)
+    load_pack_state(resumed, saved, [0, 1, 2])
+    again = train_epoch(resumed)
+    survivors = build_pack(trials[1:], circle)
+    load_pack_state(survivors, saved, [1, 2])
+    fewer = train_epoch(survivors)
+    assert [m["epoch"] for m in again] == [2.0, 2.0, 2.0] and [m["epoch"] for m in fewer] == [2.0, 2.0]
+    for name in (*LOGGED, "parzen_ll"):
+        assert [m[name] for m in again] == pytest.approx([m[name] for m in reference], rel=1e-6), name
+        assert [m[name] for m in fewer] == pytest.approx([m[name] for m in reference[1:]], rel=1e-6), name
+    assert [m["pack_size"] for m in fewer] == [2.0, 2.0]
+
+
+def test_select_drops_trials_from_the_step_and_keeps_the_others_draws(circle) -> None:
+    """A pack of the third trial alone, selected from a pack of three, trains that trial's
+    epoch as the whole pack does from the same RNG state: its row, its draws."""
+    trials = [TrialConfig(**SMALL, **values) for values in VARIED]
+    whole, one = build_pack(trials, circle), select(build_pack(trials, circle), [2])
+    assert one.size == 1 and one.state.g.params.shape[0] == one.hparams.lr_d.shape[0] == 1
+    torch.manual_seed(123)
+    reference = train_epoch(whole)
+    torch.manual_seed(123)
+    (alone,) = train_epoch(one)
+    for name in LOGGED:
+        assert alone[name] == pytest.approx(reference[2][name], rel=1e-6), name
+    assert reference[2]["pack_size"] == 3.0 and alone["pack_size"] == 1.0
 
 
 def test_pack_losses_are_the_bce_family() -> None:
