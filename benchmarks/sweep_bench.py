@@ -4,6 +4,7 @@
     python -m benchmarks.sweep_bench --small    # 8 trials, gansweep as it is only (~1 min)
     python -m benchmarks.sweep_bench --study studies/alpha.yaml   # and a shipped study
     python -m benchmarks.sweep_bench --no-compare --steps 8000    # trials 8 times longer
+    python -m benchmarks.sweep_bench --pack 16                    # 64 trials, packed vs one by one
 
 A generated study (benchmarks/sweep_bench.py: STUDY) of 20 short trials on the 2D circle,
 a 5 x 4 grid over alpha and lr_d, each trial 2 epochs x 1,000 iterations (about 2 to 4 s of
@@ -39,6 +40,11 @@ studies run. `--fractional` adds the same 20 trials 4 at a time on half a cpu ea
 2 cores, one torch thread per trial): Ray's fractional resources; compare the trials per
 hour (each trial's training time stretches when two share a core, so its share of the
 machine is not comparable).
+
+`--pack N` times packs in `gansweep run` (budget.pack_size, gansweep/pack.py): 64 trials
+(an 8 x 8 grid, alpha_mode weight so that they can be packed) one trial per worker as usual,
+then N trials per worker in one vectorised step, on the same 2 slots. Compare trials per
+hour; a member's wall_time is its pack's, so "share training" counts each pack N times.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ trial:
   epochs: 2
   steps_per_epoch: {steps}
   lr_d: 0.001
+  alpha_mode: {alpha_mode}
   eval_every: 2
   eval_samples: 1000
   eval_valid: 500
@@ -80,10 +87,14 @@ search:
   alpha: {alphas}
   lr_d: {lrs}
 sampler: {{name: grid, seed: 0}}
-budget: {{max_concurrent: {concurrent}, cpus_per_trial: {cpus}}}
+budget: {{max_concurrent: {concurrent}, cpus_per_trial: {cpus}, pack_size: {pack}}}
 """
-FULL = dict(concurrent=2, cpus=1, steps=1000, alphas=[0.2, 0.35, 0.5, 0.65, 0.8], lrs=[3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3])
-SMALL = dict(concurrent=2, cpus=1, steps=1000, alphas=[0.2, 0.4, 0.6, 0.8], lrs=[1.0e-3, 2.0e-3])
+FULL = dict(concurrent=2, cpus=1, steps=1000, alphas=[0.2, 0.35, 0.5, 0.65, 0.8], lrs=[3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3],
+            alpha_mode="compose", pack=1)
+SMALL = dict(FULL, alphas=[0.2, 0.4, 0.6, 0.8], lrs=[1.0e-3, 2.0e-3])
+# 64 packable trials: the grid of --pack
+PACKABLE = dict(FULL, alphas=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                lrs=[3.0e-4, 5.0e-4, 7.0e-4, 1.0e-3, 1.5e-3, 2.0e-3, 2.5e-3, 3.0e-3], alpha_mode="weight")
 
 
 @dataclass
@@ -96,6 +107,7 @@ class SweepTiming:
     startup: float
     winddown: float
     states: dict[str, int]
+    best: float  # the best objective (parzen_ll): the packed sweep must reach what the other does
 
     @property
     def capacity(self) -> float:
@@ -120,7 +132,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 def tune_records(output: Path) -> list[list[dict]]:
     """Every trial's result.json rows (Tune writes one JSON object per report)."""
     records = []
-    for path in sorted((output / "tune").glob("*/trial_*/result.json")):
+    paths = [*(output / "tune").glob("*/trial_*/result.json"), *(output / "tune").glob("*/pack_*/result.json")]
+    for path in sorted(paths):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
             records.append(rows)
@@ -162,6 +175,7 @@ def run_sweep(
             startup=max(0.0, min(starts) - started),
             winddown=max(0.0, ended - max(ends)),
             states=results["state"].value_counts().to_dict(),
+            best=float(results["objective"].max()),
         )
         if keep is not None:
             shutil.copytree(output, keep / label.replace(" ", "_"), dirs_exist_ok=True)
@@ -200,11 +214,17 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
     parser.add_argument("--steps", type=int, default=None,
                         help="iterations per epoch (default 1,000: about 1 s an epoch); longer "
                         "trials show where the fixed costs stop mattering")
+    parser.add_argument("--pack", type=int, default=None, metavar="N",
+                        help="instead: 64 packable trials one per worker, then N per worker in one step")
     parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
     args = parser.parse_args(argv)
     spec = SMALL if args.small else FULL
+    if args.pack is not None:
+        spec = PACKABLE
     if args.steps is not None:
         spec = {**spec, "steps": args.steps}
+    if args.pack is not None:
+        return compare_packs(spec, args.pack, args.keep)
     study_text = STUDY.format(**spec)
     runs = [("gansweep (actor reuse, Ray started and stopped in the background)", {})]
     if not (args.small or args.no_compare):
@@ -226,6 +246,21 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
               f"mean trainable time {t.in_trial / t.trials:.2f} s; "
               f"{3600 * t.trials / t.wall:.0f} trials per hour")
     return timings
+
+
+def compare_packs(spec: dict, pack: int, keep: Path | None) -> list[SweepTiming]:
+    trials = len(spec["alphas"]) * len(spec["lrs"])
+    print(f"{trials} trials x 2 epochs x {spec['steps']} iterations, {SLOTS} workers; packs of {pack}; "
+          f"load average at start {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    single = run_sweep("one trial per worker (pack_size 1)", STUDY.format(**spec), keep=keep)
+    packed = run_sweep(f"packs of {pack} (pack_size {pack})", STUDY.format(**{**spec, "pack": pack}), keep=keep)
+    print()
+    print(table([single, packed]))
+    for t in (single, packed):
+        print(f"{t.label}: {t.wall:.1f} s, {3600 * t.trials / t.wall:.0f} trials per hour, states {t.states}, "
+              f"best parzen_ll {t.best:.3f}")
+    print(f"packs: {single.wall / packed.wall:.2f}x the trials per hour of one trial per worker")
+    return [single, packed]
 
 
 if __name__ == "__main__":

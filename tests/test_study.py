@@ -108,6 +108,22 @@ BAD = {
     "output escapes": ("name: x\noutput: ../../etc\n", [], ["output", "../../etc"]),
     "absolute output outside": ("name: x\noutput: /etc/gansweep\n", [], ["output", "/etc/gansweep"]),
     "python object tag": ("name: !!python/object/apply:os.system ['true']\n", [], ["invalid YAML"]),
+    "pack with a searched shape": (
+        "name: x\ntrial: {alpha_mode: weight}\nsearch: {k: [1, 2]}\nbudget: {pack_size: 4}\n",
+        [], ["search.k", "budget.pack_size=4", "share k"],
+    ),
+    "pack with an unpackable loss": (
+        "name: x\ntrial: {alpha_mode: weight}\nsearch: {loss: [minimax, hinge]}\nbudget: {pack_size: 4}\n",
+        [], ["search.loss", "loss='hinge'", "a pack needs one of minimax, non_saturating, max_likelihood"],
+    ),
+    "pack of compose trials": (
+        "name: x\nbudget: {pack_size: 2}\n", [], ["trial", "alpha_mode='compose'", "a pack needs 'weight'"],
+    ),
+    "pack of image trials": (
+        "name: x\ntrial: {alpha_mode: weight, dataset: digits}\nbudget: {pack_size: 2}\n", [],
+        ["trial", "dataset='digits'", "a 2D toy set"],
+    ),
+    "zero pack size": ("name: x\nbudget: {pack_size: 0}\n", [], ["budget.pack_size", "0"]),
     "second objective with pruning": (
         "name: x\npruner: {name: median}\nobjective: {second: {metric: wall_time, direction: minimize}}\n",
         [], ["pruner", "multi-objective"],

@@ -1,0 +1,160 @@
+"""Packs in `gansweep run` (budget.pack_size): real CLI, real Ray, Optuna and MLflow stores.
+
+Each member of a pack is an Optuna trial with its own MLflow run, checked by the same
+consistency rules as one-trial sweeps; the numbers are checked against the pack library
+(gansweep.pack.train_pack) run here on the same trials and data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
+from gansweep.data import load_dataset
+from gansweep.pack import train_pack
+from gansweep.search import values_from_params
+from gansweep.study import TrialConfig, load_study
+from test_sweep import check_consistent, children, optuna_reports, optuna_states
+
+PACKED_STUDY = """\
+name: packed
+trial: {dataset: circle, g_hidden: [32, 32], d_hidden: [32, 32], noise_dim: 2, alpha_mode: weight,
+        loss: max_likelihood, batch_size: 64, epochs: 3, steps_per_epoch: 60, eval_every: 1,
+        eval_samples: 400, eval_valid: 200, eval_test: 400, device: cpu}
+search:
+  lr_d: [0.001, 0.002, 1.0e+30]   # the third diverges in its first epoch, and leaves its pack
+  alpha: [0.3, 0.7]
+sampler: {name: grid, seed: 0}
+budget: {max_concurrent: 2, pack_size: 3}
+"""
+
+
+def metric_history(client: MlflowClient, run_id: str, name: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+
+def test_a_packed_sweep_matches_the_pack_library_and_fails_only_the_diverging_member(tmp_path: Path) -> None:
+    (tmp_path / "packed.yaml").write_text(PACKED_STUDY)
+    done = gansweep("run", "packed.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "packed", expected=6).set_index("trial")
+    assert (table[table["lr_d"] == 1e30]["state"] == "FAIL").all()
+    assert table[table["lr_d"] == 1e30]["failure_reason"].str.contains("diverged at epoch 1").all()
+    assert (table[table["lr_d"] < 1]["state"] == "COMPLETE").all()
+
+    study = optuna.load_study(study_name="packed", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    packs = {tuple(t.user_attrs["pack"]) for t in study.trials}
+    assert sorted(len(p) for p in packs) == [3, 3]  # two packs of three: 6 trials, 2 Tune trials
+    config = load_study(tmp_path / "packed.yaml")
+    client = MlflowClient(uri)
+    run_of = {int(r.data.tags["gansweep.trial"]): r for r in children(mlflow_runs(uri, "packed"))}
+    torch.set_num_threads(1)  # as the worker (budget.cpus_per_trial 1): the same kernels
+    for pack in packs:
+        trials = [TrialConfig.model_validate(values_from_params(config, study.trials[n].params)) for n in pack]
+        data = load_dataset("circle", seed=trials[0].seed, device="cpu")
+        reference = train_pack(trials, data)
+        healthy = sum("diverged" not in history[-1] for history in reference)
+        for number, history in zip(pack, reference, strict=True):
+            run = run_of[number]
+            if "diverged" in history[-1]:
+                assert run.data.tags["gansweep.state"] == "FAIL" and len(history) == 1
+                assert client.get_metric_history(run.info.run_id, "d_loss") == []
+                continue
+            # the diverged members left the step after epoch 1
+            assert metric_history(client, run.info.run_id, "pack_size") == [3.0, healthy, healthy]
+            for name in ("d_loss", "g_loss", "parzen_ll"):
+                logged = metric_history(client, run.info.run_id, name)
+                assert logged == pytest.approx([m[name] for m in history], rel=1e-5), (number, name)
+            artifacts = {a.path for f in ("samples", "checkpoint", "plots") for a in client.list_artifacts(run.info.run_id, f)}
+            assert {"samples/epoch_0003.png", "checkpoint/generator.pt", "plots/losses_vs_theory.png"} <= artifacts
+
+
+PRUNED_PACKS_STUDY = """\
+name: prunepack
+trial: {dataset: line, g_hidden: [64, 64], d_hidden: [64, 64], noise_dim: 2, alpha_mode: weight,
+        epochs: 5, steps_per_epoch: 200, batch_size: 128, lr_d: 0.002, eval_samples: 1000,
+        eval_valid: 300, eval_test: 500, device: cpu}
+search:
+  lr_g: [1.0e-7, 0.002]    # a generator that cannot learn, and one that can
+  seed: [0, 1, 2, 3]
+sampler: {name: grid, seed: 0}
+pruner: {name: median, startup_trials: 2, warmup_epochs: 1}
+budget: {max_concurrent: 1, pack_size: 2}
+"""
+
+
+def test_members_are_pruned_one_by_one_and_leave_their_pack(tmp_path: Path) -> None:
+    """Four packs of two, one after the other, so that the median pruner has finished trials
+    to compare with from the second pack on."""
+    (tmp_path / "prunepack.yaml").write_text(PRUNED_PACKS_STUDY)
+    done = gansweep("run", "prunepack.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "prunepack", expected=8).set_index("trial")
+    stopped = table[table["state"] == "PRUNED"]
+    assert len(stopped) >= 2 and (stopped["epochs"] == stopped["pruned_at"]).all()
+    assert (stopped["lr_g"] == 1e-7).sum() > (stopped["lr_g"] == 0.002).sum()
+    study = optuna.load_study(study_name="prunepack", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    client = MlflowClient(uri)
+    run_of = {int(r.data.tags["gansweep.trial"]): r for r in children(mlflow_runs(uri, "prunepack"))}
+    alone_after_pruning = 0
+    for number, row in stopped.iterrows():
+        run = run_of[number]
+        at = int(row["pruned_at"])
+        assert len(metric_history(client, run.info.run_id, "d_loss")) == at  # nothing logged after
+        assert "checkpoint/generator.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        (mate,) = [n for n in study.trials[number].user_attrs["pack"] if n != number]
+        if table.loc[mate, "state"] == "COMPLETE":
+            # the mate trained on alone: the pruned member left the step, not just the records
+            sizes = metric_history(client, run_of[mate].info.run_id, "pack_size")
+            assert sizes[:at] == [2.0] * at and sizes[-1] == 1.0
+            alone_after_pruning += 1
+    assert alone_after_pruning >= 1
+
+
+RESUME_PACKS_STUDY = """\
+name: resumepack
+trial: {dataset: circle, g_hidden: [32], d_hidden: [32], noise_dim: 2, alpha_mode: weight, epochs: 6,
+        steps_per_epoch: 400, eval_samples: 300, eval_valid: 200, eval_test: 300, device: cpu}
+search:
+  alpha: [0.3, 0.4, 0.5, 0.6, 0.7]
+sampler: {name: grid, seed: 1}
+budget: {max_concurrent: 1, pack_size: 2}
+"""
+
+
+def test_packed_sweep_killed_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
+    (tmp_path / "resume.yaml").write_text(RESUME_PACKS_STUDY)
+    driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
+    db = tmp_path / "out" / "optuna.db"
+    deadline = time.monotonic() + 300
+    # kill once a pack has finished and the next has reported (and checkpointed) two epochs:
+    # 2 x 6 evaluations of the first pack, 2 x 2 of the second
+    while time.monotonic() < deadline and not (
+        optuna_states(db).count("COMPLETE") >= 2 and optuna_reports(db) >= 16
+    ):
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.2)
+    kill_group(driver)  # SIGKILL: no cleanup at all
+    states = optuna_states(db)
+    assert states.count("RUNNING") >= 2 and len(states) < 5, states
+    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "resumepack", expected=5)
+    assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "resumepack")):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
+        assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
+    study = optuna.load_study(study_name="resumepack", storage=f"sqlite:///{db}")
+    resumed = [a for t in study.trials for a in t.user_attrs.get("attempts", []) if a["resumed_from"] > 0]
+    assert resumed, "the interrupted pack restarted from scratch instead of its checkpoint"
