@@ -44,7 +44,7 @@ machine is not comparable).
 `--pack N` times packs in `gansweep run` (budget.pack_size, gansweep/pack.py): 64 trials
 (an 8 x 8 grid, alpha_mode weight so that they can be packed) one trial per worker as usual,
 then N trials per worker in one vectorised step, on the same 2 slots. Compare trials per
-hour; a member's wall_time is its pack's, so "share training" counts each pack N times.
+hour. A member's wall_time is its pack's: training counts each pack once.
 """
 
 from __future__ import annotations
@@ -140,6 +140,14 @@ def tune_records(output: Path) -> list[list[dict]]:
     return records
 
 
+def training_seconds(results: pd.DataFrame) -> float:
+    """Seconds the workers spent training: a pack's members share one wall_time (their pack's
+    epochs), so a pack counts once."""
+    if "tune_trial_id" not in results:
+        return float(results["wall_time"].sum())
+    return float(results.groupby("tune_trial_id")["wall_time"].max().sum())
+
+
 def run_sweep(
     label: str, study_text: str, *, reuse_actors: bool = True, overlap_ray: bool = True,
     keep: Path | None = None,
@@ -170,7 +178,7 @@ def run_sweep(
             label=label,
             trials=len(results),
             wall=ended - started,
-            training=float(results["wall_time"].sum()),
+            training=training_seconds(results),
             in_trial=float(sum(rows[-1]["time_total_s"] for rows in records)),
             startup=max(0.0, min(starts) - started),
             winddown=max(0.0, ended - max(ends)),

@@ -18,10 +18,11 @@ evaluate() runs.
 What differs from train_gan: the random draws. A pack draws all its trials' minibatches and
 noise together from the global stream, in train_gan's order (per D update the indices, then
 the noise; then G's noise), continuing it after the last trial's initialisation; a pack of one
-trial therefore draws exactly train_gan's batches, and a trial's draws depend on its pack.
-All trials see the one `data` given, where a sweep worker would load a toy set per seed.
-A checkpoint (pack_state) holds the stacked state and the RNG; `select` drops trials that were
-pruned or diverged, so that they stop costing compute.
+trial therefore draws exactly train_gan's batches, and a trial's draws depend on the pack it
+started in. All trials see the one `data` given (a sweep's pack: its first member's seed).
+`select` drops trials that were pruned or diverged, so that they stop costing compute; the
+others keep their slot in the draws, so their batches do not change. A checkpoint
+(pack_state) holds the stacked state and the RNG: a resumed pack draws what it would have.
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ budget: {max_concurrent: 1, pack_size: 2}
 """
 
 
+@pytest.mark.slow  # about a minute: two sweeps, the first killed midway
 def test_packed_sweep_killed_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
     (tmp_path / "resume.yaml").write_text(RESUME_PACKS_STUDY)
     driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
