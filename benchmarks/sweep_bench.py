@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
     parser.add_argument("--steps", type=int, default=None,
                         help="iterations per epoch (default 1,000: about 1 s an epoch); longer "
                         "trials show where the fixed costs stop mattering")
-    parser.add_argument("--pack", type=int, default=None, metavar="N",
+    parser.add_argument("--pack", type=int, nargs="+", default=None, metavar="N",
                         help="instead: 64 packable trials one per worker, then N per worker in one step")
     parser.add_argument("--keep", type=Path, help="copy each sweep's output folder here")
     args = parser.parse_args(argv)
@@ -256,19 +256,21 @@ def main(argv: list[str] | None = None) -> list[SweepTiming]:
     return timings
 
 
-def compare_packs(spec: dict, pack: int, keep: Path | None) -> list[SweepTiming]:
+def compare_packs(spec: dict, sizes: list[int], keep: Path | None) -> list[SweepTiming]:
     trials = len(spec["alphas"]) * len(spec["lrs"])
-    print(f"{trials} trials x 2 epochs x {spec['steps']} iterations, {SLOTS} workers; packs of {pack}; "
+    print(f"{trials} trials x 2 epochs x {spec['steps']} iterations, {SLOTS} workers; packs of {sizes}; "
           f"load average at start {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     single = run_sweep("one trial per worker (pack_size 1)", STUDY.format(**spec), keep=keep)
-    packed = run_sweep(f"packs of {pack} (pack_size {pack})", STUDY.format(**{**spec, "pack": pack}), keep=keep)
+    packed = [
+        run_sweep(f"packs of {size} (pack_size {size})", STUDY.format(**{**spec, "pack": size}), keep=keep)
+        for size in sizes
+    ]
     print()
-    print(table([single, packed]))
-    for t in (single, packed):
-        print(f"{t.label}: {t.wall:.1f} s, {3600 * t.trials / t.wall:.0f} trials per hour, states {t.states}, "
-              f"best parzen_ll {t.best:.3f}")
-    print(f"packs: {single.wall / packed.wall:.2f}x the trials per hour of one trial per worker")
-    return [single, packed]
+    print(table([single, *packed]))
+    for t in (single, *packed):
+        print(f"{t.label}: {t.wall:.1f} s, {3600 * t.trials / t.wall:.0f} trials per hour "
+              f"({single.wall / t.wall:.2f}x), states {t.states}, best parzen_ll {t.best:.3f}")
+    return [single, *packed]
 
 
 if __name__ == "__main__":
