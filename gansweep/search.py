@@ -145,14 +145,27 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 class OptunaStudy:
     """The Optuna side of a sweep: ask/tell, pruning decisions, trial bookkeeping.
 
-    Picklable (Ray Tune saves its searcher): the optuna.Study is reopened from storage."""
+    Picklable (Ray Tune saves its searcher): the optuna.Study is reopened from storage.
+
+    One trial is read and written by its id through the storage (`frozen`, `set_attrs`):
+    Optuna's study.trials reads every unfinished trial again on each call, which a sweep makes
+    for every result; with packs, dozens of trials are unfinished at once."""
 
     config: StudyConfig
     storage_url: str
     _study: optuna.Study | None = field(default=None, repr=False)
+    _storage: optuna.storages.RDBStorage | None = field(default=None, repr=False)
+    _trial_ids: dict[int, int] = field(default_factory=dict, repr=False)  # number -> id: fixed
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "storage_url": self.storage_url, "_study": None}
+        return {"config": self.config, "storage_url": self.storage_url, "_study": None,
+                "_storage": None, "_trial_ids": {}}
+
+    @property
+    def storage(self) -> optuna.storages.RDBStorage:
+        if self._storage is None:
+            self._storage = optuna.storages.RDBStorage(self.storage_url)
+        return self._storage
 
     @property
     def study(self) -> optuna.Study:
@@ -162,7 +175,7 @@ class OptunaStudy:
                 directions.append(self.config.objective.second.direction)
             self._study = optuna.create_study(
                 study_name=self.config.name,
-                storage=self.storage_url,
+                storage=self.storage,  # the same backend as frozen() and set_attrs()
                 sampler=SAMPLERS[self.config.sampler.name](self.config),
                 pruner=make_pruner(self.config),
                 directions=directions,
@@ -205,30 +218,35 @@ class OptunaStudy:
         raise RuntimeError("100 sampled combinations in a row were invalid; narrow the search")
 
     def values_of(self, number: int) -> dict[str, Any]:
-        return values_from_params(self.config, self._frozen(number).params)
+        return values_from_params(self.config, self.frozen(number).params)
 
-    def _frozen(self, number: int) -> FrozenTrial:
-        return self.study.get_trials(deepcopy=False)[number]
+    def trial_id(self, number: int) -> int:
+        if number not in self._trial_ids:
+            study_id = self.storage.get_study_id_from_name(self.config.name)
+            self._trial_ids[number] = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return self._trial_ids[number]
 
-    def _live(self, number: int) -> Trial:
-        return Trial(self.study, self._frozen(number)._trial_id)
+    def frozen(self, number: int) -> FrozenTrial:
+        """Trial `number` as the storage has it now."""
+        _ = self.study  # created (or loaded) before its trials are read
+        return self.storage.get_trial(self.trial_id(number))
 
     def report(self, number: int, value: float, epoch: int) -> bool:
         """Report an evaluation and return whether the pruner says stop."""
         if self.multi_objective:
             return False  # Optuna does not prune multi-objective studies
-        trial = self._live(number)
-        if epoch in self._frozen(number).intermediate_values:
+        trial = Trial(self.study, self.trial_id(number))
+        if epoch in self.frozen(number).intermediate_values:
             return False  # a resumed trial re-reporting an epoch: the first report stands
         trial.report(value, epoch)
         return bool(trial.should_prune())
 
     def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
-        trial = self._live(number)
+        trial_id = self.trial_id(number)
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            self.storage.set_trial_user_attr(trial_id, key, value)
 
     def tell(self, number: int, state: TrialState, values: list[float] | None = None) -> None:
-        if self._frozen(number).state in FINISHED:
+        if self.frozen(number).state in FINISHED:
             return  # told already (a duplicate completion after a resume)
-        self.study.tell(self._frozen(number).number, values=values, state=state)
+        self.study.tell(number, values=values, state=state)

@@ -123,7 +123,7 @@ def trial_state(study: OptunaStudy, number: int, result: dict[str, Any]) -> Tria
     stops running trials the same way as completion), so it stays RUNNING for a resume."""
     if "failure_reason" in result:
         return TrialState.FAIL
-    if study.study.trials[number].user_attrs.get("pruned_at") is not None:
+    if study.frozen(number).user_attrs.get("pruned_at") is not None:
         return TrialState.PRUNED
     if int(result.get("epoch", 0)) >= int(study.values_of(number)["epochs"]):
         return TrialState.COMPLETE
@@ -191,7 +191,7 @@ class OptunaSearcher(Searcher):
             values = self.optuna.values_of(number)
         else:
             number, values = self.optuna.ask()
-        attrs = self.optuna.study.trials[number].user_attrs
+        attrs = self.optuna.frozen(number).user_attrs
         # a pack's checkpoint (the study ran with pack_size > 1 before) does not resume one trial
         resume = None if attrs.get("pack") else attrs.get("checkpoint")
         self.optuna.set_attrs(number, {"tune_trial_id": trial_id})
@@ -202,7 +202,7 @@ class OptunaSearcher(Searcher):
         if self.resumable:
             numbers = self.resumable.pop(0)
             values = [self.optuna.values_of(n) for n in numbers]
-            attrs = self.optuna.study.trials[numbers[0]].user_attrs
+            attrs = self.optuna.frozen(numbers[0]).user_attrs
             resume = attrs.get("checkpoint") if attrs.get("pack") else None
         else:
             size = min(self.pack_size, self.fresh_left)  # the last pack takes what is left
@@ -288,7 +288,7 @@ def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
     """A driver killed between telling Optuna and ending the MLflow run leaves the run
     RUNNING for a finished trial: end it now, as Optuna (the source of truth) says."""
     for number, run_id in tracker.open_children().items():
-        frozen = study.study.trials[number]
+        frozen = study.frozen(number)
         if frozen.state.is_finished():
             tracker.run_ids[number] = run_id
             tracker.finish_child(number, final_state(frozen), final_tags(frozen))
@@ -353,7 +353,7 @@ class TrackingCallback(tune.Callback):
     def record_attempt(self, number: int, result: dict[str, Any]) -> None:
         """Where each attempt of a trial ran and which epoch it resumed from: the Optuna user
         attr `attempts` (kept across driver restarts) and the MLflow tag gansweep.nodes."""
-        attempts = list(self.optuna.study.trials[number].user_attrs.get("attempts", []))
+        attempts = list(self.optuna.frozen(number).user_attrs.get("attempts", []))
         attempts.append({
             "node": str(result["node_id"]),
             "resumed_from": int(result.get("resumed_from", 0)),
@@ -394,7 +394,7 @@ class TrackingCallback(tune.Callback):
     def close(self, trial: Trial, number: int, generator: str, checkpoint: tune.Checkpoint | None = None) -> None:
         """A trial's end as Optuna has it (told already, or still RUNNING when interrupted):
         its last checkpoint's generator and the losses figure logged, its MLflow run ended."""
-        frozen = self.optuna.study.trials[number]
+        frozen = self.optuna.frozen(number)
         checkpoint = checkpoint or trial.checkpoint
         if checkpoint is not None:
             self.fetch(checkpoint, generator, self.artifacts / str(number) / "checkpoint", number)
