@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import uuid
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,15 @@ from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
 from gansweep.study import StudyConfig, TrialConfig
 from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
-from gansweep.worker import ATTEMPT_KEYS, GENERATOR_FILE, MEMBERS_DIR, SAMPLES_DIR, PruneBoard, run_pack, run_trial
+from gansweep.worker import (
+    ATTEMPT_KEYS,
+    GENERATOR_FILE,
+    MEMBERS_DIR,
+    SAMPLES_DIR,
+    PruneBoard,
+    run_pack,
+    run_trial,
+)
 
 # Keys Tune adds to every result; they are not ours to log.
 TUNE_KEYS = {

@@ -32,8 +32,16 @@ from ray import tune
 
 from gansweep.data import Dataset, load_dataset
 from gansweep.errors import GansweepError, TrialDiverged
+from gansweep.pack import (
+    Pack,
+    build_pack,
+    load_pack_state,
+    load_trial,
+    pack_state,
+    select,
+    train_epoch,
+)
 from gansweep.storage import storage_filesystem, strip_scheme
-from gansweep.pack import Pack, build_pack, load_pack_state, load_trial, pack_state, select, train_epoch
 from gansweep.study import TrialConfig
 from gansweep.train import is_eval_epoch, is_sample_epoch, resolve_device, train_gan
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
+from mlflow.tracking import MlflowClient
+from test_sweep import check_consistent, children, optuna_reports, optuna_states
+
 from gansweep.data import load_dataset
 from gansweep.pack import train_pack
 from gansweep.search import values_from_params
 from gansweep.study import TrialConfig, load_study
-from test_sweep import check_consistent, children, optuna_reports, optuna_states
 
 PACKED_STUDY = """\
 name: packed
