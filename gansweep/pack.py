@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,12 +41,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from gansweep.data import Dataset, minibatch
 from gansweep.errors import ConfigError
 from gansweep.losses import LOSSES, Term, discriminator_output
-from gansweep.study import TOY_DATASETS, StudyConfig, TrialConfig
+from gansweep.study import TOY_DATASETS, Choice, StudyConfig, TrialConfig
 from gansweep.train import (
     ACCUMULATED,
     FastPaths,
     GanTrial,
     Metrics,
+    divergence,
     is_eval_epoch,
     sample_noise,
     samples_per_second,
@@ -80,6 +81,7 @@ REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {
     "d_dropout": (lambda t: t.d_dropout == 0.0, "0 (no per-trial dropout masks)"),
     "loss": (lambda t: t.loss in PACK_LOSSES, f"one of {', '.join(PACK_LOSSES)}"),
 }
+L = TypeVar("L")  # a caller's label of a pack's row
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, which train_gan uses
 
 
@@ -112,10 +114,10 @@ def check_pack_study(study: StudyConfig, path: object) -> None:
     for name, param in study.search.items():
         if name not in REQUIREMENTS:
             continue
-        for value in getattr(param, "values", None) or [None]:
+        if not isinstance(param, Choice):  # every requirement is a set of allowed values
+            raise ConfigError(f"{path}: search.{name}: trial cannot be packed: a range over {name} ({why})")
+        for value in param.values:
             try:
-                if value is None:  # a range over a field with requirements: none is packable
-                    raise ConfigError(f"trial cannot be packed: a range over {name}")
                 pack_key(study.trial.model_copy(update={name: value}))
             except ConfigError as err:
                 raise ConfigError(f"{path}: search.{name}: {err} ({why})") from None
@@ -417,7 +419,7 @@ def epoch_metrics(pack: Pack, index: int, means: list[float], elapsed: float) ->
     steps = steps_per_epoch(trial, pack.train_data.shape[0])
     metrics["samples_per_second"] = samples_per_second(trial, steps, elapsed)
     metrics["pack_size"] = float(pack.size)
-    if not all(math.isfinite(metrics[name]) for name in ("d_loss", "g_loss")):
+    if divergence(metrics, pack.gans[index].epoch) is not None:
         metrics["diverged"] = 1.0  # train_gan raises TrialDiverged; a pack goes on without it
         return metrics
     metrics.update(theory_metrics(trial, metrics))
@@ -445,6 +447,19 @@ def select(pack: Pack, rows: list[int]) -> Pack:
         pack, trials=[pack.trials[r] for r in rows], gans=[pack.gans[r] for r in rows],
         state=state, hparams=hparams, slots=[pack.slots[r] for r in rows],
     )
+
+
+def keep(pack: Pack, labels: list[L], rows: list[int]) -> tuple[Pack, list[L]]:
+    """`select(pack, rows)` with the caller's label of each row (its original index, its Optuna
+    number) kept in step; the same pack when every row stays."""
+    if len(rows) == pack.size:
+        return pack, labels
+    return select(pack, rows), [labels[row] for row in rows]
+
+
+def healthy_rows(epoch_results: list[Metrics]) -> list[int]:
+    """The rows of train_epoch's results that did not diverge."""
+    return [row for row, metrics in enumerate(epoch_results) if "diverged" not in metrics]
 
 
 def pack_state(pack: Pack) -> dict[str, object]:
@@ -525,7 +540,5 @@ def train_pack(
             histories[index].append(metrics)
             if report is not None:
                 report(index, metrics, int(metrics["epoch"]))
-        keep = [row for row, metrics in enumerate(epoch_results) if "diverged" not in metrics]
-        if len(keep) < pack.size:
-            pack, indices = select(pack, keep), [indices[row] for row in keep]
+        pack, indices = keep(pack, indices, healthy_rows(epoch_results))
     return histories

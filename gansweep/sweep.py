@@ -302,9 +302,10 @@ def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
             tracker.finish_child(number, final_state(frozen), final_tags(frozen))
 
 
-def member_generator(number: int) -> str:
-    """Where a pack's checkpoint keeps a member's generator.pt."""
-    return f"{MEMBERS_DIR}/{number}/{GENERATOR_FILE}"
+def in_checkpoint(trial: Trial, number: int, name: str) -> str:
+    """Where a checkpoint of `trial` keeps trial `number`'s file or folder `name`: at its top,
+    or under members/<number>/ for a pack (worker.write_pack_checkpoint)."""
+    return f"{MEMBERS_DIR}/{number}/{name}" if is_pack(trial) else name
 
 
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
@@ -356,7 +357,7 @@ class TrackingCallback(tune.Callback):
                 if result.get("should_checkpoint"):  # Tune's flag: this epoch's checkpoint follows
                     self.packs.closing.add(number)
                 else:
-                    self.close(trial, number, member_generator(number))
+                    self.close(trial, number)
 
     def record_attempt(self, number: int, result: dict[str, Any]) -> None:
         """Where each attempt of a trial ran and which epoch it resumed from: the Optuna user
@@ -376,10 +377,10 @@ class TrackingCallback(tune.Callback):
                 continue
             if number not in self.packs.closing:
                 self.optuna.set_attrs(number, {"checkpoint": checkpoint_uri(checkpoint)})
-            samples = f"{MEMBERS_DIR}/{number}/{SAMPLES_DIR}" if is_pack(trial) else SAMPLES_DIR
+            samples = in_checkpoint(trial, number, SAMPLES_DIR)
             self.fetch(checkpoint, samples, self.artifacts / str(number) / SAMPLES_DIR, number)
             if number in self.packs.closing:
-                self.close(trial, number, member_generator(number), checkpoint)
+                self.close(trial, number, checkpoint)
 
     def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: int) -> None:
         """Copy a file or folder out of a checkpoint (local or S3) and log it to the run."""
@@ -397,14 +398,15 @@ class TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         for number in members(trial):
             if number not in self.packs.ended:
-                self.close(trial, number, member_generator(number) if is_pack(trial) else GENERATOR_FILE)
+                self.close(trial, number)
 
-    def close(self, trial: Trial, number: int, generator: str, checkpoint: tune.Checkpoint | None = None) -> None:
+    def close(self, trial: Trial, number: int, checkpoint: tune.Checkpoint | None = None) -> None:
         """A trial's end as Optuna has it (told already, or still RUNNING when interrupted):
         its last checkpoint's generator and the losses figure logged, its MLflow run ended."""
         frozen = self.optuna.frozen(number)
         checkpoint = checkpoint or trial.checkpoint
         if checkpoint is not None:
+            generator = in_checkpoint(trial, number, GENERATOR_FILE)
             self.fetch(checkpoint, generator, self.artifacts / str(number) / "checkpoint", number)
         self.log_theory_plot(number, members(trial)[number])
         self.tracker.finish_child(number, final_state(frozen), final_tags(frozen))

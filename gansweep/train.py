@@ -465,9 +465,9 @@ class GanTrial:
         if self.fast.stacked_sums:  # stacked order: d_loss, d_real, d_fake, g_loss
             means = [means[0], means[3], means[1], means[2]]
         metrics = dict(zip(ACCUMULATED, means, strict=True))
-        for name in ("d_loss", "g_loss"):
-            if not math.isfinite(metrics[name]):
-                raise TrialDiverged(self.epoch, name, metrics[name])
+        diverged = divergence(metrics, self.epoch)
+        if diverged is not None:
+            raise diverged
         metrics["epoch_time"] = elapsed
         metrics["wall_time"] = self.wall_time
         metrics["samples_per_second"] = samples_per_second(trial, steps, elapsed)
@@ -525,6 +525,14 @@ class GanTrial:
         return save_scatter(
             shown.cpu(), self.data.test.cpu(), path, title=f"{self.trial.dataset}, epoch {self.epoch}"
         )
+
+
+def divergence(metrics: Metrics, epoch: int) -> TrialDiverged | None:
+    """The error of an epoch whose D or G loss is NaN or infinite, else None."""
+    for name in ("d_loss", "g_loss"):
+        if not math.isfinite(metrics[name]):
+            return TrialDiverged(epoch, name, metrics[name])
+    return None
 
 
 def theory_metrics(trial: TrialConfig, metrics: Metrics) -> Metrics:

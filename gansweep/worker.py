@@ -19,7 +19,6 @@ PruneBoard actor, which the pack reads before each epoch to drop them from its s
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from functools import lru_cache
@@ -31,19 +30,20 @@ import torch
 from ray import tune
 
 from gansweep.data import Dataset, load_dataset
-from gansweep.errors import GansweepError, TrialDiverged
+from gansweep.errors import GansweepError
 from gansweep.pack import (
     Pack,
     build_pack,
+    healthy_rows,
+    keep,
     load_pack_state,
     load_trial,
     pack_state,
-    select,
     train_epoch,
 )
 from gansweep.storage import storage_filesystem, strip_scheme
 from gansweep.study import TrialConfig
-from gansweep.train import is_eval_epoch, is_sample_epoch, resolve_device, train_gan
+from gansweep.train import divergence, is_eval_epoch, is_sample_epoch, resolve_device, train_gan
 
 STATE_FILE = "state.pt"
 # Keys of the first result of an attempt that describe the attempt, not the training.
@@ -72,12 +72,19 @@ def load_resume_state(config: dict[str, Any]) -> dict[str, Any] | None:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def write_checkpoint(folder: Path, state: dict[str, Any], trial: TrialConfig, sample: Path | None) -> None:
-    torch.save(state, folder / STATE_FILE)
-    torch.save({"generator": state["generator"], "trial": trial.model_dump(mode="json")}, folder / GENERATOR_FILE)
-    if sample is not None:
+def write_trial_files(folder: Path, generator: dict[str, Any], trial: TrialConfig, sample: Path | None) -> None:
+    """What a user keeps of a trial at a checkpoint: generator.pt (weights and the trial's
+    config) and samples/ with this epoch's sample image, if one was drawn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"generator": generator, "trial": trial.model_dump(mode="json")}, folder / GENERATOR_FILE)
+    if sample is not None and sample.exists():
         (folder / SAMPLES_DIR).mkdir()
         shutil.copy(sample, folder / SAMPLES_DIR / sample.name)
+
+
+def write_checkpoint(folder: Path, state: dict[str, Any], trial: TrialConfig, sample: Path | None) -> None:
+    torch.save(state, folder / STATE_FILE)
+    write_trial_files(folder, state["generator"], trial, sample)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -109,7 +116,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 return
             sample = sample_dir / f"epoch_{epoch:04d}.png"
             with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
-                write_checkpoint(Path(folder), state(), trial, sample if sample.exists() else None)
+                write_checkpoint(Path(folder), state(), trial, sample)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
         try:
@@ -132,22 +139,15 @@ class PruneBoard:
         return [n for n in numbers if n in self.numbers]
 
 
-def divergence_reason(metrics: dict[str, float], epoch: int) -> str:
-    name = next(n for n in ("d_loss", "g_loss") if not math.isfinite(metrics[n]))
-    return str(TrialDiverged(epoch, name, metrics[name]))
-
-
 def write_pack_checkpoint(folder: Path, state: dict[str, Any], pack: Pack, numbers: list[int], samples: Path) -> None:
+    """state.pt for the pack; members/<number>/ with each member's files (load_trial has put
+    the pack's weights in its generator)."""
     torch.save(state, folder / STATE_FILE)
-    for number, gan in zip(numbers, pack.gans, strict=True):
-        member = folder / MEMBERS_DIR / str(number)
-        member.mkdir(parents=True)
+    for row, number in enumerate(numbers):
+        gan = load_trial(pack, row)
         generator = {k: v.detach().cpu() for k, v in gan.generator.state_dict().items()}
-        torch.save({"generator": generator, "trial": gan.trial.model_dump(mode="json")}, member / GENERATOR_FILE)
         sample = samples / str(number) / f"epoch_{gan.epoch:04d}.png"
-        if sample.exists():
-            (member / SAMPLES_DIR).mkdir()
-            shutil.copy(sample, member / SAMPLES_DIR / sample.name)
+        write_trial_files(folder / MEMBERS_DIR / str(number), generator, gan.trial, sample)
 
 
 def run_pack(config: dict[str, Any]) -> None:
@@ -189,34 +189,29 @@ def run_pack(config: dict[str, Any]) -> None:
         while pack.size and pack.gans[0].epoch < first.epochs:
             if board is not None:
                 pruned = set(ray.get(board.pruned.remote(numbers)))
-                if pruned:
-                    keep = [row for row, n in enumerate(numbers) if n not in pruned]
-                    pack, numbers = select(pack, keep), [numbers[row] for row in keep]
-                    if not pack.size:
-                        return
+                pack, numbers = keep(pack, numbers, [row for row, n in enumerate(numbers) if n not in pruned])
+                if not pack.size:
+                    break
             results = train_epoch(pack)
             epoch = pack.gans[0].epoch
             members: dict[str, dict[str, Any]] = {}
             for row, (number, metrics) in enumerate(zip(numbers, results, strict=True)):
-                if "diverged" in metrics:  # train_gan's reason, without the NaN metrics
-                    metrics = {"epoch": float(epoch), "failure_reason": divergence_reason(metrics, epoch)}
+                diverged = divergence(metrics, epoch)
+                if diverged is not None:  # train_gan's reason, without the NaN metrics
+                    metrics = {"epoch": float(epoch), "failure_reason": str(diverged)}
                 elif is_sample_epoch(pack.trials[row], epoch):
-                    gan = load_trial(pack, row)
-                    gan.save_samples(samples / str(number))
+                    load_trial(pack, row).save_samples(samples / str(number))
                 members[str(number)] = metrics
+            pack, numbers = keep(pack, numbers, healthy_rows(results))  # the diverged leave
             result: dict[str, Any] = {"epoch": float(epoch), "members": members, **attempt}
             attempt = {}
-            keep = [row for row, metrics in enumerate(results) if "diverged" not in metrics]
-            if any(is_eval_epoch(t, epoch) for t in pack.trials):
-                healthy, kept_numbers = select(pack, keep), [numbers[row] for row in keep]
+            if pack.size and any(is_eval_epoch(t, epoch) for t in pack.trials):
                 state = {
-                    "epoch": epoch, "numbers": kept_numbers, "data_seed": data_seed,
-                    "pack": pack_state(healthy), "last": {str(n): members[str(n)] for n in kept_numbers},
+                    "epoch": epoch, "numbers": numbers, "data_seed": data_seed,
+                    "pack": pack_state(pack), "last": {str(n): members[str(n)] for n in numbers},
                 }
                 with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
-                    write_pack_checkpoint(Path(folder), state, healthy, kept_numbers, samples)
+                    write_pack_checkpoint(Path(folder), state, pack, numbers, samples)
                     tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(result)
-            if len(keep) < pack.size:
-                pack, numbers = select(pack, keep), [numbers[row] for row in keep]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
 from mlflow.tracking import MlflowClient
-from test_sweep import check_consistent, children, optuna_reports, optuna_states
+from test_sweep import check_consistent, children, optuna_reports, optuna_states, rerun_finishes_the_alpha_grid_once
 
 from gansweep.data import load_dataset
 from gansweep.pack import train_pack
@@ -146,16 +146,7 @@ def test_packed_sweep_killed_then_rerun_finishes_exactly_once(tmp_path: Path) ->
     kill_group(driver)  # SIGKILL: no cleanup at all
     states = optuna_states(db)
     assert states.count("RUNNING") >= 2 and len(states) < 5, states
-    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    table = check_consistent(tmp_path / "out", uri, "resumepack", expected=5)
-    assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
-    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
-    client = MlflowClient(uri)
-    for run in children(mlflow_runs(uri, "resumepack")):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
-        assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
+    rerun_finishes_the_alpha_grid_once(tmp_path, "resumepack")
     study = optuna.load_study(study_name="resumepack", storage=f"sqlite:///{db}")
     resumed = [a for t in study.trials for a in t.user_attrs.get("attempts", []) if a["resumed_from"] > 0]
     assert resumed, "the interrupted pack restarted from scratch instead of its checkpoint"

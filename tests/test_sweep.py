@@ -210,6 +210,21 @@ def optuna_reports(db: Path) -> int:
         return 0
 
 
+def rerun_finishes_the_alpha_grid_once(tmp_path: Path, experiment: str) -> None:
+    """The same command again ends a killed sweep of alphas 0.3 to 0.7, 6 epochs each
+    (resume.yaml): each trial COMPLETE once, every epoch in MLflow exactly once."""
+    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, experiment, expected=5)
+    assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, experiment)):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
+        assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
+
+
 def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
     (tmp_path / "resume.yaml").write_text(RESUME_STUDY)
     driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
@@ -225,16 +240,7 @@ def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path
     kill_group(driver)  # SIGKILL: no cleanup at all, MLflow runs left RUNNING
     states = optuna_states(db)
     assert "RUNNING" in states and len(states) < 5 + 2, states
-    done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    table = check_consistent(tmp_path / "out", uri, "resume", expected=5)
-    assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
-    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
-    client = MlflowClient(uri)
-    for run in children(mlflow_runs(uri, "resume")):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
-        assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
+    rerun_finishes_the_alpha_grid_once(tmp_path, "resume")
 
 
 def test_a_real_mlflow_server_as_tracking_uri(tmp_path: Path, mlflow_server) -> None:
