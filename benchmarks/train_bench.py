@@ -25,9 +25,10 @@ Loops:
 - ours: gansweep's GanTrial as trials run it (FastPaths(): fused optimiser, one D forward on
   real+fake where D has no batch norm, G step differentiating G's parameters only, alpha
   weights built once).
-- ours + torch.compile (with --compile): a trial with `compile: true` (G and D compiled in
-  place with Module.compile, default inductor backend); the compile time is reported on its
-  own and left out of the rate.
+- ours + torch.compile (with --compile): a trial with `compile: true`: its whole iteration
+  (k D steps and the G step, forward, backward and optimiser) compiled into one graph
+  (gansweep/compiled.py, default inductor backend); the compile time is reported on its own
+  and left out of the rate.
 gansweep trials use alpha_mode=weight, alpha=0.5: m real and m fake samples per D step, each
 half weighted 1/2, the work of the textbook's two BCE means (whose sum is twice ours).
 
@@ -185,12 +186,12 @@ class Ours(Loop):
     def __init__(self, trial: TrialConfig, data: Dataset, fast: FastPaths, name: str,
                  compile_models: bool = False) -> None:
         self.name = name
-        if compile_models:  # as a trial with `compile: true` runs: Module.compile on G and D
+        if compile_models:  # as a trial with `compile: true` runs: one graph per iteration
             trial = trial.model_copy(update={"compile": True})
         self.trial, self.data, self.fast = trial, data, fast
         self.gan = GanTrial.create(trial, data, fast)
         self.steps = 0
-        self.compile_s = self.run(2) if compile_models else 0.0  # compiles forward and backward
+        self.compile_s = self.run(2) if compile_models else 0.0  # compiles the iteration
 
     def run(self, steps: int) -> float:
         if self.steps != steps:
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads for every loop (default: the cpu count)")
     parser.add_argument("--compile", action="store_true",
-                        help="add a torch.compile row (slow: compiles for about a minute)")
+                        help="add a torch.compile row (compiles for up to half a minute per case)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(header(args.threads))

@@ -90,9 +90,12 @@ class TrialConfig(Frozen):
     steps_per_epoch: PositiveInt | None = None  # generator steps; None: n_train // batch_size
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # torch.compile G and D (nn.Module.compile: checkpoints keep their keys). Off by default:
-    # on a 2-core CPU it measured slower than the eager fast paths (0.61x to 0.97x) after 26
-    # to 36 s of compiling per process (benchmarks/train_bench.py --compile); untested on GPUs.
+    # Compile each training iteration (k D steps and the G step: forward, backward, optimiser)
+    # into one torch.compile graph (gansweep/compiled.py). Off by default: it pays only once a
+    # trial is long enough to repay its compile time, 10 to 30 s per process on a cold cache
+    # (inductor's disk cache and reused actors share it across a sweep's trials). Measured on 2
+    # CPU cores (benchmarks/train_bench.py --compile): 1.5x the eager fast paths on a 2D toy,
+    # 1.3x on the Fashion-MNIST MLP, none on DCGAN; untested on GPUs.
     compile: bool = False
     # evaluation (Parzen protocol; full Goodfellow sizes by default)
     eval_every: PositiveInt = 1  # epochs; the last epoch is always evaluated

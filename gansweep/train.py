@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from gansweep.compiled import CompiledSteps
 from gansweep.data import Dataset, minibatch
 from gansweep.errors import TrialDiverged, TrialOutOfMemory, is_out_of_memory
 from gansweep.losses import (
@@ -111,8 +112,10 @@ class FastPaths:
     # DCGAN's tensors in channels_last memory order. None: on for DCGAN on CUDA only (on
     # CPU it measured no faster).
     channels_last: bool | None = None
-    # torch.compile on G and D. None: the trial's `compile` setting (off unless asked: on
-    # CPU it measured slower than the eager paths, after half a minute of compiling).
+    # The whole iteration (k D steps, the G step, forward, backward and optimiser) compiled
+    # into one graph by torch.compile (gansweep/compiled.py). None: the trial's `compile`
+    # setting, off unless asked: it pays only for trials long enough to repay its compile
+    # time (20 to 30 s on a cold cache; see the study field's comment).
     compile: bool | None = None
 
     @classmethod
@@ -139,13 +142,16 @@ class FastPaths:
         if channels_last is None:
             channels_last = trial.architecture == "dcgan" and device.type == "cuda"
         fused = self.fused_optimizer and fused_supported(device)
+        compile_step = trial.compile if self.compile is None else self.compile
         return replace(
             self,
             fused_optimizer=fused,
             direct_adam=self.direct_adam and fused,
             bf16_autocast=autocast,
             channels_last=channels_last and trial.architecture == "dcgan",
-            compile=trial.compile if self.compile is None else self.compile,
+            compile=compile_step,
+            # The compiled iteration accumulates the step statistics in the stacked order.
+            stacked_sums=self.stacked_sums or compile_step,
         )
 
 
@@ -303,6 +309,7 @@ class GanTrial:
     d_params: list[Tensor] = field(init=False, default_factory=list)
     step_d: Callable[[], Any] = field(init=False, repr=False, default=None)  # type: ignore[assignment]
     step_g: Callable[[], Any] = field(init=False, repr=False, default=None)  # type: ignore[assignment]
+    compiled: CompiledSteps | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         trial = self.trial
@@ -315,6 +322,8 @@ class GanTrial:
         self.d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
         self.step_d = stepper(self.opt_d, self.fast.direct_adam)
         self.step_g = stepper(self.opt_g, self.fast.direct_adam)
+        if self.fast.compile:
+            self.compiled = CompiledSteps(self)
 
     @classmethod
     def create(cls, trial: TrialConfig, data: Dataset, fast: FastPaths | None = None) -> GanTrial:
@@ -329,10 +338,6 @@ class GanTrial:
             generator = generator.to(memory_format=torch.channels_last)
             discriminator = discriminator.to(memory_format=torch.channels_last)
             train_data = train_data.contiguous(memory_format=torch.channels_last)
-        if fast.compile:
-            # In place (Module.compile), so that state_dict keys stay those of eager modules.
-            generator.compile()
-            discriminator.compile()
         return cls(
             trial=trial,
             data=data,
@@ -455,10 +460,15 @@ class GanTrial:
         steps = steps_per_epoch(trial, self.train_data.shape[0])
         sums = torch.zeros(len(ACCUMULATED), device=self.device)
         started = time.perf_counter()
-        for _ in range(steps):
-            for _ in range(trial.k):
-                self.discriminator_step(sums)
-            self.generator_step(sums)
+        if self.compiled is not None:
+            self.compiled.start_epoch()
+            for _ in range(steps):
+                self.compiled.iteration(sums)
+        else:
+            for _ in range(steps):
+                for _ in range(trial.k):
+                    self.discriminator_step(sums)
+                self.generator_step(sums)
         means = (sums / steps).tolist()
         elapsed = time.perf_counter() - started
         self.wall_time += elapsed

@@ -192,20 +192,3 @@ def test_resume_with_fast_paths_continues_the_same_trial(circle) -> None:
     resumed = train_gan(trial, circle, resume_from=states[2])
     for name in LOGGED:
         assert [m[name] for m in resumed] == [m[name] for m in straight[2:]]
-
-
-@pytest.mark.slow  # inductor compiles the C++ kernels of G and D: about a minute on 2 cores
-def test_compiled_trial_gives_the_eager_losses_and_checkpoints(circle) -> None:
-    trial = TrialConfig(**TINY, compile=True)
-    eager = train_gan(trial, circle, fast=dataclasses.replace(FLOAT32, compile=False))
-    states = {}
-    compiled = train_gan(trial, circle, lambda m, e, state: states.update({e: state()}), fast=FLOAT32)
-    # inductor fuses and reorders float32 ops: the same maths up to rounding
-    assert_same_losses(compiled, eager, rel=1e-3, abs_=1e-4)
-    gan = GanTrial.create(trial, circle, FLOAT32)
-    assert gan.fast.compile
-    eager_gan = GanTrial.create(trial.model_copy(update={"compile": False}), circle, FLOAT32)
-    # compiled in place: a compiled trial's checkpoint resumes an eager one and back
-    assert gan.state_dict()["generator"].keys() == eager_gan.state_dict()["generator"].keys()
-    eager_gan.load_state_dict(states[1])
-    assert eager_gan.epoch == 1
