@@ -80,6 +80,8 @@ REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {
     "optimizer": (lambda t: t.optimizer == "adam", "'adam'"),
     "d_dropout": (lambda t: t.d_dropout == 0.0, "0 (no per-trial dropout masks)"),
     "loss": (lambda t: t.loss in PACK_LOSSES, f"one of {', '.join(PACK_LOSSES)}"),
+    # the vectorised step runs eagerly; compile a study's trials with budget.pack_size 1
+    "compile": (lambda t: not t.compile, "False (a pack's vectorised step is not compiled)"),
 }
 L = TypeVar("L")  # a caller's label of a pack's row
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, which train_gan uses

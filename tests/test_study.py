@@ -123,6 +123,10 @@ BAD = {
         "name: x\ntrial: {alpha_mode: weight, dataset: digits}\nbudget: {pack_size: 2}\n", [],
         ["trial", "dataset='digits'", "a 2D toy set"],
     ),
+    "pack of compiled trials": (
+        "name: x\ntrial: {alpha_mode: weight, dataset: circle, compile: true}\nbudget: {pack_size: 2}\n",
+        [], ["trial", "compile=True", "a pack's vectorised step is not compiled"],
+    ),
     "zero pack size": ("name: x\nbudget: {pack_size: 0}\n", [], ["budget.pack_size", "0"]),
     "second objective with pruning": (
         "name: x\npruner: {name: median}\nobjective: {second: {metric: wall_time, direction: minimize}}\n",
