@@ -38,6 +38,13 @@ iteration is one D update (a minibatch of m real and m generated samples) and on
 does a little less work per iteration: its G step reuses the D step's fakes (one G forward
 fewer), where Algorithm 1 draws fresh noise, as gansweep does; it is not credited for that.
 
+Arithmetic: each case's table gives every loop's rate in GFLOP/s, from the floating-point
+operations of one of gansweep's iterations (torch.utils.flop_counter, matrix products and
+convolutions, forward and backward), and the header the machine's matrix-product rates in
+float32 and bf16 (a (64 x 2048) @ (2048 x 2048) product, a minibatch's shape, and a 2048^3
+one): how far a compute-bound case can go at all. The textbook loop does one G forward
+fewer per iteration than counted, so its rate is slightly overstated.
+
 Timing: every loop keeps its state and runs `steps` iterations per round; the rounds are
 interleaved (textbook, ours, textbook, ...) so that a change in machine load hits every loop
 alike. Reported: iterations per second from the median round (and the best round), and each
@@ -56,6 +63,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from torch.utils.flop_counter import FlopCounterMode
 
 from gansweep.data import Dataset, load_dataset
 from gansweep.models import build_models, count_parameters
@@ -232,7 +241,7 @@ def measure(loops: list[Loop], steps: int, rounds: int) -> list[Row]:
     return [Row(loop.name, times[loop.name], steps) for loop in loops]
 
 
-def bench_case(case: str, *, small: bool, compile_models: bool) -> tuple[TrialConfig, list[Row]]:
+def bench_case(case: str, *, small: bool, compile_models: bool) -> tuple[TrialConfig, list[Row], float]:
     trial = CASES[case]
     data = load_dataset(trial.dataset, seed=trial.seed)
     steps, rounds = ROUNDS[case][1 if small else 0]
@@ -252,7 +261,28 @@ def bench_case(case: str, *, small: bool, compile_models: bool) -> tuple[TrialCo
     rows = measure(loops, steps, rounds)
     if compiled is not None:
         rows[-1].note = f"compile: {compiled.compile_s:.0f} s"
-    return trial, rows
+    return trial, rows, flops_per_iteration(trial, data)
+
+
+def flops_per_iteration(trial: TrialConfig, data: Dataset) -> float:
+    """Floating-point operations of one iteration of gansweep's loop (k D steps, one G step),
+    counted by torch's FlopCounterMode: matrix products and convolutions, both passes."""
+    gan = GanTrial.create(trial.model_copy(update={"steps_per_epoch": 1}), data, FastPaths(bf16_autocast=False))
+    gan.train_epoch()  # first-call paths out of the way
+    with FlopCounterMode(display=False) as counter:
+        gan.train_epoch()
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(rows: int, dtype: torch.dtype, size: int = 2048) -> float:
+    """GFLOP/s of (rows x size) @ (size x size) products on this machine's torch threads."""
+    a, b = torch.randn(rows, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    repeats = max(3, int(2e10 / (2 * rows * size * size)))  # about 20 GFLOP of work
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * size * size * repeats / (time.perf_counter() - started) / 1e9
 
 
 def describe(trial: TrialConfig) -> str:
@@ -264,29 +294,34 @@ def describe(trial: TrialConfig) -> str:
     )
 
 
-def table(case: str, trial: TrialConfig, rows: list[Row]) -> str:
+def table(case: str, trial: TrialConfig, rows: list[Row], flops: float) -> str:
     base = rows[0].median_its
     per_iter = BATCH * (trial.k + 1)
     lines = [
-        f"### {case}: {describe(trial)}",
+        f"### {case}: {describe(trial)}, {flops / 1e6:,.1f} MFLOP per iteration",
         "",
-        "| loop | it/s (median) | samples/s (median) | it/s (best) | vs textbook | note |",
-        "|---|---:|---:|---:|---:|---|",
+        "| loop | it/s (median) | samples/s (median) | it/s (best) | GFLOP/s (median) | vs textbook | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.name} | {row.median_its:.1f} | {row.median_its * per_iter:,.0f} | "
-            f"{row.best_its:.1f} | {row.median_its / base:.2f}x | {row.note} |"
+            f"{row.best_its:.1f} | {row.median_its * flops / 1e9:.1f} | {row.median_its / base:.2f}x | {row.note} |"
         )
     return "\n".join(lines)
 
 
 def header(threads: int) -> str:
     load = os.getloadavg()
+    rates = ", ".join(
+        f"{name} {matmul_rate(64, dtype):.0f} (64 rows) / {matmul_rate(2048, dtype):.0f} (2048 rows)"
+        for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16))
+    )
     return (
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"torch {torch.__version__}, {threads} torch threads, no GPU; "
-        f"load average at start {load[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M')}"
+        f"load average at start {load[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M')}\n"
+        f"matrix products, GFLOP/s: {rates}"
     )
 
 
@@ -303,9 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     print(header(args.threads))
     results = {}
     for case in args.case or list(CASES):
-        trial, rows = bench_case(case, small=args.small, compile_models=args.compile)
+        trial, rows, flops = bench_case(case, small=args.small, compile_models=args.compile)
         print()
-        print(table(case, trial, rows), flush=True)
+        print(table(case, trial, rows, flops), flush=True)
         results[case] = rows
     return results
 
