@@ -12,13 +12,16 @@ stable forms: -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# The equilibria are pure arithmetic, kept apart so that the driver and the report draw them
+# without importing torch; re-exported here beside the losses they belong to.
+from gansweep.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
 
 Term = Callable[[Tensor], Tensor]
 
@@ -61,43 +64,11 @@ def _critic_fake(scores: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Equilibrium:
-    """Loss values at p_g = p_data with an optimal discriminator."""
-
-    d_loss: float
-    g_loss: float
-    d_output: float  # D(x) = D(G(z)) there (a probability for BCE losses, a score otherwise)
-
-
-def _bce_equilibrium(g_loss_at: Callable[[float], float]) -> Callable[[float, float], Equilibrium]:
-    """D* = s alpha at p_g = p_data; L_D* is the smoothed binary cross-entropy there."""
-
-    def equilibrium(alpha: float, smoothing: float) -> Equilibrium:
-        d = smoothing * alpha
-        d_loss = -alpha * (smoothing * math.log(d) + (1 - smoothing) * math.log1p(-d)) - (
-            1 - alpha
-        ) * math.log1p(-d)
-        return Equilibrium(d_loss=d_loss, g_loss=g_loss_at(d), d_output=d)
-
-    return equilibrium
-
-
-def _least_squares_equilibrium(alpha: float, smoothing: float) -> Equilibrium:
-    # D minimises alpha (D - s)^2 + (1 - alpha) D^2 pointwise -> D* = alpha s,
-    # L_D* = alpha (1 - alpha) s^2, and G pays 1/2 (D* - 1)^2.
-    d = alpha * smoothing
-    return Equilibrium(
-        d_loss=alpha * (1 - alpha) * smoothing**2, g_loss=0.5 * (d - 1.0) ** 2, d_output=d
-    )
-
-
-@dataclass(frozen=True)
 class Loss:
     real_term: Callable[[Tensor, float], Tensor]  # (logits, smoothing) -> per-sample cost
     fake_term: Term
     generator_term: Term
     probabilistic: bool  # D's output is a logit of a probability (report sigmoid of it)
-    equilibrium: Callable[[float, float], Equilibrium] | None = None
     gradient_penalty: bool = False
 
 
@@ -108,7 +79,6 @@ LOSSES: dict[str, Loss] = {
         _bce_fake,
         lambda logits: -F.softplus(logits),
         probabilistic=True,
-        equilibrium=_bce_equilibrium(lambda d: math.log1p(-d)),
     ),
     # G minimises -E[log D(G(z))] = softplus(-l): same fixed point, strong early gradients.
     "non_saturating": Loss(
@@ -116,7 +86,6 @@ LOSSES: dict[str, Loss] = {
         _bce_fake,
         lambda logits: F.softplus(-logits),
         probabilistic=True,
-        equilibrium=_bce_equilibrium(lambda d: -math.log(d)),
     ),
     # G minimises -E[exp(logit D(G(z)))]: KL(p_data || p_g) when D is optimal (Goodfellow 2014b).
     "max_likelihood": Loss(
@@ -124,7 +93,6 @@ LOSSES: dict[str, Loss] = {
         _bce_fake,
         lambda logits: -torch.exp(logits),
         probabilistic=True,
-        equilibrium=_bce_equilibrium(lambda d: -d / (1.0 - d)),
     ),
     # LSGAN (Mao et al. 2017), targets real 1 (or s), fake 0; G aims at 1.
     "least_squares": Loss(
@@ -132,9 +100,8 @@ LOSSES: dict[str, Loss] = {
         _least_squares_fake,
         lambda scores: 0.5 * (scores - 1.0) ** 2,
         probabilistic=False,
-        equilibrium=_least_squares_equilibrium,
     ),
-    # Geometric GAN / SAGAN hinge loss; the equilibrium is not unique, so none is given.
+    # Geometric GAN / SAGAN hinge loss (its equilibrium is not unique: theory.py gives none).
     "hinge": Loss(_hinge_real, _hinge_fake, lambda scores: -scores, probabilistic=False),
     # WGAN-GP (Gulrajani et al. 2017): critic scores, gradient penalty towards unit norm.
     "wasserstein_gp": Loss(
@@ -152,12 +119,6 @@ def get_loss(name: str) -> Loss:
         return LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
-
-
-def equilibrium(loss: str, alpha: float, smoothing: float = 1.0) -> Equilibrium | None:
-    """Theoretical (L_D*, L_G*) at p_g = p_data, or None where theory gives no unique value."""
-    rule = get_loss(loss).equilibrium
-    return None if rule is None else rule(alpha, smoothing)
 
 
 # ---------------------------------------------------------------------------- alpha

@@ -18,7 +18,7 @@ from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from gansweep.losses import equilibrium
+from gansweep.theory import equilibrium
 from gansweep.study import TrialConfig
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch

@@ -9,7 +9,7 @@
 The Optuna study is the source of truth: a trial is finished once Optuna was told, and a
 new `gansweep run` of the same study resumes the others from their last checkpoint.
 
-With budget.pack_size > 1 a Tune trial is a pack (worker.run_pack) of up to pack_size Optuna
+With budget.pack_size > 1 a Tune trial is a pack (trainable.run_pack) of up to pack_size Optuna
 trials, its members: each has its own Optuna trial, MLflow run and artifacts. A member that is
 pruned or diverges is settled at once (`PackMembers`) while its mates train on; the rest are
 settled when the pack ends. An interrupted pack resumes with its unfinished members together.
@@ -32,6 +32,7 @@ import pyarrow.fs
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -44,7 +45,7 @@ from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
 from gansweep.study import StudyConfig, TrialConfig
 from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
-from gansweep.worker import (
+from gansweep.trainable import (
     ATTEMPT_KEYS,
     GENERATOR_FILE,
     MEMBERS_DIR,
@@ -608,6 +609,14 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
             tracker.finish_child(frozen.number, "INTERRUPTED", {})
 
 
+def tune_loggers() -> list[tune.Callback]:
+    """Tune's per-trial result.json and progress.csv (its experiment analysis reads them), and
+    not its TensorBoard logger: MLflow holds every metric, and tensorboardX imports torch,
+    2 s of the driver's start-up that nothing else on the driver needs (gansweep.trainable)."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when Tuner.fit starts
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def run_tune(
     study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress,
     to_run: int, output: Path, min_free: int,
@@ -645,7 +654,10 @@ def run_tune(
             failure_config=tune.FailureConfig(max_failures=budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=disk_guard,
-            callbacks=[TrackingCallback(optuna_study, tracker, list(study.search), progress, packs)],
+            callbacks=[
+                TrackingCallback(optuna_study, tracker, list(study.search), progress, packs),
+                *tune_loggers(),
+            ],
             verbose=0,
         ),
     )

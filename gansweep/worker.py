@@ -1,6 +1,7 @@
 """What runs inside a Ray Tune trial: one GAN trial, reporting each epoch with a checkpoint.
 
-Imported by Ray workers, so it imports Ray; it knows nothing of Optuna or MLflow (the driver
+Imported by Ray workers only, through gansweep.trainable's entry points (the driver never
+imports this module, nor torch through it); it imports Ray and torch; it knows nothing of Optuna or MLflow (the driver
 records everything). A checkpoint folder holds:
     state.pt       full training state (networks, optimisers, RNG, last metrics)
     generator.pt   the generator's weights and the trial config, the artifact users keep
@@ -44,13 +45,7 @@ from gansweep.pack import (
 from gansweep.storage import storage_filesystem, strip_scheme
 from gansweep.study import TrialConfig
 from gansweep.train import divergence, is_eval_epoch, is_sample_epoch, resolve_device, train_gan
-
-STATE_FILE = "state.pt"
-# Keys of the first result of an attempt that describe the attempt, not the training.
-ATTEMPT_KEYS = ("node_id", "resumed_from")
-GENERATOR_FILE = "generator.pt"
-SAMPLES_DIR = "samples"
-MEMBERS_DIR = "members"
+from gansweep.trainable import GENERATOR_FILE, MEMBERS_DIR, SAMPLES_DIR, STATE_FILE
 
 
 @lru_cache(maxsize=4)
@@ -123,20 +118,6 @@ def run_trial(config: dict[str, Any]) -> None:
             train_gan(trial, data, report, sample_dir=sample_dir, resume_from=resume)
         except GansweepError as err:  # TrialDiverged, TrialOutOfMemory: recorded, not retried
             tune.report({"epoch": getattr(err, "epoch", 0), "failure_reason": str(err)})
-
-
-@ray.remote(num_cpus=0)
-class PruneBoard:
-    """The numbers of pack members the driver pruned; packs read it before each epoch."""
-
-    def __init__(self) -> None:
-        self.numbers: set[int] = set()
-
-    def prune(self, number: int) -> None:
-        self.numbers.add(number)
-
-    def pruned(self, numbers: list[int]) -> list[int]:
-        return [n for n in numbers if n in self.numbers]
 
 
 def write_pack_checkpoint(folder: Path, state: dict[str, Any], pack: Pack, numbers: list[int], samples: Path) -> None:

@@ -152,7 +152,7 @@ def test_smoothed_equilibrium_matches_theory() -> None:
     assert star.g_loss == pytest.approx(-math.log(s * alpha))
 
 
-@pytest.mark.parametrize("loss", [n for n, l in L.LOSSES.items() if l.equilibrium])
+@pytest.mark.parametrize("loss", [n for n, rule in L.EQUILIBRIA.items() if rule is not None])
 @pytest.mark.parametrize(("alpha", "s"), [(0.3, 1.0), (0.5, 0.9), (0.7, 0.8)])
 def test_equilibrium_is_the_loss_at_the_optimal_discriminator(loss: str, alpha: float, s: float) -> None:
     """With p_g = p_data, a constant D output is optimal; the loss there is L_D*, and any
@@ -176,6 +176,13 @@ def test_equilibrium_is_the_loss_at_the_optimal_discriminator(loss: str, alpha: 
 def test_no_equilibrium_where_theory_gives_none() -> None:
     assert L.equilibrium("hinge", 0.5) is None
     assert L.equilibrium("wasserstein_gp", 0.5) is None
+
+
+def test_every_loss_has_an_equilibrium_entry() -> None:
+    """theory.EQUILIBRIA (torch-free, for the driver and the report) covers exactly LOSSES."""
+    assert set(L.EQUILIBRIA) == set(L.LOSSES)
+    with pytest.raises(ValueError, match="unknown loss 'hinged'"):
+        L.equilibrium("hinged", 0.5)
 
 
 def test_gradient_penalty_of_a_linear_critic() -> None:

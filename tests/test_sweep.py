@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,11 +67,27 @@ def test_smoke_study_end_to_end_and_rerun_resumes(tmp_path: Path) -> None:
     parent = next(r for r in mlflow_runs(uri, "smoke") if r.data.tags.get("gansweep.role") == "study")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "study"}
     assert "search.alpha" in parent.data.params
+    # Tune's own per-trial records are kept, its TensorBoard files are not (sweep.tune_loggers)
+    trial_folders = list((output / "tune").glob("*/trial_*"))
+    assert len(trial_folders) == 4 and all((f / "result.json").is_file() for f in trial_folders)
+    assert not list((output / "tune").rglob("events.out.tfevents*"))
 
     again = gansweep("run", str(SMOKE), "--output", "out", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     rerun = check_consistent(output, uri, "smoke", expected=4)  # resumed: nothing new
     pd.testing.assert_frame_equal(rerun, table)
+
+
+def test_the_driver_leaves_torch_to_the_workers() -> None:
+    """gansweep.trainable keeps the training code out of the driver: importing the sweep, the
+    report and the CLI imports no torch (about 2 s on 2 cores; workers import it themselves)."""
+    code = (
+        "import sys, gansweep.cli, gansweep.sweep, gansweep.report; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorboardX')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 PRUNING_STUDY = """\

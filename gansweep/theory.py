@@ -1,0 +1,66 @@
+"""The equilibrium losses of THEORY.md sections 2 and 3: plain arithmetic, no torch.
+
+At p_g = p_data with an optimal discriminator, each loss (by its name in losses.LOSSES) has
+known values of L_D, L_G and D's output, as functions of alpha and the one-sided label
+smoothing s. The driver logs them beside every trial's losses and the report draws them,
+neither of which needs torch: hence this module apart from losses.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """Loss values at p_g = p_data with an optimal discriminator."""
+
+    d_loss: float
+    g_loss: float
+    d_output: float  # D(x) = D(G(z)) there (a probability for BCE losses, a score otherwise)
+
+
+Rule = Callable[[float, float], Equilibrium]  # (alpha, smoothing) -> the equilibrium
+
+
+def _bce_equilibrium(g_loss_at: Callable[[float], float]) -> Rule:
+    """D* = s alpha at p_g = p_data; L_D* is the smoothed binary cross-entropy there."""
+
+    def equilibrium(alpha: float, smoothing: float) -> Equilibrium:
+        d = smoothing * alpha
+        d_loss = -alpha * (smoothing * math.log(d) + (1 - smoothing) * math.log1p(-d)) - (
+            1 - alpha
+        ) * math.log1p(-d)
+        return Equilibrium(d_loss=d_loss, g_loss=g_loss_at(d), d_output=d)
+
+    return equilibrium
+
+
+def _least_squares_equilibrium(alpha: float, smoothing: float) -> Equilibrium:
+    # D minimises alpha (D - s)^2 + (1 - alpha) D^2 pointwise -> D* = alpha s,
+    # L_D* = alpha (1 - alpha) s^2, and G pays 1/2 (D* - 1)^2.
+    d = alpha * smoothing
+    return Equilibrium(
+        d_loss=alpha * (1 - alpha) * smoothing**2, g_loss=0.5 * (d - 1.0) ** 2, d_output=d
+    )
+
+
+# Every loss of losses.LOSSES, with None where theory gives no unique value.
+EQUILIBRIA: dict[str, Rule | None] = {
+    "minimax": _bce_equilibrium(lambda d: math.log1p(-d)),  # G: E[log(1 - D)]
+    "non_saturating": _bce_equilibrium(lambda d: -math.log(d)),  # G: -E[log D]
+    "max_likelihood": _bce_equilibrium(lambda d: -d / (1.0 - d)),  # G: -E[D / (1 - D)]
+    "least_squares": _least_squares_equilibrium,
+    "hinge": None,  # not unique: at alpha = 1/2 any score in [-1, 1] is optimal
+    "wasserstein_gp": None,  # the critic's scores are defined up to a constant
+}
+
+
+def equilibrium(loss: str, alpha: float, smoothing: float = 1.0) -> Equilibrium | None:
+    """Theoretical (L_D*, L_G*) at p_g = p_data, or None where theory gives no unique value."""
+    if loss not in EQUILIBRIA:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(EQUILIBRIA)}")
+    rule = EQUILIBRIA[loss]
+    return None if rule is None else rule(alpha, smoothing)
