@@ -16,6 +16,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "studies"
+# The per-epoch losses and D outputs a trial logs: what two ways of training must agree on.
+LOGGED = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+@pytest.fixture(scope="session")
+def circle():
+    from gansweep.data import load_dataset  # torch: only for the tests that train
+
+    return load_dataset("circle", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from gansweep.data import load_dataset
+
+    return load_dataset("digits", seed=0)
+
+
+def assert_same_losses(
+    mine: list[dict], reference: list[dict], rel: float, abs_: float, parzen_rel: float | None = None
+) -> None:
+    """Two trials' per-epoch LOGGED values, and parzen_ll where the reference was evaluated,
+    agree within rel/abs_. `parzen_rel`: a looser bound for parzen_ll, where rounding
+    differences have had epochs to move the few hundred samples that score it."""
+    assert len(mine) == len(reference)
+    for got, expected in zip(mine, reference, strict=True):
+        for name in LOGGED:
+            assert got[name] == pytest.approx(expected[name], rel=rel, abs=abs_), name
+        if "parzen_ll" in expected:
+            bound = rel if parzen_rel is None else parzen_rel
+            assert got["parzen_ll"] == pytest.approx(expected["parzen_ll"], rel=bound, abs=abs_)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -13,8 +13,8 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import assert_same_losses
 from gansweep.compiled import COMPILED, adam_update, optimizer_hyper, optimizer_state, sgd_update
-from gansweep.data import load_dataset
 from gansweep.study import TrialConfig
 from gansweep.train import FastPaths, GanTrial, train_gan
 
@@ -28,32 +28,8 @@ IMAGES = dict(
     eval_valid=50, eval_test=50, device="cpu", dcgan_width=8, maxout_units=16, maxout_pieces=2,
     g_hidden=(32,), d_hidden=(32,), compile=True,
 )
-LOGGED = ("d_loss", "g_loss", "d_real", "d_fake", "parzen_ll")
 FLOAT32 = FastPaths(bf16_autocast=False)
 EAGER = dataclasses.replace(FLOAT32, compile=False)
-
-
-@pytest.fixture(scope="module")
-def circle():
-    return load_dataset("circle", seed=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
-
-
-def assert_same_losses(
-    mine: list[dict], reference: list[dict], rel: float, abs_: float, parzen_rel: float | None = None
-) -> None:
-    """`parzen_rel`: a looser bound for parzen_ll where rounding differences have had epochs to
-    move the samples (200 of them score the Parzen estimate here)."""
-    assert len(mine) == len(reference)
-    for got, expected in zip(mine, reference, strict=True):
-        for name in LOGGED:
-            if name in expected:
-                bound = parzen_rel if name == "parzen_ll" and parzen_rel is not None else rel
-                assert got[name] == pytest.approx(expected[name], rel=bound, abs=abs_), name
 
 
 def compiled_and_eager(trial: TrialConfig, data, fast: FastPaths = FLOAT32) -> tuple[list[dict], list[dict]]:

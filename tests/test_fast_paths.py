@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gansweep.data import load_dataset
+from conftest import LOGGED, assert_same_losses
 from gansweep.study import TrialConfig
 from gansweep.train import DirectAdamStep, FastPaths, GanTrial, native_bf16, train_gan
 
@@ -27,7 +27,6 @@ IMAGES = dict(
     steps_per_epoch=10, eval_samples=100, eval_valid=50, eval_test=50, device="cpu",
     dcgan_width=8, maxout_units=16, maxout_pieces=2,
 )
-LOGGED = ("d_loss", "g_loss", "d_real", "d_fake")
 FLOAT32 = FastPaths(bf16_autocast=False)  # every float32 fast path, on CPUs with bf16 or not
 ONE_AT_A_TIME = {
     name: dataclasses.replace(FastPaths.plain(), **flags)
@@ -40,25 +39,6 @@ ONE_AT_A_TIME = {
         "stacked_sums": {"stacked_sums": True},
     }.items()
 }
-
-
-@pytest.fixture(scope="module")
-def circle():
-    return load_dataset("circle", seed=0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
-
-
-def assert_same_losses(fast: list[dict], plain: list[dict], rel: float, abs_: float) -> None:
-    assert len(fast) == len(plain)
-    for mine, reference in zip(fast, plain, strict=True):
-        for name in LOGGED:
-            assert mine[name] == pytest.approx(reference[name], rel=rel, abs=abs_), name
-        if "parzen_ll" in reference:
-            assert mine["parzen_ll"] == pytest.approx(reference["parzen_ll"], rel=rel, abs=abs_)
 
 
 @pytest.mark.parametrize("path", [*ONE_AT_A_TIME, "all"])

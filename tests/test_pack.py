@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from gansweep.data import load_dataset
+from conftest import LOGGED
 from gansweep.errors import ConfigError
 from gansweep.losses import (
     alpha_weights,
@@ -56,12 +56,6 @@ VARIED: list[dict[str, Any]] = [
     dict(alpha=0.7, lr_d=5e-4, lr_g=1e-4, adam_beta1=0.0, adam_beta2=0.9, label_smoothing=0.8,
          loss="max_likelihood", seed=2),
 ]
-LOGGED = ("d_loss", "g_loss", "d_real", "d_fake")
-
-
-@pytest.fixture(scope="module")
-def circle():
-    return load_dataset("circle", seed=0)
 
 
 @pytest.fixture(autouse=True)
