@@ -299,6 +299,7 @@ class CompiledSteps:
         self.g_state: list[list[Tensor]] = []
         self.d_state: list[list[Tensor]] = []
         self.g_hyper = self.d_hyper = self.gp_weight
+        self.first = True  # no iteration run yet: the next call may compile
 
     def start_epoch(self) -> None:
         """Read the optimisers' settings (momentum changes per epoch) and state (replaced by
@@ -333,6 +334,7 @@ class CompiledSteps:
 
     def iteration(self, sums: Tensor) -> None:
         """One iteration of Algorithm 1; adds (d_loss, d_real, d_fake, g_loss) into `sums`."""
+        self.first = False
         g, d = self.g_net, self.d_net
         reals, d_noises, w_reals, w_fakes, mixes, (g_noise,) = self.draws()
         self.run(

@@ -47,6 +47,22 @@ def test_compiled_trial_gives_the_eager_losses(circle) -> None:
     assert compiled[0]["d_loss"] != compiled[1]["d_loss"]  # it trained
 
 
+def test_compile_time_is_logged_apart_from_the_throughput(circle) -> None:
+    trial = TrialConfig(**{**TINY, "seed": 11, "noise_dim": 3}, alpha_mode="weight")  # a new graph
+    first, second = train_gan(trial, circle, fast=FLOAT32)
+    assert "compile_time" not in second  # once per trial and process
+    steps = trial.steps_per_epoch
+    # samples/s counts the 19 iterations after the first, in the epoch's time less the first's
+    assert first["samples_per_second"] == pytest.approx(
+        (steps - 1) * trial.batch_size * 2 / (first["epoch_time"] - first["compile_time"]), rel=1e-9
+    )
+    assert 0 < first["compile_time"] < first["epoch_time"]
+    # the graph compiled, its one iteration took far longer than one of the other 19
+    assert first["compile_time"] > 10 * (first["epoch_time"] - first["compile_time"]) / (steps - 1)
+    again = train_gan(trial, circle, fast=FLOAT32)[0]  # this process has the graph now
+    assert again["compile_time"] < first["compile_time"] / 10
+
+
 def test_trials_differing_in_hyperparameters_share_one_graph(circle) -> None:
     first = TrialConfig(**TINY, alpha_mode="weight", alpha=0.3)
     train_gan(first, circle, fast=FLOAT32)
