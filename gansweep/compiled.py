@@ -4,7 +4,7 @@ Eager PyTorch pays a fixed cost for every op it runs (dispatch, autograd's bookk
 optimiser's loops): a 2D toy's iteration is a few hundred ops on 64 x 128 matrices, and that
 cost is most of its time. Here one iteration of Algorithm 1, k discriminator updates and one
 generator update, each with its forward, backward and optimiser step, is one function of
-tensors (torch.func.grad_and_value over torch.func.functional_call), which torch.compile
+tensors (torch.func.grad over torch.func.functional_call), which torch.compile
 turns into a few fused kernels called once per iteration.
 
 What stays outside the graph, in eager mode: the random draws (minibatch indices, noise,
@@ -28,7 +28,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,10 @@ from gansweep.losses import (
     discriminator_loss,
     discriminator_output,
     generator_loss,
+    gradient_norm_penalty,
+    interpolate,
     minibatch_plan,
+    penalty_mix,
 )
 
 if TYPE_CHECKING:
@@ -203,15 +206,12 @@ def build_iteration(
         )
         total = value
         if mix is not None:  # in float32, as the eager loop: it differentiates D's input gradient
-            n = mix.shape[0]
-            interpolates = mix * real[:n] + (1 - mix) * fake[:n]
 
             def score_sum(x: Tensor) -> Tensor:
                 return run_d(d_params, d_buffers, x).sum()
 
-            input_grad = torch.func.grad(score_sum)(interpolates)
-            penalty = ((input_grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
-            total = value + gp_weight * penalty
+            input_grad = torch.func.grad(score_sum)(interpolate(mix, real, fake))
+            total = value + gp_weight * gradient_norm_penalty(input_grad)
         return total, stats.detach()
 
     def g_loss_of(
@@ -233,10 +233,8 @@ def build_iteration(
         gp_weight: Tensor, reals: list[Tensor], d_noises: list[Tensor], w_reals: list[Tensor],
         w_fakes: list[Tensor], mixes: list[Tensor], g_noise: Tensor, sums: Tensor,
     ) -> None:
-        """In place: the networks, their buffers and optimiser states, and `sums`. Per D step i:
-        reals[i] (n_real, *shape), d_noises[i] (n_fake, noise_dim), w_reals[i] (n_real,),
-        w_fakes[i] (n_fake,), mixes[i] the penalty's interpolation weights (no list entries
-        without a penalty); g_noise (batch_size, noise_dim)."""
+        """In place: the networks, their buffers and optimiser states, and `sums`. The draws
+        come as Draws' fields, flat: dynamo guards plain lists of tensors cheaply."""
         for i in range(key.k):
             with torch.no_grad(), autocast():
                 fake = run_g(g_params, g_buffers, d_noises[i])
@@ -253,6 +251,19 @@ def build_iteration(
             sums[3] += g_value
 
     return iteration
+
+
+class Draws(NamedTuple):
+    """One iteration's random inputs, per D step i: reals[i] (n_real, *shape), d_noises[i]
+    (n_fake, noise_dim), w_reals[i] (n_real,), w_fakes[i] (n_fake,), mixes[i] the penalty's
+    interpolation weights (empty without a penalty); g_noise (batch_size, noise_dim)."""
+
+    reals: list[Tensor]
+    d_noises: list[Tensor]
+    w_reals: list[Tensor]
+    w_fakes: list[Tensor]
+    mixes: list[Tensor]
+    g_noise: Tensor
 
 
 # One compiled iteration per GraphKey in this process (the templates live with it).
@@ -289,17 +300,14 @@ class CompiledSteps:
         )
         self.g_net = NetworkTensors.of(gan.generator)
         self.d_net = NetworkTensors.of(gan.discriminator)
-        self.fixed_weights = (
-            None if trial.alpha_mode == "bernoulli"
-            else alpha_weights(trial.alpha_mode, trial.alpha, self.plan, gan.device)
-        )
         self.gp_weight = torch.tensor(trial.gp_weight, dtype=torch.float32, device=gan.device)
         self.run: Callable[..., None] = compiled_iteration(self.key, gan.generator, gan.discriminator, gan.loss)
         self.states: tuple[Any, Any] | None = None  # the opt.state objects the lists below are of
         self.g_state: list[list[Tensor]] = []
         self.d_state: list[list[Tensor]] = []
-        self.g_hyper = self.d_hyper = self.gp_weight
+        self.g_hyper = self.d_hyper = torch.empty(0)
         self.first = True  # no iteration run yet: the next call may compile
+        self.start_epoch()
 
     def start_epoch(self) -> None:
         """Read the optimisers' settings (momentum changes per epoch) and state (replaced by
@@ -312,32 +320,31 @@ class CompiledSteps:
         self.g_hyper = optimizer_hyper(gan.opt_g, gan.device)
         self.d_hyper = optimizer_hyper(gan.opt_d, gan.device)
 
-    def draws(self) -> tuple[list[Tensor], ...]:
-        """This iteration's random inputs (reals, d_noises, w_reals, w_fakes, mixes,
-        [g_noise]), drawn in the eager loop's order: per D step the real minibatch, the noise,
-        the Bernoulli weights, the penalty's mix; then the G step's noise."""
+    def draws(self) -> Draws:
+        """This iteration's random inputs, drawn in the eager loop's order: per D step the
+        real minibatch, the noise, the Bernoulli weights, the penalty's mix; then the G
+        step's noise. Fixed alpha weights are the trial's own (GanTrial.weights)."""
         from gansweep.train import sample_noise
 
         gan, trial, plan = self.gan, self.gan.trial, self.plan
-        reals, d_noises, w_reals, w_fakes, mixes = [], [], [], [], []
+        draws = Draws([], [], [], [], [], g_noise=torch.empty(0))
         for _ in range(trial.k):
-            reals.append(minibatch(gan.train_data, plan.n_real))
-            d_noises.append(sample_noise(trial, plan.n_fake, gan.device))
-            w_real, w_fake = self.fixed_weights or alpha_weights(trial.alpha_mode, trial.alpha, plan, gan.device)
-            w_reals.append(w_real)
-            w_fakes.append(w_fake)
+            real = minibatch(gan.train_data, plan.n_real)
+            noise = sample_noise(trial, plan.n_fake, gan.device)
+            w_real, w_fake = gan.weights or alpha_weights(trial.alpha_mode, trial.alpha, plan, gan.device)
+            draws.reals.append(real)
+            draws.d_noises.append(noise)
+            draws.w_reals.append(w_real)
+            draws.w_fakes.append(w_fake)
             if gan.loss.gradient_penalty:
-                n = min(plan.n_real, plan.n_fake)
-                shape = (n,) + (1,) * (gan.train_data.dim() - 1)
-                mixes.append(torch.rand(shape, device=gan.device))
-        return reals, d_noises, w_reals, w_fakes, mixes, [sample_noise(trial, trial.batch_size, gan.device)]
+                draws.mixes.append(penalty_mix(plan.n_real, plan.n_fake, real.dim() - 1, gan.device))
+        return draws._replace(g_noise=sample_noise(trial, trial.batch_size, gan.device))
 
     def iteration(self, sums: Tensor) -> None:
         """One iteration of Algorithm 1; adds (d_loss, d_real, d_fake, g_loss) into `sums`."""
         self.first = False
         g, d = self.g_net, self.d_net
-        reals, d_noises, w_reals, w_fakes, mixes, (g_noise,) = self.draws()
         self.run(
             g.params, g.buffers, d.params, d.buffers, self.g_state, self.d_state, self.g_hyper,
-            self.d_hyper, self.gp_weight, reals, d_noises, w_reals, w_fakes, mixes, g_noise, sums,
+            self.d_hyper, self.gp_weight, *self.draws(), sums,
         )

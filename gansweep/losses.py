@@ -199,16 +199,29 @@ def generator_loss(loss: Loss, fake_logits: Tensor) -> Tensor:
     return loss.generator_term(fake_logits).mean()
 
 
+def penalty_mix(n_real: int, n_fake: int, example_dims: int, device: torch.device) -> Tensor:
+    """WGAN-GP's interpolation weights, one per real/fake pair: (min(n_real, n_fake), 1, ...)
+    with a 1 for each of an example's `example_dims` dimensions."""
+    return torch.rand((min(n_real, n_fake),) + (1,) * example_dims, device=device)
+
+
+def interpolate(mix: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+    n = mix.shape[0]
+    return mix * real[:n] + (1 - mix) * fake[:n]
+
+
+def gradient_norm_penalty(input_grad: Tensor) -> Tensor:
+    """E[(||grad D(x_hat)|| - 1)^2] from D's gradients at the interpolates, (n, ...)."""
+    return ((input_grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
 def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
     """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of paired real/fake."""
-    n = min(real.shape[0], fake.shape[0])
-    real, fake = real[:n], fake[:n]
-    shape = (n,) + (1,) * (real.dim() - 1)
-    mix = torch.rand(shape, device=real.device)
-    interpolates = (mix * real + (1 - mix) * fake).requires_grad_(True)
+    mix = penalty_mix(real.shape[0], fake.shape[0], real.dim() - 1, real.device)
+    interpolates = interpolate(mix, real, fake).requires_grad_(True)
     scores = discriminator(interpolates)
     (grad,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+    return gradient_norm_penalty(grad)
 
 
 def discriminator_output(loss: Loss, logits: Tensor) -> Tensor:

@@ -115,7 +115,7 @@ class FastPaths:
     # The whole iteration (k D steps, the G step, forward, backward and optimiser) compiled
     # into one graph by torch.compile (gansweep/compiled.py). None: the trial's `compile`
     # setting, off unless asked: it pays only for trials long enough to repay its compile
-    # time (20 to 30 s on a cold cache; see the study field's comment).
+    # time (13 to 30 s on a cold cache; see the study field's comment).
     compile: bool | None = None
 
     @classmethod
