@@ -41,6 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from gansweep.data import Dataset, minibatch
 from gansweep.errors import ConfigError
 from gansweep.losses import LOSSES, Term, discriminator_output
+from gansweep.packrules import KEY_FIELDS, PACK_LOSSES, REQUIREMENTS, pack_key  # noqa: F401 (re-exported)
 from gansweep.study import TOY_DATASETS, Choice, StudyConfig, TrialConfig
 from gansweep.train import (
     ACCUMULATED,
@@ -55,74 +56,9 @@ from gansweep.train import (
     theory_metrics,
 )
 
-# Losses whose discriminator terms are the (smoothed) BCE ones: the pack rebuilds the smoothed
-# real term as s * real_term(l, 1) + (1 - s) * fake_term(l), which holds for BCE only and takes
-# s as a tensor (real_term itself branches on a Python float).
 _BCE = LOSSES["non_saturating"]
-PACK_LOSSES: tuple[str, ...] = tuple(
-    name for name, loss in LOSSES.items()
-    if loss.real_term is _BCE.real_term and loss.fake_term is _BCE.fake_term
-    and loss.probabilistic and not loss.gradient_penalty
-)
-
-# Fields that fix the tensors' shapes, the data or the step's code: equal keys share a pack.
-KEY_FIELDS: tuple[str, ...] = (
-    "dataset", "data_dir", "n_train", "architecture", "g_hidden", "d_hidden", "g_activation",
-    "d_activation", "generator_output", "noise_dim", "noise", "batch_size", "k", "epochs",
-    "steps_per_epoch", "device", "alpha_mode", "optimizer", "d_dropout",
-)
-
-# What the vectorised step implements: field -> (test, what a packed trial needs).
-REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {
-    "dataset": (lambda t: t.is_toy, f"a 2D toy set ({', '.join(TOY_DATASETS)})"),
-    "architecture": (lambda t: t.architecture == "mlp", "'mlp'"),
-    "alpha_mode": (lambda t: t.alpha_mode == "weight", "'weight'"),
-    "optimizer": (lambda t: t.optimizer == "adam", "'adam'"),
-    "d_dropout": (lambda t: t.d_dropout == 0.0, "0 (no per-trial dropout masks)"),
-    "loss": (lambda t: t.loss in PACK_LOSSES, f"one of {', '.join(PACK_LOSSES)}"),
-    # the vectorised step runs eagerly; compile a study's trials with budget.pack_size 1
-    "compile": (lambda t: not t.compile, "False (a pack's vectorised step is not compiled)"),
-}
 L = TypeVar("L")  # a caller's label of a pack's row
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, which train_gan uses
-
-
-def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
-    """(field, value) pairs that trials must share to train in one pack.
-    Raises ConfigError naming the first field a pack cannot vary or implement."""
-    for name, (allowed, need) in REQUIREMENTS.items():
-        if not allowed(trial):
-            raise ConfigError(
-                f"trial cannot be packed: {name}={getattr(trial, name)!r}; a pack needs {need}"
-            )
-    return tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
-
-
-def check_pack_study(study: StudyConfig, path: object) -> None:
-    """Every trial a study with budget.pack_size > 1 can ask for fits in one pack: the search
-    varies no field of pack_key, and every value it can choose is one a pack implements."""
-    size = study.budget.pack_size
-    why = f"budget.pack_size={size} trains trials together in one vectorised step"
-    for name in study.search:
-        if name in KEY_FIELDS:
-            raise ConfigError(
-                f"{path}: search.{name}: {why}, and a pack's trials share {name}; "
-                "search it with budget.pack_size 1"
-            )
-    try:
-        pack_key(study.trial)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: trial: {err} ({why})") from None
-    for name, param in study.search.items():
-        if name not in REQUIREMENTS:
-            continue
-        if not isinstance(param, Choice):  # every requirement is a set of allowed values
-            raise ConfigError(f"{path}: search.{name}: trial cannot be packed: a range over {name} ({why})")
-        for value in param.values:
-            try:
-                pack_key(study.trial.model_copy(update={name: value}))
-            except ConfigError as err:
-                raise ConfigError(f"{path}: search.{name}: {err} ({why})") from None
 
 
 def group_packs(trials: list[TrialConfig]) -> dict[tuple[tuple[str, object], ...], list[int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,21 +23,12 @@ from pydantic import (
 
 from gansweep.errors import ConfigError
 
-# Names live here (not in the torch-importing registries) so that `gansweep validate`
-# stays fast; tests check that each registry holds exactly these names.
-ToyDataset = Literal["line", "circle", "ring8", "grid25"]
-ImageDataset = Literal["digits", "mnist", "fashion-mnist", "cifar10"]
-DatasetName = Literal[ToyDataset, ImageDataset]
-TOY_DATASETS: tuple[str, ...] = get_args(ToyDataset)
-IMAGE_DATASETS: tuple[str, ...] = get_args(ImageDataset)
-ArchitectureName = Literal["mlp", "maxout", "dcgan"]
-LossName = Literal[
-    "minimax", "non_saturating", "max_likelihood", "least_squares", "hinge", "wasserstein_gp"
-]
-Activation = Literal["relu", "leaky_relu", "elu", "tanh", "gelu"]
-GeneratorOutput = Literal["auto", "tanh", "sigmoid", "identity"]
-# Losses whose discriminator is trained against a real target, so smoothing means something.
-SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares")
+# The names of variants live in gansweep.names (shared with the pack rules); re-exported.
+from gansweep.names import (  # noqa: F401
+    IMAGE_DATASETS, SMOOTHABLE_LOSSES, TOY_DATASETS, Activation, ArchitectureName, DatasetName,
+    GeneratorOutput, ImageDataset, LossName, ToyDataset,
+)
+from gansweep.packrules import check_pack_study
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
@@ -539,8 +530,6 @@ def _check_study(study: StudyConfig, path: Path) -> None:
     if study.budget.max_concurrent * study.budget.cpus_per_trial <= 0:
         raise ConfigError(f"{path}: budget: no CPU for any trial")
     if study.budget.pack_size > 1:
-        from gansweep.pack import check_pack_study  # imports torch: only for packed studies
-
         check_pack_study(study, path)
 
 

@@ -12,6 +12,7 @@ import pytest
 from gansweep import data, models
 from gansweep.cli import main
 from gansweep.errors import ConfigError
+from gansweep.packrules import PACK_LOSSES
 from gansweep.study import (
     IMAGE_DATASETS, TOY_DATASETS, ArchitectureName, Choice, FloatRange, load_study, trial_from_study,
 )
@@ -46,6 +47,39 @@ def test_every_shipped_study_validates(path: Path) -> None:
 def test_registries_hold_exactly_the_names_studies_accept() -> None:
     assert set(data.DATASETS) == set(TOY_DATASETS + IMAGE_DATASETS)
     assert set(models.ARCHITECTURES) == set(get_args(ArchitectureName))
+
+
+def test_pack_losses_are_the_registrys_bce_family() -> None:
+    """packrules.PACK_LOSSES is a literal (no torch to validate a study); the pack step needs
+    exactly the losses whose D terms are non_saturating's BCE ones, without a penalty."""
+    from gansweep.losses import LOSSES
+
+    bce = LOSSES["non_saturating"]
+    family = tuple(
+        name for name, loss in LOSSES.items()
+        if loss.real_term is bce.real_term and loss.fake_term is bce.fake_term
+        and loss.probabilistic and not loss.gradient_penalty
+    )
+    assert PACK_LOSSES == family
+
+
+HEAVY = ("torch", "ray", "mlflow")
+
+
+def test_validating_every_shipped_study_imports_no_torch_ray_or_mlflow() -> None:
+    """`gansweep validate` (the CLI's own code, in a fresh interpreter) of each shipped study,
+    packed ones included: the config side stays light and the driver torch-free."""
+    code = (
+        "import sys\n"
+        "from gansweep.cli import main\n"
+        f"for path in {[str(p) for p in STUDIES]!r}:\n"
+        "    assert main(['validate', path]) == 0, path\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert any(load_study(path).budget.pack_size > 1 for path in STUDIES)  # packs.yaml
 
 
 def test_search_forms_parse(tmp_path: Path) -> None:
