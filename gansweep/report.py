@@ -19,7 +19,6 @@ import base64
 import html
 import json
 import math
-import os
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
@@ -30,14 +29,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# Set before MLflow reads it: downloads of study files and sample pictures stay quiet.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-from gansweep import plots  # noqa: E402
-from gansweep.errors import GansweepError  # noqa: E402
-from gansweep.storage import optuna_storage_url  # noqa: E402
-from gansweep.study import TOY_DATASETS, StudyConfig, TrialConfig, load_study  # noqa: E402
-from gansweep.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, Tracker  # noqa: E402
+from gansweep import plots
+from gansweep.errors import GansweepError
+from gansweep.storage import optuna_storage_url
+from gansweep.study import TOY_DATASETS, StudyConfig, TrialConfig, load_study
+from gansweep.tracking import (
+    PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, Tracker, mlflow_defaults,
+    resolve_tracking_uri,
+)
 
 REPORT_DIR = "report"
 FIGURES = {  # file -> caption; the page shows those that could be drawn, in this order
@@ -51,7 +50,6 @@ BEST_CURVES = 5  # trials in the objective-per-epoch figure
 LOSS_CURVES_PER_ALPHA = 8  # trials per panel of the loss figure, best first
 MOSAIC_ROWS, MOSAIC_COLS = 12, 6
 MIN_COMPLETE_FOR_IMPORTANCE = 4
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 @dataclass
@@ -84,11 +82,6 @@ class StudyView:
 
 
 # ---------------------------------------------------------------------------- finding things
-
-
-def resolve_tracking_uri(flag: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's default store in the cwd."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def open_client(uri: str) -> MlflowClient | None:
@@ -483,6 +476,7 @@ def write_report(
 ) -> Path:
     """Write OUTPUT/report/index.html and its figures; log them to the parent run when one
     is found. Returns the page's path. Raises GansweepError for a folder that holds no study."""
+    mlflow_defaults()  # downloads of study files and sample pictures without progress bars
     uri = resolve_tracking_uri(tracking_uri)
     if client is None:
         client = open_client(uri)

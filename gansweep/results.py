@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from gansweep.files import write_csv_atomically
 from gansweep.search import OptunaStudy
 
 SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", "pruned_at", "failure_reason", "tune_trial_id")
@@ -46,7 +46,5 @@ def _last_intermediate(frozen) -> float:
 
 def write_results(study: OptunaStudy, path: Path) -> pd.DataFrame:
     table = results_table(study)
-    tmp = path.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # readers never see a half-written table
+    write_csv_atomically(table, path)
     return table

@@ -21,9 +21,14 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gansweep.study import Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# PatientPruner, GPSampler and friends are "experimental" in Optuna 5.0; we pin the version.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines (one per trial) off, and its ExperimentalWarning: PatientPruner,
+    GPSampler and friends are "experimental" in Optuna 5.0, and we pin the version. Called
+    where a study's sampler and pruner are built, never at import."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
 
 class TuneGridSampler(optuna.samplers.GridSampler):
     """GridSampler stops `study.optimize` once the grid is covered, by calling study.stop(),
@@ -170,6 +175,7 @@ class OptunaStudy:
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
+            quiet_optuna()
             directions = [self.config.objective.direction]
             if self.config.objective.second is not None:
                 directions.append(self.config.objective.second.direction)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -11,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gansweep.errors import TrialDiverged, TrialOutOfMemory
+from gansweep.files import write_csv_atomically
 from gansweep.study import TrialConfig
 
 SUMMARY_METRICS = (
@@ -29,15 +29,13 @@ SUMMARY_METRICS = (
 )
 
 
-def write_csv_atomically(rows: list[dict[str, float]], path: Path) -> None:
-    """Rewrite the whole table each time: a reader never sees a half-written file."""
+def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
+    """The whole per-epoch table, epoch first, rewritten each time (files.write_csv_atomically)."""
     import pandas as pd
 
-    tmp = path.with_suffix(".csv.tmp")
     table = pd.DataFrame(rows)
     first = [c for c in ("epoch",) if c in table.columns]
-    table[first + [c for c in table.columns if c not in first]].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomically(table[first + [c for c in table.columns if c not in first]], path)
 
 
 def epoch_summary(metrics: dict[str, float]) -> str:
@@ -71,7 +69,7 @@ def train_one(trial: TrialConfig, output: Path) -> int:
 
     def report(metrics: dict[str, float], epoch: int, state: object) -> None:
         rows.append(metrics)
-        write_csv_atomically(rows, output / "metrics.csv")
+        write_metrics(rows, output / "metrics.csv")
         progress.update(task, completed=epoch, description=epoch_summary(metrics))
 
     with progress:

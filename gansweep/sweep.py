@@ -44,7 +44,7 @@ from gansweep.results import write_results
 from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
 from gansweep.study import StudyConfig, TrialConfig
-from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, default_tracking_uri
+from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, resolve_tracking_uri
 from gansweep.trainable import (
     ATTEMPT_KEYS,
     GENERATOR_FILE,
@@ -565,7 +565,7 @@ def run_study_on_ray(
     prepare_output(output)
     optuna_study = OptunaStudy(study, optuna_storage_url(study.storage, output))
     tracker = Tracker(
-        tracking_uri or study.tracking.tracking_uri or default_tracking_uri(),
+        resolve_tracking_uri(tracking_uri or study.tracking.tracking_uri),
         study.experiment_name,
         study.name,
         output,

@@ -26,14 +26,9 @@ from typing import Any
 
 from gansweep.errors import GansweepError
 
-# Fail fast and let the queue below retry, instead of MLflow's own minutes-long backoff
-# blocking the driver's event loop.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
 TAG_ROLE = "gansweep.role"
 TAG_STUDY = "gansweep.study"
@@ -50,9 +45,28 @@ MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 15.0
 
 
-def default_tracking_uri() -> str:
-    """MLflow's own default (sqlite:///mlflow.db in the working directory) unless set."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+# MLflow's settings gansweep chooses, unless the environment sets them: fail fast and let the
+# Tracker's queue retry, instead of MLflow's own minutes-long backoff blocking the driver's
+# event loop; and no progress bars for the study files and pictures the report downloads.
+# MLflow reads them at each request, so they are set where a client is made (mlflow_defaults).
+MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def mlflow_defaults() -> None:
+    """Set MLFLOW_DEFAULTS in os.environ where the environment does not: called by the Tracker
+    and by the report before they make a client (never at import)."""
+    for name, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """`configured` (--tracking-uri, the study's tracking.tracking_uri), else MLFLOW_TRACKING_URI,
+    else MLflow's own default: sqlite:///mlflow.db in the working directory."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
 def param_text(value: Any) -> str:
@@ -83,6 +97,7 @@ class Tracker:
     given_up: bool = field(default=False, init=False)  # set at the end: the deliverer stops
 
     def __post_init__(self) -> None:
+        mlflow_defaults()
         self.client = MlflowClient(self.tracking_uri)
         try:
             found = self.client.get_experiment_by_name(self.experiment)
