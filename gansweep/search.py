@@ -19,7 +19,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from gansweep.study import Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig
+from gansweep.study import (
+    Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig, resolve_values,
+)
 
 
 def quiet_optuna() -> None:
@@ -124,14 +126,9 @@ def suggest(trial: Trial, name: str, param: SearchParam) -> Any:
 
 
 def sample_trial_values(study: StudyConfig, trial: Trial) -> dict[str, Any]:
-    """Define-by-run: unconditional parameters first, then those whose `when` holds."""
-    values = study.trial.model_dump()
-    ordered = sorted(study.search.items(), key=lambda item: item[1].when is not None)
-    for name, param in ordered:
-        if param.when and any(values.get(k) != v for k, v in param.when.items()):
-            continue
-        values[name] = suggest(trial, name, param)
-    return values
+    """Define-by-run through the study's one resolver (study.resolve_values): each searched
+    field is suggested after the fields its condition names, and only when it holds."""
+    return resolve_values(study, lambda name, param: suggest(trial, name, param))
 
 
 def values_from_params(study: StudyConfig, params: dict[str, Any]) -> dict[str, Any]:

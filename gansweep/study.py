@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -275,13 +276,58 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def trial_from_study(study: StudyConfig) -> TrialConfig:
     """The single trial `gansweep train` runs: fixed values, then the first value of each
-    searched parameter (the middle of a range, geometric for log ranges)."""
+    searched parameter (the middle of a range, geometric for log ranges) whose condition holds."""
+    return TrialConfig.model_validate(resolve_values(study, lambda name, param: first_value(param)))
+
+
+def resolve_values(study: StudyConfig, pick: Callable[[str, SearchParam], Any]) -> dict[str, Any]:
+    """The one resolver of a study's search space, for `gansweep train` and `validate`
+    (first values) and for the sweep (Optuna's suggestions, define-by-run): the fixed trial
+    values, then each searched field in `search_order`, valued by pick(name, param) when its
+    `when` holds on the values decided before it, else left at its fixed value."""
     values = study.trial.model_dump()
-    for name, param in study.search.items():
-        if param.when and any(values.get(k) != v for k, v in param.when.items()):
+    for name in search_order(study.search):
+        param = study.search[name]
+        if param.when and any(values.get(field) != value for field, value in param.when.items()):
             continue
-        values[name] = first_value(param)
-    return TrialConfig.model_validate(values)
+        values[name] = pick(name, param)
+    return values
+
+
+def search_order(search: dict[str, SearchParam]) -> list[str]:
+    """The searched fields in the order their values are decided: a field after every searched
+    field its `when` names, whatever order the file lists them in. Otherwise the file's order,
+    unconditional fields first (so that Optuna's define-by-run asks as it always has)."""
+    depth = _condition_depths(search)
+    index = {name: i for i, name in enumerate(search)}
+    return sorted(search, key=lambda name: (depth[name], index[name]))
+
+
+class ConditionCycle(ValueError):
+    """Searched fields whose `when` conditions depend on each other in a loop."""
+
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        super().__init__(" -> ".join(cycle))
+
+
+def _condition_depths(search: dict[str, SearchParam]) -> dict[str, int]:
+    """0 for a field without `when`, else 1 + the deepest searched field it names. Raises
+    ConditionCycle. (Recursive: a chain is at most as long as TrialConfig has fields.)"""
+    depth: dict[str, int] = {}
+
+    def visit(name: str, chain: list[str]) -> int:
+        if name in chain:
+            raise ConditionCycle(chain[chain.index(name):] + [name])
+        if name not in depth:
+            when = search[name].when
+            deps = [visit(other, [*chain, name]) for other in (when or {}) if other in search]
+            depth[name] = 1 + max(deps, default=0) if when else 0
+        return depth[name]
+
+    for name in search:
+        visit(name, [])
+    return depth
 
 
 def first_value(param: SearchParam) -> Any:
@@ -393,6 +439,14 @@ def _validate(raw: dict[str, Any], path: Path, line_of: dict[tuple, int]) -> Stu
     }
     for name, param in search.items():
         _check_condition(name, param, search, study.trial, path, line_of)
+    try:
+        search_order(search)
+    except ConditionCycle as err:
+        first = err.cycle[0]
+        raise ConfigError(
+            f"{_at(path, line_of, ('search', first, 'when'))}: search.{first}.when: conditions "
+            f"form a cycle ({err}): none of these fields can be decided first"
+        ) from None
     study = study.model_copy(update={"search": search})
     _check_study(study, path)
     return study
@@ -477,20 +531,40 @@ def _check_condition(
     path: Path,
     line_of: dict[tuple, int],
 ) -> None:
+    where = f"{_at(path, line_of, ('search', name, 'when'))}: search.{name}.when"
     for other, value in (param.when or {}).items():
-        if other not in TRIAL_FIELDS or other == name:
+        if other not in TRIAL_FIELDS:
             raise ConfigError(
-                f"{_at(path, line_of, ('search', name, 'when'))}: search.{name}.when: "
-                f"condition on unknown field {other!r}"
+                f"{where}: condition on unknown field {other!r}; "
+                f"valid fields: {', '.join(TRIAL_FIELDS)}"
             )
-        possible = (
-            search[other].values if isinstance(search.get(other), Choice) else (getattr(trial, other),)
-        )
-        if value not in possible:
-            raise ConfigError(
-                f"{_at(path, line_of, ('search', name, 'when'))}: search.{name}.when: "
-                f"{other}={value!r} can never hold (possible: {list(possible)})"
-            )
+        if other == name:
+            raise ConfigError(f"{where}: condition on {name} itself, got {other}={value!r}")
+        if not _can_hold(search.get(other), getattr(trial, other), value):
+            param_other = search.get(other)
+            if isinstance(param_other, Choice):
+                possible = f"possible: {list(param_other.values)}"
+            elif param_other is not None:
+                possible = f"possible: from {param_other.low} to {param_other.high}"
+            else:
+                possible = f"{other} is fixed at {getattr(trial, other)!r}"
+            if param_other is not None and param_other.when:
+                possible += f", or {getattr(trial, other)!r} when its own condition fails"
+            raise ConfigError(f"{where}: {other}={value!r} can never hold ({possible})")
+
+
+def _can_hold(searched: SearchParam | None, fixed: Any, value: Any) -> bool:
+    """Whether a condition `field = value` can hold: the field's fixed value when it is not
+    searched (or its own condition fails), else a value its search can give."""
+    if searched is None or searched.when:
+        if value == fixed:
+            return True
+        if searched is None:
+            return False
+    if isinstance(searched, Choice):
+        return value in searched.values
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and searched.low <= value <= searched.high
 
 
 def _check_trial_value(

@@ -38,6 +38,32 @@ def test_train_with_a_diverging_trial_reports_it(tmp_path: Path) -> None:
     assert "diverged at epoch 1: d_loss" in done.stdout
 
 
+CONDITIONAL = {
+    "adam_beta1": "  adam_beta1: {uniform: [0.0, 0.9], when: {optimizer: adam}}\n",
+    "optimizer": "  optimizer: [sgd, adam]\n",
+}
+
+
+def test_train_resolves_a_condition_listed_before_its_field(tmp_path: Path) -> None:
+    """adam_beta1 (when optimizer is adam) above `optimizer: [sgd, adam]` trained an sgd trial
+    with adam_beta1 0.45: both orders now write the same trial, sgd with the fixed 0.5."""
+    written = []
+    for order in (["adam_beta1", "optimizer"], ["optimizer", "adam_beta1"]):
+        name = "-".join(order)
+        (tmp_path / f"{name}.yaml").write_text(
+            "name: cond\ntrial: {dataset: line, g_hidden: [8], d_hidden: [8], epochs: 1, steps_per_epoch: 2,\n"
+            "        eval_samples: 50, eval_valid: 50, eval_test: 50, device: cpu}\nsearch:\n"
+            + "".join(CONDITIONAL[field] for field in order)
+        )
+        done = gansweep("train", f"{name}.yaml", "--output", name, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        written.append(yaml.safe_load((tmp_path / name / "trial.yaml").read_text()))
+        validated = gansweep("validate", f"{name}.yaml", cwd=tmp_path)
+        assert validated.returncode == 0, validated.stderr
+    assert written[0] == written[1]
+    assert (written[0]["optimizer"], written[0]["adam_beta1"]) == ("sgd", 0.5)
+
+
 def test_baseline_prints_the_data_as_model_score(tmp_path: Path) -> None:
     done = gansweep("baseline", "digits", "--samples", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import optuna
@@ -118,3 +119,43 @@ def test_unfinished_trials_survive_a_new_driver(tmp_path: Path) -> None:
 def test_choices_round_trip_through_optuna(value) -> None:
     param = Choice(values=(value, "other"))
     assert decode_choice(param, encode_choice(value)) == value
+
+
+# A condition on a conditional field (the optimizer is searched only with minimax; adam_beta1
+# only when the optimizer, searched or fixed at adam, is adam), in each order a file can list it.
+CHAIN = {
+    "adam_beta1": "  adam_beta1: {uniform: [0.0, 0.9], when: {optimizer: adam}}\n",
+    "optimizer": "  optimizer: {values: [sgd, adam], when: {loss: minimax}}\n",
+    "loss": "  loss: [minimax, non_saturating]\n",
+}
+
+
+def sampled_chain(tmp_path: Path, order: tuple[str, ...], sampler: str) -> list[tuple[dict, list[str]]]:
+    text = (f"name: s\nsampler: {{name: {sampler}, seed: 0}}\ntrial: {{dataset: circle}}\nsearch:\n"
+            + "".join(CHAIN[name] for name in order))
+    folder = tmp_path / "-".join(order)
+    folder.mkdir()
+    study = make_study(folder, text)
+    seen = []
+    for _ in range(12):
+        number, values = study.ask()
+        params = study.study.trials[number].params
+        study.tell(number, TrialState.COMPLETE, [values["adam_beta1"]])
+        seen.append(({k: values[k] for k in CHAIN}, sorted(params)))
+    return seen
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_conditions_are_sampled_after_their_fields_whatever_the_file_order(tmp_path: Path, sampler: str) -> None:
+    """The sweep's define-by-run goes through the same resolver as `gansweep train`: every
+    order samples the same trials, each consistent with its conditions."""
+    runs = [sampled_chain(tmp_path, order, sampler) for order in itertools.permutations(CHAIN)]
+    assert all(run == runs[0] for run in runs[1:])
+    for values, params in runs[0]:
+        assert ("optimizer" in params) == (values["loss"] == "minimax")
+        assert ("adam_beta1" in params) == (values["optimizer"] == "adam")
+        if "adam_beta1" not in params:
+            assert values["adam_beta1"] == 0.5  # the fixed value
+    assert {(v["loss"], v["optimizer"]) for v, _ in runs[0]} == {
+        ("minimax", "sgd"), ("minimax", "adam"), ("non_saturating", "adam")
+    }

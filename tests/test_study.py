@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 from gansweep import data, models
 from gansweep.cli import main
 from gansweep.errors import ConfigError
-from gansweep.packrules import PACK_LOSSES
 from gansweep.study import (
-    IMAGE_DATASETS, TOY_DATASETS, ArchitectureName, Choice, FloatRange, load_study, trial_from_study,
+    IMAGE_DATASETS, TOY_DATASETS, ArchitectureName, Choice, FloatRange, load_study, search_order,
+    trial_from_study,
 )
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
@@ -49,20 +50,6 @@ def test_registries_hold_exactly_the_names_studies_accept() -> None:
     assert set(models.ARCHITECTURES) == set(get_args(ArchitectureName))
 
 
-def test_pack_losses_are_the_registrys_bce_family() -> None:
-    """packrules.PACK_LOSSES is a literal (no torch to validate a study); the pack step needs
-    exactly the losses whose D terms are non_saturating's BCE ones, without a penalty."""
-    from gansweep.losses import LOSSES
-
-    bce = LOSSES["non_saturating"]
-    family = tuple(
-        name for name, loss in LOSSES.items()
-        if loss.real_term is bce.real_term and loss.fake_term is bce.fake_term
-        and loss.probabilistic and not loss.gradient_penalty
-    )
-    assert PACK_LOSSES == family
-
-
 HEAVY = ("torch", "ray", "mlflow")
 
 
@@ -90,6 +77,41 @@ def test_search_forms_parse(tmp_path: Path) -> None:
     trial = trial_from_study(study)
     assert trial.alpha == 0.3 and trial.k == 2
     assert trial.lr_d == pytest.approx(1e-3)  # geometric middle of a log range
+
+
+# A condition on a field that is itself conditional, listed in every order: the optimizer is
+# searched only with minimax, adam_beta1 only when the optimizer (searched or fixed) is adam.
+CHAIN = {
+    "adam_beta1": "  adam_beta1: {uniform: [0.0, 0.9], when: {optimizer: adam}}\n",
+    "optimizer": "  optimizer: {values: [sgd, adam], when: {loss: minimax}}\n",
+    "loss": "  loss: [minimax, non_saturating]\n",
+}
+CHAIN_ORDERS = list(itertools.permutations(CHAIN))
+
+
+def chain_study(order: tuple[str, ...]) -> str:
+    return "name: chain\ntrial: {dataset: circle}\nsearch:\n" + "".join(CHAIN[name] for name in order)
+
+
+@pytest.mark.parametrize("order", CHAIN_ORDERS, ids="-".join)
+def test_conditions_resolve_in_dependency_order_whatever_the_file_order(tmp_path: Path, order) -> None:
+    study = load_study(write(tmp_path, chain_study(order)))
+    assert search_order(study.search) == ["loss", "optimizer", "adam_beta1"]
+    trial = trial_from_study(study)
+    # loss minimax, so the optimizer is searched: sgd; so adam_beta1 keeps its fixed 0.5
+    assert (trial.loss, trial.optimizer, trial.adam_beta1) == ("minimax", "sgd", 0.5)
+
+
+@pytest.mark.parametrize("first", ["adam_beta1", "optimizer"])
+def test_a_condition_listed_before_its_field_holds_for_train(tmp_path: Path, first: str) -> None:
+    """The issue's case: adam_beta1 (when optimizer is adam) above `optimizer: [sgd, adam]`
+    gave an sgd trial with adam_beta1 0.45."""
+    lines = {"adam_beta1": "  adam_beta1: {uniform: [0.0, 0.9], when: {optimizer: adam}}\n",
+             "optimizer": "  optimizer: [sgd, adam]\n"}
+    order = [first, *(name for name in lines if name != first)]
+    study = load_study(write(tmp_path, "name: x\nsearch:\n" + "".join(lines[n] for n in order)))
+    trial = trial_from_study(study)
+    assert (trial.optimizer, trial.adam_beta1) == ("sgd", 0.5)
 
 
 def test_set_fixes_a_field_and_removes_it_from_the_search(tmp_path: Path) -> None:
@@ -131,6 +153,24 @@ BAD = {
     "range outside field": ("name: x\nsearch: {alpha: {uniform: [0.5, 2.0]}}\n", [], ["search.alpha", "2.0"]),
     "grid with a range": ("name: x\nsampler: {name: grid}\nsearch: {lr_d: {uniform: [0.1, 1]}}\n", [], ["grid", "search.lr_d"]),
     "impossible condition": ("name: x\nsearch: {momentum: {uniform: [0, 0.9], when: {optimizer: lbfgs}}}\n", [], ["when", "lbfgs"]),
+    "condition cycle": (
+        "name: x\nsearch:\n  momentum: {uniform: [0, 0.9], when: {adam_beta1: 0.5}}\n"
+        "  adam_beta1: {values: [0.5, 0.9], when: {momentum: 0.5}}\n",
+        [], ["study.yaml:3", "search.momentum.when", "cycle", "momentum -> adam_beta1 -> momentum"],
+    ),
+    "condition on itself": (
+        "name: x\nsearch:\n  optimizer: {values: [adam, sgd], when: {optimizer: sgd}}\n", [],
+        ["study.yaml:3", "search.optimizer.when", "optimizer itself"],
+    ),
+    "condition on an unknown field": (
+        "name: x\nsearch:\n  momentum: {uniform: [0, 0.9], when: {optimiser: sgd}}\n", [],
+        ["study.yaml:3", "search.momentum.when", "unknown field 'optimiser'", "optimizer"],
+    ),
+    "condition on a conditional field that cannot hold": (
+        "name: x\nsearch:\n  momentum: {uniform: [0, 0.9], when: {optimizer: lbfgs}}\n"
+        "  optimizer: {values: [sgd, adam], when: {loss: minimax}}\n  loss: [minimax, hinge]\n",
+        [], ["search.momentum.when", "optimizer='lbfgs' can never hold", "['sgd', 'adam']"],
+    ),
     "zero gpus fraction": ("name: x\nbudget: {gpus_per_trial: 1.5}\n", [], ["budget.gpus_per_trial", "1.5"]),
     "negative cpus": ("name: x\nbudget: {cpus_per_trial: -1}\n", [], ["budget.cpus_per_trial", "-1"]),
     "zero trials": ("name: x\nbudget: {trials: 0}\n", [], ["budget.trials", "0"]),
