@@ -26,10 +26,9 @@ from gansweep.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
 Term = Callable[[Tensor], Tensor]
 
 
-def _bce_real(logits: Tensor, smoothing: float) -> Tensor:
-    # cross-entropy against target s: s * -log D + (1 - s) * -log(1 - D)
-    if smoothing == 1.0:
-        return F.softplus(-logits)
+def _bce_real(logits: Tensor, smoothing: float | Tensor) -> Tensor:
+    # cross-entropy against target s: s * -log D + (1 - s) * -log(1 - D). s may be a (P, 1)
+    # tensor (one per trial); s = 1 gives -log D exactly, the second term times 0.
     return smoothing * F.softplus(-logits) + (1.0 - smoothing) * F.softplus(logits)
 
 
@@ -37,7 +36,7 @@ def _bce_fake(logits: Tensor) -> Tensor:
     return F.softplus(logits)  # -log(1 - D)
 
 
-def _least_squares_real(scores: Tensor, smoothing: float) -> Tensor:
+def _least_squares_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
     return (scores - smoothing) ** 2
 
 
@@ -45,7 +44,7 @@ def _least_squares_fake(scores: Tensor) -> Tensor:
     return scores**2
 
 
-def _hinge_real(scores: Tensor, smoothing: float) -> Tensor:
+def _hinge_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
     del smoothing  # rejected by study validation for hinge
     return F.relu(1.0 - scores)
 
@@ -54,7 +53,7 @@ def _hinge_fake(scores: Tensor) -> Tensor:
     return F.relu(1.0 + scores)
 
 
-def _critic_real(scores: Tensor, smoothing: float) -> Tensor:
+def _critic_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
     del smoothing
     return -scores
 
@@ -65,7 +64,7 @@ def _critic_fake(scores: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Loss:
-    real_term: Callable[[Tensor, float], Tensor]  # (logits, smoothing) -> per-sample cost
+    real_term: Callable[[Tensor, float | Tensor], Tensor]  # (logits, smoothing) -> per-sample cost
     fake_term: Term
     generator_term: Term
     probabilistic: bool  # D's output is a logit of a probability (report sigmoid of it)

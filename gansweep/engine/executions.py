@@ -1,0 +1,245 @@
+"""The executions of iteration.iteration: how the networks are called, how gradients are
+taken, whether the whole iteration is one torch.compile graph. Each returns a `Step`,
+(state, draws, hyper) -> (state, stats), and none holds any maths of its own.
+
+- eager, P = 1: the trial's own modules, their parameters views of the state's flat rows
+  (state.alias_module), gradients by autograd of the module's parameters, the update written
+  back into the rows in place. The fewest ops: the default for short trials.
+- packed, P > 1: one module structure called under torch.func.vmap over the P rows
+  (randomness="different": each trial its own dropout masks), gradients by autograd on the
+  stacked rows (each trial's loss depends on its own row only, so the gradient of their sum
+  is each trial's own).
+- compiled (compile: true), any P: the same iteration through torch.func (functional_call,
+  grad) traced by torch.compile into one graph; hyperparameters are tensor inputs, so every
+  trial with the same Spec and networks shares it (one compile per process and key).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from gansweep.engine.iteration import (
+    ADAM_EPS,
+    UPDATES,
+    Draws,
+    Hyper,
+    NetState,
+    Nets,
+    Objective,
+    Spec,
+    TrainState,
+    iteration,
+)
+from gansweep.engine.state import Layout
+
+Step = Callable[[TrainState, Draws, Hyper], tuple[TrainState, Tensor]]
+# How many graphs one code object may hold before dynamo silently falls back to eager (its
+# default is 8): a long-lived actor of a sweep over shapes or losses can need more.
+RECOMPILE_LIMIT = 64
+
+
+# ---------------------------------------------------------------------------- autodiff
+
+
+class ModuleAutograd:
+    """Gradients of the modules' own parameters (eager, P = 1), as a list per parameter
+    (what FusedUpdate takes), or as one flat (1, N) row with `flat` (what UPDATES take)."""
+
+    def __init__(self, params_of: dict[int, list[Tensor]], flat: bool = False) -> None:
+        self.params_of = params_of  # id(flat row tensor) -> the module parameters viewing it
+        self.flat = flat
+
+    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
+        loss, aux = objective(params)
+        grads = torch.autograd.grad(loss, self.params_of[id(params)])
+        if self.flat:
+            return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0), aux
+        return grads, aux  # type: ignore[return-value]
+
+    def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(scalar_of(x), x, create_graph=True)
+        return grad
+
+
+class LeafAutograd(ModuleAutograd):
+    """Gradients of the stacked rows themselves (packs, eager)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
+        leaf = params.detach().requires_grad_(True)
+        loss, aux = objective(leaf)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return grad, aux
+
+
+class FuncAutodiff:
+    """torch.func's transforms: what torch.compile traces into one graph."""
+
+    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
+        return torch.func.grad(objective, has_aux=True)(params)
+
+    def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return torch.func.grad(scalar_of)(x)
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+def module_nets(generator: nn.Module, discriminator: nn.Module) -> Nets:
+    """The modules called directly on trial 0's inputs (their tensors alias the state)."""
+
+    def call(module: nn.Module, params: Tensor, buffers: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        del params, buffers  # the module's own tensors are views of them
+        return module(x[0]).unsqueeze(0)
+
+    return Nets(partial(call, generator), partial(call, discriminator))
+
+
+def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], vectorised: bool) -> Nets:
+    """Structures of the modules called with the state's tensors (functional_call), under
+    vmap over the trials when `vectorised`, else on row 0."""
+    forwards = []
+    for module, layout in zip((generator, discriminator), layouts, strict=True):
+        structure = copy.deepcopy(module)
+
+        def one_trial(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor,
+                      structure: nn.Module = structure, layout: Layout = layout) -> Tensor:
+            tensors = layout.unflatten(params)  # params (N,), x (B, ...)
+            tensors.update(zip(layout.buffer_names, buffers, strict=True))
+            return functional_call(structure, tensors, (x,), tie_weights=False)
+
+        if vectorised:
+            forwards.append(vmap(one_trial, randomness="different"))
+        else:
+
+            def row0(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, one_trial: Callable[..., Tensor] = one_trial) -> Tensor:
+                return one_trial(params[0], tuple(b[0] for b in buffers), x[0]).unsqueeze(0)
+
+            forwards.append(row0)
+    return Nets(*forwards)
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def in_place(update: Callable[[NetState, Tensor, Tensor, Hyper], NetState]) -> Callable[[NetState, Tensor, Tensor, Hyper], NetState]:
+    """`update`, its result written into the state's own tensors (which the eager modules
+    view): the same numbers, the same tensors."""
+
+    @torch.no_grad()
+    def write_back(net: NetState, grad: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
+        new = update(net, grad, lr, hyper)
+        for old, value in ((net.params, new.params), (net.moment1, new.moment1),
+                           (net.moment2, new.moment2), (net.steps, new.steps)):
+            old.copy_(value)
+        return net
+
+    return write_back
+
+
+class FusedUpdate:
+    """The eager execution's form of UPDATES[optimizer]: torch.optim's own fused kernel
+    (_fused_adam_, _fused_sgd_: one call for all of a network's parameters) on the module's
+    parameters and on views of the state's moments, in place. The same update, in fewer ops
+    (a dozen per parameter tensor fewer); tests/test_engine.py holds it to adam_update and
+    sgd_update. Its settings are Python floats, read once per epoch's Hyper."""
+
+    def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout]) -> None:
+        self.optimizer = optimizer
+        self.params_of = params_of
+        self.layouts = layouts  # id(flat row) -> its network's layout
+        self.views: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+        self.floats: tuple[int, dict[str, float]] = (-1, {})
+
+    def settings(self, hyper: Hyper) -> dict[str, float]:
+        if self.floats[0] != id(hyper):
+            values = {name: float(getattr(hyper, name).item()) for name in ("lr_d", "lr_g", "beta1", "beta2", "momentum")}
+            self.floats = (id(hyper), values)
+        return self.floats[1]
+
+    def moments(self, net: NetState) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        key = id(net.params)
+        if key not in self.views:
+            layout = self.layouts[key]
+            first = list(layout.unflatten(net.moment1[0]).values())
+            second = list(layout.unflatten(net.moment2[0]).values()) if net.moment2.shape[1] else []
+            self.views[key] = (first, second, [net.steps.view(())] * len(first))
+        return self.views[key]
+
+    @torch.no_grad()
+    def __call__(self, net: NetState, grads: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
+        floats = self.settings(hyper)
+        rate = floats["lr_d"] if lr is hyper.lr_d else floats["lr_g"]
+        params = self.params_of[id(net.params)]
+        first, second, steps = self.moments(net)
+        net.steps.add_(1)
+        if self.optimizer == "adam":
+            torch._fused_adam_(
+                params, list(grads), first, second, [], steps, lr=rate, beta1=floats["beta1"],
+                beta2=floats["beta2"], weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False,
+            )
+        else:  # zero-started buffers: momentum * 0 + grad is torch's first-step buffer
+            torch._fused_sgd_(
+                params, list(grads), first, weight_decay=0.0, momentum=floats["momentum"], lr=rate,
+                dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+            )
+        return net
+
+
+def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state: TrainState,
+               layouts: tuple[Layout, Layout], fused: bool = True) -> Step:
+    """P = 1 on the trial's own modules, which state.alias_module has made views of `state`;
+    `fused`: torch's fused kernels for the update (else UPDATES' own, written back)."""
+    params_of = {
+        id(state.g.params): [p for p in generator.parameters() if p.requires_grad],
+        id(state.d.params): [p for p in discriminator.parameters() if p.requires_grad],
+    }
+    nets = module_nets(generator, discriminator)
+    fused = fused and state.g.params.device.type in ("cpu", "cuda")
+    if fused:
+        by_id = {id(state.g.params): layouts[0], id(state.d.params): layouts[1]}
+        update = FusedUpdate(spec.optimizer, params_of, by_id)
+    else:
+        update = in_place(UPDATES[spec.optimizer])
+    return partial(iteration, spec, nets, ModuleAutograd(params_of, flat=not fused), update=update)
+
+
+def packed_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout]) -> Step:
+    nets = functional_nets(generator, discriminator, layouts, vectorised=True)
+    return partial(iteration, spec, nets, LeafAutograd())
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    """Everything a compiled iteration's code depends on that is not a tensor input."""
+
+    spec: Spec
+    generator: str  # repr of the network: its layers, their sizes and constants
+    discriminator: str
+    vectorised: bool
+
+
+COMPILED: dict[GraphKey, Step] = {}  # one compiled iteration per key in this process
+
+
+def compiled_step(
+    spec: Spec, generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], *, vectorised: bool,
+) -> Step:
+    """The iteration as one graph; `vectorised`: the networks under vmap (compiled packs)."""
+    key = GraphKey(spec, repr(generator), repr(discriminator), vectorised=vectorised)
+    if key not in COMPILED:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        nets = functional_nets(generator, discriminator, layouts, vectorised=key.vectorised)
+        function = partial(iteration, spec, nets, FuncAutodiff())
+        COMPILED[key] = torch.compile(function, fullgraph=True, dynamic=False)
+    return COMPILED[key]

@@ -1,0 +1,315 @@
+"""Algorithm 1's iteration, defined once: k discriminator updates, then one generator update.
+
+`iteration(spec, nets, diff, state, draws, hyper)` is a function of tensors: the trial state
+(flat parameters, buffers, optimiser moments), the iteration's random draws (draws.py) and the
+per-trial hyperparameters as (P, 1) tensors, for P trials at once. It returns the new state and
+the (P, 4) step statistics. Every execution is this function (run.py): eager (P = 1, the
+trial's own modules), packed (P trials, the networks under vmap), compiled (torch.compile of
+it), compiled packs (both). What differs between them is only how a network is called (`Nets`)
+and how a gradient is taken (`Autodiff`), never the losses, the alpha weights, the penalty or
+the optimiser's update: a loss, alpha mode or optimiser added here is in all four.
+
+Shapes: P trials, m = batch size, n_real / n_fake the D minibatch's real and fake counts.
+Every per-trial value is (P, 1) so that it broadcasts over samples and over flat parameters.
+Batch-norm running statistics (buffers) are updated in place by the forward passes, as
+nn.BatchNorm does; everything else is returned new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from gansweep.losses import LOSSES, Loss
+
+ADAM_EPS = 1e-8  # torch.optim.Adam's default
+# The step statistics' columns, in the order iteration() returns them.
+STATS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the iteration's code depends on that is not a tensor: equal specs share a graph."""
+
+    k: int
+    n_real: int
+    n_fake: int
+    alpha_mode: str  # compose | weight | bernoulli
+    losses: tuple[str, ...]  # the losses of the P trials, each trial picks one (Hyper.loss_masks)
+    optimizer: str  # adam | sgd
+    joint_discriminator: bool  # one D forward on cat(real, fake): D has no batch norm
+    autocast: bool  # forwards under bf16 autocast
+    device_type: str
+
+    @property
+    def gradient_penalty(self) -> bool:
+        return any(LOSSES[name].gradient_penalty for name in self.losses)
+
+    @property
+    def n_mix(self) -> int:
+        """Real/fake pairs the gradient penalty interpolates."""
+        return min(self.n_real, self.n_fake)
+
+
+class Hyper(NamedTuple):
+    """Per-trial hyperparameters, each (P, 1) float32; loss_masks (n_losses, P, 1) bool."""
+
+    alpha: Tensor
+    smoothing: Tensor  # one-sided label smoothing s
+    lr_d: Tensor
+    lr_g: Tensor
+    beta1: Tensor  # Adam
+    beta2: Tensor
+    momentum: Tensor  # SGD, at the current epoch (the schedule is the runner's)
+    gp_weight: Tensor
+    loss_masks: Tensor
+
+
+class NetState(NamedTuple):
+    """One network of P trials: flat parameters (P, N), buffers (P, *shape) each, the
+    optimiser's moments (P, N) (Adam's exp_avg and exp_avg_sq; SGD's momentum buffer and an
+    empty (P, 0)) and the count of updates (P, 1)."""
+
+    params: Tensor
+    buffers: tuple[Tensor, ...]
+    moment1: Tensor
+    moment2: Tensor
+    steps: Tensor
+
+
+class TrainState(NamedTuple):
+    g: NetState
+    d: NetState
+
+
+class Draws(NamedTuple):
+    """One iteration's random inputs for P trials (draws.py makes them, in one order):
+    reals (k, P, n_real, *shape), d_noise (k, P, n_fake, noise_dim), coins (k, P, m) the
+    bernoulli mode's uniforms ((k, P, 0) otherwise), mixes (k, P, n_mix, 1, ...) the penalty's
+    interpolation weights ((k, P, 0) without one), g_noise (P, m, noise_dim)."""
+
+    reals: Tensor
+    d_noise: Tensor
+    coins: Tensor
+    mixes: Tensor
+    g_noise: Tensor
+
+
+Forward = Callable[[Tensor, tuple[Tensor, ...], Tensor], Tensor]
+
+
+class Nets(NamedTuple):
+    """How an execution calls the networks: (flat params (P, N), buffers, x (P, B, ...)) ->
+    G's samples (P, B, *shape) or D's logits (P, B)."""
+
+    g: Forward
+    d: Forward
+
+
+Objective = Callable[[Tensor], tuple[Tensor, object]]
+
+
+class Autodiff(Protocol):
+    """How an execution differentiates: autograd on leaves (eager) or torch.func (compiled)."""
+
+    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
+        """(d objective / d params, its aux output); objective returns (scalar, aux)."""
+
+    def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """d scalar_of(x) / d x, differentiable again (the gradient penalty)."""
+
+
+# ---------------------------------------------------------------------------- alpha
+
+
+def _compose_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+    del coins  # round(alpha m) real samples, each sample counts once
+    share = 1.0 / (n_real + n_fake)
+    return alpha.new_full((1, n_real), share), alpha.new_full((1, n_fake), share)
+
+
+def _weight_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+    del coins  # m of each, the terms weighted alpha and 1 - alpha
+    return alpha / n_real, (1.0 - alpha) / n_fake
+
+
+def _bernoulli_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+    # Slot i holds the real sample with probability alpha, else the fake one (seed 003's
+    # future work): the share of real samples is random per minibatch.
+    is_real = (coins < alpha).float()  # (P, m)
+    return is_real / n_real, (1.0 - is_real) / n_fake
+
+
+ALPHA_WEIGHTS: dict[str, Callable[[Tensor, Tensor, int, int], tuple[Tensor, Tensor]]] = {
+    "compose": _compose_weights,
+    "weight": _weight_weights,
+    "bernoulli": _bernoulli_weights,
+}
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def _select(masks: Tensor, values: list[Tensor]) -> Tensor:
+    """Each trial's own loss's value: values[i] where masks[i]; one loss needs no mask."""
+    if len(values) == 1:
+        return values[0]
+    chosen = torch.zeros_like(values[0])
+    for mask, value in zip(masks, values, strict=True):
+        chosen = torch.where(mask, value, chosen)
+    return chosen
+
+
+def d_losses(
+    spec: Spec, real_logits: Tensor, fake_logits: Tensor, w_real: Tensor, w_fake: Tensor, hyper: Hyper
+) -> Tensor:
+    """(P, n_real), (P, n_fake) logits -> (P,) alpha-weighted D loss (losses.py's terms)."""
+    values = []
+    for name in spec.losses:
+        loss = LOSSES[name]
+        real = (w_real * loss.real_term(real_logits, hyper.smoothing)).sum(1)
+        fake = (w_fake * loss.fake_term(fake_logits)).sum(1)
+        values.append(real + fake)
+    return _select(hyper.loss_masks.squeeze(-1), values)
+
+
+def g_losses(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
+    """(P, m) logits of G's samples -> (P,) each trial's generator cost."""
+    if len(spec.losses) == 1:
+        return LOSSES[spec.losses[0]].generator_term(logits).mean(1)
+    chosen = torch.zeros_like(logits)
+    for name, mask in zip(spec.losses, hyper.loss_masks, strict=True):
+        # The inner where feeds another loss's slots a harmless 0: exp(large logit) there
+        # would be inf, and the zero gradient the outer where gives it would become nan.
+        term = LOSSES[name].generator_term
+        chosen = torch.where(mask, term(torch.where(mask, logits, 0.0)), chosen)
+    return chosen.mean(1)
+
+
+def d_outputs(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
+    """(P, B) logits -> (P,) mean 'D(x)': a probability for BCE losses, the score otherwise."""
+    values = [_output(LOSSES[name], logits).mean(1) for name in spec.losses]
+    return _select(hyper.loss_masks.squeeze(-1), values)
+
+
+def _output(loss: Loss, logits: Tensor) -> Tensor:
+    return torch.sigmoid(logits) if loss.probabilistic else logits
+
+
+def penalty_masks(spec: Spec, hyper: Hyper) -> Tensor:
+    """(P,) 1 for the trials whose loss carries the gradient penalty."""
+    masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].gradient_penalty]
+    return torch.stack(masks).any(0).squeeze(-1).float()
+
+
+def gradient_penalty(nets: Nets, diff: Autodiff, d: NetState, real: Tensor, fake: Tensor, mix: Tensor) -> Tensor:
+    """WGAN-GP's (P,) E[(||grad D(x_hat)|| - 1)^2] at the interpolates of paired real/fake
+    samples. Each trial's interpolates feed only its own logits, so the gradient of their sum
+    is each trial's own."""
+    n = mix.shape[1]
+    x_hat = mix * real[:, :n] + (1 - mix) * fake[:, :n]  # (P, n, *shape)
+    grads = diff.input_grad(lambda x: nets.d(d.params, d.buffers, x).sum(), x_hat)
+    return ((grads.flatten(2).norm(dim=2) - 1.0) ** 2).mean(1)
+
+
+# ---------------------------------------------------------------------------- optimisers
+
+
+def adam_update(net: NetState, grad: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
+    """torch.optim.Adam's update (no weight decay, no amsgrad), per trial lr and betas."""
+    steps = net.steps + 1
+    moment1 = net.moment1.lerp(grad, 1.0 - hyper.beta1)
+    moment2 = net.moment2 * hyper.beta2 + (1.0 - hyper.beta2) * grad * grad
+    bias1 = 1.0 - hyper.beta1**steps
+    bias2_sqrt = (1.0 - hyper.beta2**steps).sqrt()
+    params = net.params - (lr / bias1) * (moment1 / (moment2.sqrt() / bias2_sqrt + ADAM_EPS))
+    return net._replace(params=params, moment1=moment1, moment2=moment2, steps=steps)
+
+
+def sgd_update(net: NetState, grad: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
+    """torch.optim.SGD's update with momentum (no dampening, no Nesterov)."""
+    moment1 = net.moment1 * hyper.momentum + grad
+    return net._replace(params=net.params - lr * moment1, moment1=moment1, steps=net.steps + 1)
+
+
+UPDATES: dict[str, Callable[[NetState, Tensor, Tensor, Hyper], NetState]] = {
+    "adam": adam_update,
+    "sgd": sgd_update,
+}
+# The second moment each optimiser keeps: its width per flat parameter (0: none).
+SECOND_MOMENT: dict[str, bool] = {"adam": True, "sgd": False}
+
+
+# ---------------------------------------------------------------------------- the iteration
+
+
+def iteration(
+    spec: Spec, nets: Nets, diff: Autodiff, state: TrainState, draws: Draws, hyper: Hyper,
+    update: Callable[[NetState, Tensor, Tensor, Hyper], NetState] | None = None,
+) -> tuple[TrainState, Tensor]:
+    """k D updates on draws' minibatches, then one G update. Returns the new state and the
+    (P, 4) statistics in STATS order, the D ones averaged over the k updates. `update`
+    replaces UPDATES[spec.optimizer] with an execution's own form of the same update."""
+    update = update or UPDATES[spec.optimizer]
+    autocast = _autocast(spec)
+    g, d = state
+    stats_d = []
+    for j in range(spec.k):
+        with torch.no_grad(), autocast():
+            fake = nets.g(g.params, g.buffers, draws.d_noise[j]).float()  # (P, n_fake, *shape)
+        real = draws.reals[j]
+        w_real, w_fake = ALPHA_WEIGHTS[spec.alpha_mode](hyper.alpha, draws.coins[j], spec.n_real, spec.n_fake)
+        mix = draws.mixes[j]
+
+        def d_objective(params: Tensor, real: Tensor = real, fake: Tensor = fake,
+                        w_real: Tensor = w_real, w_fake: Tensor = w_fake, mix: Tensor = mix) -> tuple[Tensor, object]:
+            current = d._replace(params=params)
+            with autocast():
+                if spec.joint_discriminator:
+                    logits = nets.d(params, d.buffers, torch.cat((real, fake), dim=1)).float()
+                    real_logits, fake_logits = logits[:, : spec.n_real], logits[:, spec.n_real :]
+                else:
+                    real_logits = nets.d(params, d.buffers, real).float()
+                    fake_logits = nets.d(params, d.buffers, fake).float()
+            value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P,)
+            total = value
+            if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
+                penalty = gradient_penalty(nets, diff, current, real, fake, mix)
+                total = value + hyper.gp_weight.squeeze(1) * penalty_masks(spec, hyper) * penalty
+            outputs = (d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper))
+            return total.sum(), torch.stack((value, *outputs)).detach()
+
+        grad, stats = diff.grad(d_objective, d.params)
+        d = update(d, grad, hyper.lr_d, hyper)
+        stats_d.append(stats)
+
+    def g_objective(params: Tensor) -> tuple[Tensor, object]:
+        with autocast():
+            samples = nets.g(params, g.buffers, draws.g_noise)
+            logits = nets.d(d.params, d.buffers, samples).float()  # D's params need no gradient
+        value = g_losses(spec, logits, hyper)
+        return value.sum(), value.detach()
+
+    grad, g_value = diff.grad(g_objective, g.params)
+    g = update(g, grad, hyper.lr_g, hyper)
+    d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (3, P)
+    stats = torch.stack((d_stats[0], g_value, d_stats[1], d_stats[2]), dim=1)  # type: ignore[arg-type]
+    return TrainState(g, d), stats
+
+
+def _autocast(spec: Spec) -> Callable[[], torch.autocast | _NoCast]:
+    if spec.autocast:
+        return lambda: torch.autocast(device_type=spec.device_type, dtype=torch.bfloat16)
+    return _NoCast
+
+
+class _NoCast:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,421 @@
+"""The epoch loop over a unit of P trials (a lone trial is a unit of one), whichever execution
+runs its iterations: build the unit, train an epoch, evaluate a member, checkpoint and resume.
+
+Members share every field that shapes the iteration (gansweep.packrules.KEY_FIELDS) and differ
+in the hyperparameters of iteration.Hyper and the loss. Each member's initial networks are
+those of a lone trial with its seed (torch.manual_seed(seed), then build_models), and the
+training draws continue the global stream after the last member's initialisation, so a unit
+of one trains exactly as a lone trial. The toy data set is the one given (a sweep's pack: its
+first member's seed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gansweep.data import Dataset
+from gansweep.engine import evaluate as evaluation
+from gansweep.engine.draws import draw
+from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
+from gansweep.engine.iteration import STATS, Hyper, Spec, TrainState
+from gansweep.engine.state import (
+    Layout,
+    alias_module,
+    load_row,
+    new_net_state,
+    select_rows,
+    state_dict,
+    state_from_dict,
+)
+from gansweep.errors import ConfigError, TrialDiverged
+from gansweep.losses import minibatch_plan
+from gansweep.models import build_models
+from gansweep.packrules import pack_key
+from gansweep.study import TrialConfig
+from gansweep.theory import equilibrium
+
+Metrics = dict[str, float]
+CHECKPOINT_FORMAT = 2  # 1: before the one iteration (GanTrial / pack_state); upgraded on load
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' means CUDA when available; asking for CUDA without one is a ConfigError."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (else bf16 is emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def momentum_at(trial: TrialConfig, epoch: int) -> float:
+    """Goodfellow's schedule: momentum ramps linearly from `momentum` to `momentum_final`."""
+    if trial.momentum_final is None or trial.epochs == 1:
+        return trial.momentum
+    share = (epoch - 1) / (trial.epochs - 1)
+    return trial.momentum + share * (trial.momentum_final - trial.momentum)
+
+
+def steps_per_epoch(trial: TrialConfig, n_train: int) -> int:
+    return trial.steps_per_epoch or max(1, n_train // trial.batch_size)
+
+
+def samples_per_second(trial: TrialConfig, steps: int, elapsed: float) -> float:
+    """Each of `steps` iterations feeds m samples to each of k D steps and to the G step."""
+    return steps * trial.batch_size * (trial.k + 1) / elapsed
+
+
+def is_eval_epoch(trial: TrialConfig, epoch: int) -> bool:
+    return epoch % trial.eval_every == 0 or epoch == trial.epochs
+
+
+def is_sample_epoch(trial: TrialConfig, epoch: int) -> bool:
+    if trial.sample_epochs is None:
+        return is_eval_epoch(trial, epoch)
+    return epoch in trial.sample_epochs
+
+
+def divergence(metrics: Metrics, epoch: int) -> TrialDiverged | None:
+    """The error of an epoch whose D or G loss is NaN or infinite, else None."""
+    for name in ("d_loss", "g_loss"):
+        if not math.isfinite(metrics[name]):
+            return TrialDiverged(epoch, name, metrics[name])
+    return None
+
+
+def theory_metrics(trial: TrialConfig, metrics: Metrics) -> Metrics:
+    """The equilibrium losses of THEORY.md and the gaps to them, where theory gives them."""
+    star = equilibrium(trial.loss, trial.alpha, trial.label_smoothing)
+    if star is None:
+        return {}
+    return {
+        "d_loss_star": star.d_loss,
+        "g_loss_star": star.g_loss,
+        "d_loss_gap": abs(metrics["d_loss"] - star.d_loss),
+        "g_loss_gap": abs(metrics["g_loss"] - star.g_loss),
+    }
+
+
+# ---------------------------------------------------------------------------- the unit
+
+
+def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.device, autocast: bool) -> Spec:
+    first = trials[0]
+    plan = minibatch_plan(first.alpha_mode, first.alpha, first.batch_size)
+    return Spec(
+        k=first.k,
+        n_real=plan.n_real,
+        n_fake=plan.n_fake,
+        alpha_mode=first.alpha_mode,
+        losses=tuple(sorted({t.loss for t in trials})),
+        optimizer=first.optimizer,
+        joint_discriminator=not has_batch_norm(discriminator),
+        autocast=autocast,
+        device_type=device.type,
+    )
+
+
+def hyper_of(trials: list[TrialConfig], spec: Spec, epoch: int, device: torch.device) -> Hyper:
+    """The members' hyperparameters as (P, 1) columns, SGD's momentum at `epoch`."""
+
+    def column(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+    return Hyper(
+        alpha=column([t.alpha for t in trials]),
+        smoothing=column([t.label_smoothing for t in trials]),
+        lr_d=column([t.lr_d for t in trials]),
+        lr_g=column([t.effective_lr_g for t in trials]),
+        beta1=column([t.adam_beta1 for t in trials]),
+        beta2=column([t.adam_beta2 for t in trials]),
+        momentum=column([momentum_at(t, epoch) for t in trials]),
+        gp_weight=column([t.gp_weight for t in trials]),
+        loss_masks=torch.stack([column([float(t.loss == name) for t in trials]) for name in spec.losses]) > 0,
+    )
+
+
+@dataclass
+class Unit:
+    """P trials trained together (P = 1: a lone trial): the state the iteration updates, the
+    networks that evaluate (member 0's, loaded with a member's row when it is evaluated), the
+    step of the chosen execution, and each member's progress."""
+
+    trials: list[TrialConfig]
+    data: Dataset
+    spec: Spec
+    layouts: tuple[Layout, Layout]
+    generator: nn.Module
+    discriminator: nn.Module
+    state: TrainState
+    step: Step
+    train_data: Tensor  # (n_train, *shape) in the generator's scale, on the device
+    compiled: bool
+    # Each member's slot in the draws: a unit draws for all the members it started with
+    # (n_slots), so a member's minibatches and noise stay the same when mates leave.
+    slots: list[int]
+    n_slots: int
+    epochs: list[int] = field(default_factory=list)
+    wall_times: list[float] = field(default_factory=list)
+    last_metrics: list[Metrics | None] = field(default_factory=list)
+    last_samples: list[Tensor | None] = field(default_factory=list)
+    first_call: bool = True  # a compiled unit's next iteration may compile
+
+    @property
+    def size(self) -> int:
+        return len(self.trials)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_data.device
+
+    @property
+    def epoch(self) -> int:
+        return self.epochs[0]
+
+
+def check_unit(trials: list[TrialConfig], data: Dataset) -> None:
+    """Members must share every shape-fixing field, and the data must be theirs."""
+    if not trials:
+        raise ConfigError("a pack needs at least one trial")
+    if len(trials) > 1:
+        first = dict(pack_key(trials[0]))
+        for index, trial in enumerate(trials[1:], start=1):
+            for name, value in pack_key(trial):
+                if value != first[name]:
+                    raise ConfigError(f"trials 0 and {index} cannot share a pack: {name}={first[name]!r} vs {value!r}")
+    if data.name != trials[0].dataset:
+        raise ConfigError(f"data is {data.name!r} but the trials train on {trials[0].dataset!r}")
+
+
+EXECUTIONS = ("eager", "packed", "compiled", "compiled_packed")
+
+
+def default_execution(trials: list[TrialConfig]) -> str:
+    """A lone trial eagerly on its modules, a pack under vmap; compiled when asked."""
+    packed = len(trials) > 1
+    if trials[0].compile:
+        return "compiled_packed" if packed else "compiled"
+    return "packed" if packed else "eager"
+
+
+def build_unit(
+    trials: list[TrialConfig], data: Dataset, *, execution: str | None = None, autocast: bool | None = None,
+) -> Unit:
+    """Each member's networks as a lone trial initialises them, stacked into one state, run
+    by `execution` (one of EXECUTIONS; None: default_execution; "eager" needs one trial).
+    autocast: None means bf16 on image data where the device multiplies bf16 natively."""
+    check_unit(trials, data)
+    first = trials[0]
+    evaluation.check_output_range(first, data)
+    device = resolve_device(first.device)
+    generators, discriminators = [], []
+    for trial in trials:
+        torch.manual_seed(trial.seed)
+        generator, discriminator = build_models(trial, data.shape)
+        generators.append(generator.to(device))
+        discriminators.append(discriminator.to(device))
+    layouts = (Layout.of(generators[0]), Layout.of(discriminators[0]))
+    state = TrainState(
+        new_net_state(generators, layouts[0], first.optimizer),
+        new_net_state(discriminators, layouts[1], first.optimizer),
+    )
+    if autocast is None:
+        autocast = data.is_image and native_bf16(device)
+    spec = spec_of(trials, discriminators[0], device, autocast)
+    execution = execution or default_execution(trials)
+    if execution not in EXECUTIONS:
+        raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
+    if execution == "eager" and len(trials) != 1:
+        raise ValueError(f"the eager execution runs one trial, got {len(trials)}: use 'packed'")
+    compiled = execution.startswith("compiled")
+    generator, discriminator = generators[0], discriminators[0]
+    if compiled:
+        step = compiled_step(spec, generator, discriminator, layouts, vectorised=execution == "compiled_packed")
+    elif execution == "eager":
+        alias_module(generator, layouts[0], state.g)
+        alias_module(discriminator, layouts[1], state.d)
+        step = eager_step(spec, generator, discriminator, state, layouts)
+    else:
+        step = packed_step(spec, generator, discriminator, layouts)
+    p = len(trials)
+    return Unit(
+        trials=list(trials), data=data, spec=spec, layouts=layouts,
+        generator=generator, discriminator=discriminator, state=state, step=step,
+        train_data=evaluation.to_model_scale(first, data, data.train.to(device)),
+        compiled=compiled, slots=list(range(p)), n_slots=p,
+        epochs=[0] * p, wall_times=[0.0] * p, last_metrics=[None] * p, last_samples=[None] * p,
+    )
+
+
+def run_iterations(unit: Unit, steps: int, hyper: Hyper) -> tuple[Tensor, float | None]:
+    """`steps` iterations; the (P, 4) sums of their statistics, and the first iteration's
+    time when it may have compiled the graph."""
+    trial = unit.trials[0]
+    slots = None if unit.size == unit.n_slots else torch.tensor(unit.slots, dtype=torch.long, device=unit.device)
+    sums = torch.zeros(unit.size, len(STATS), device=unit.device)
+    first_call = None
+    started = time.perf_counter()
+    for index in range(steps):
+        draws = draw(unit.spec, unit.train_data, trial.noise, trial.noise_dim, trial.batch_size, unit.n_slots, slots)
+        unit.state, stats = unit.step(unit.state, draws, hyper)
+        sums += stats
+        if index == 0 and unit.compiled and unit.first_call:
+            unit.first_call = False
+            first_call = time.perf_counter() - started
+    return sums, first_call
+
+
+def train_epoch(unit: Unit) -> list[Metrics]:
+    """One epoch of every member: per member its mean losses and D outputs, throughput and
+    theory gaps, evaluated on its evaluation epochs; a member whose loss turned NaN or
+    infinite gets diverged = 1.0 and no evaluation. One host sync, after the iterations."""
+    trial = unit.trials[0]
+    epoch = unit.epoch + 1
+    steps = steps_per_epoch(trial, unit.train_data.shape[0])
+    hyper = hyper_of(unit.trials, unit.spec, epoch, unit.device)
+    started = time.perf_counter()
+    sums, first_call = run_iterations(unit, steps, hyper)
+    rows = (sums / steps).tolist()
+    elapsed = time.perf_counter() - started
+    results = []
+    for row, member in enumerate(unit.trials):
+        unit.epochs[row] = epoch
+        unit.wall_times[row] += elapsed
+        metrics = dict(zip(STATS, rows[row], strict=True))
+        metrics["epoch_time"] = elapsed  # the unit's: every member took that long
+        metrics["wall_time"] = unit.wall_times[row]
+        if first_call is not None and steps > 1:
+            # a throughput, not a one-off cost: the iterations after the compiling one
+            metrics["compile_time"] = first_call
+            metrics["samples_per_second"] = samples_per_second(member, steps - 1, elapsed - first_call)
+        else:
+            metrics["samples_per_second"] = samples_per_second(member, steps, elapsed)
+        unit.last_samples[row] = None
+        if divergence(metrics, epoch) is not None:
+            metrics["diverged"] = 1.0
+        else:
+            metrics.update(theory_metrics(member, metrics))
+            if is_eval_epoch(member, epoch):
+                metrics.update(evaluate_member(unit, row))
+        metrics["epoch"] = float(epoch)
+        unit.last_metrics[row] = metrics
+        results.append(metrics)
+    return results
+
+
+def member_generator(unit: Unit, row: int) -> nn.Module:
+    """The generator module holding member `row`'s current weights."""
+    return load_row(unit.generator, unit.layouts[0], unit.state.g, row)
+
+
+def member_discriminator(unit: Unit, row: int) -> nn.Module:
+    return load_row(unit.discriminator, unit.layouts[1], unit.state.d, row)
+
+
+def evaluate_member(unit: Unit, row: int) -> Metrics:
+    trial = unit.trials[row]
+    metrics, samples = evaluation.evaluate(trial, unit.data, member_generator(unit, row), unit.epochs[row])
+    unit.last_samples[row] = samples
+    return metrics
+
+
+def save_member_samples(unit: Unit, row: int, folder: Any) -> Any:
+    return evaluation.save_samples(
+        unit.trials[row], unit.data, member_generator(unit, row), unit.epochs[row], folder, unit.last_samples[row]
+    )
+
+
+def member_generator_state(unit: Unit, row: int) -> dict[str, Tensor]:
+    """Member `row`'s generator state_dict on the CPU: the artifact users keep."""
+    return {k: v.detach().cpu().clone() for k, v in member_generator(unit, row).state_dict().items()}
+
+
+def keep_rows(unit: Unit, rows: list[int]) -> Unit:
+    """The unit of only these members, in this order: a pruned or diverged member stops
+    costing compute. The step is the same: a packed or compiled step takes any P."""
+    if len(rows) == unit.size:
+        return unit
+    index = torch.tensor(rows, dtype=torch.long, device=unit.device)
+    return Unit(
+        trials=[unit.trials[r] for r in rows], data=unit.data, spec=unit.spec, layouts=unit.layouts,
+        generator=unit.generator, discriminator=unit.discriminator,
+        state=select_rows(unit.state, index), step=unit.step,
+        train_data=unit.train_data, compiled=unit.compiled,
+        slots=[unit.slots[r] for r in rows], n_slots=unit.n_slots,
+        epochs=[unit.epochs[r] for r in rows], wall_times=[unit.wall_times[r] for r in rows],
+        last_metrics=[unit.last_metrics[r] for r in rows], last_samples=[unit.last_samples[r] for r in rows],
+        first_call=unit.first_call,
+    )
+
+
+def healthy_rows(results: list[Metrics]) -> list[int]:
+    """The rows of train_epoch's results that did not diverge."""
+    return [row for row, metrics in enumerate(results) if "diverged" not in metrics]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def unit_state(unit: Unit) -> dict[str, Any]:
+    """What a checkpoint needs to continue the unit: the state's rows, the RNG (the draws
+    come from the global stream), each member's slot, epoch, clock and last metrics."""
+    saved: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "state": state_dict(unit.state),
+        "slots": list(unit.slots),
+        "n_slots": unit.n_slots,
+        "epochs": list(unit.epochs),
+        "wall_times": list(unit.wall_times),
+        "metrics": list(unit.last_metrics),
+        "rng_cpu": torch.get_rng_state(),
+    }
+    if unit.device.type == "cuda":
+        saved["rng_cuda"] = torch.cuda.get_rng_state(unit.device)
+    return saved
+
+
+@torch.no_grad()
+def load_unit_state(unit: Unit, saved: dict[str, Any], rows: list[int] | None = None) -> None:
+    """Continue `unit` from a unit_state whose rows `rows` are this unit's members, in order
+    (a resumed pack may have lost members that were pruned or failed since)."""
+    from gansweep.engine.upgrade import upgrade
+
+    saved = upgrade(saved, unit)
+    rows = list(range(unit.size)) if rows is None else rows
+    loaded = state_from_dict(saved["state"], rows, unit.device)
+    # Into the unit's own tensors: the eager unit's modules view them.
+    for target, source in zip(unit.state, loaded, strict=True):
+        target.params.copy_(source.params)
+        target.moment1.copy_(source.moment1)
+        target.moment2.copy_(source.moment2)
+        target.steps.copy_(source.steps)
+        for t, s in zip(target.buffers, source.buffers, strict=True):
+            t.copy_(s)
+    unit.slots = [int(saved["slots"][r]) for r in rows]
+    unit.n_slots = int(saved["n_slots"])
+    unit.epochs = [int(saved["epochs"][r]) for r in rows]
+    unit.wall_times = [float(saved["wall_times"][r]) for r in rows]
+    unit.last_metrics = [saved["metrics"][r] for r in rows]
+    torch.set_rng_state(saved["rng_cpu"])
+    if "rng_cuda" in saved and unit.device.type == "cuda":
+        torch.cuda.set_rng_state(saved["rng_cuda"], unit.device)
