@@ -348,10 +348,7 @@ def apply_override(raw: dict[str, Any], override: str, path: Path) -> dict[str, 
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"{path}: --set {override!r}: expected KEY=VALUE")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: --set {key}: cannot parse value {text!r}: {err}") from None
+    value = load_yaml(text, f"{path}: --set {key}", lines=False)[0] if text.strip() else None
     raw = _deep_copy(raw)
     if "." not in key:
         if key not in TRIAL_FIELDS:
@@ -392,16 +389,16 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read study file: {err}") from None
 
 
+# A study file is a few hundred YAML nodes. Anchors and aliases may repeat a value, but not
+# multiply a 1 kB file into billions of nodes ("billion laughs": nine lists of nine aliases
+# of the list before, eight deep): past this many nodes, counted with every alias expanded,
+# the file is refused before anything walks or validates the expanded document.
+MAX_YAML_NODES = 100_000
+
+
 def _parse_yaml(text: str, path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
     """safe_load (no object construction) plus a map from key paths to 1-based line numbers."""
-    try:
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    raw, node = load_yaml(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -409,6 +406,68 @@ def _parse_yaml(text: str, path: Path) -> tuple[dict[str, Any], dict[tuple, int]
     line_of: dict[tuple, int] = {}
     _index_lines(node, (), line_of)
     return raw, line_of
+
+
+def load_yaml(text: str, where: str, lines: bool = True) -> tuple[Any, yaml.Node | None]:
+    """yaml.safe_load's value and its node graph, in bounded time and memory: the graph is
+    composed (an alias is a second reference to its anchor's node, nothing is copied), its
+    expanded size counted (MAX_YAML_NODES), and only then is the value constructed (Python
+    objects shared as the nodes are). Raises ConfigError naming `where` (and the line)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, where, lines)
+        return (loader.construct_document(node) if node is not None else None), node
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None and lines else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str, lines: bool) -> None:
+    """Count the nodes of `root` with every alias expanded, visiting each distinct node once
+    (its size is remembered), so the count costs the file's size, not the expansion's."""
+    size: dict[int, int] = {}  # id(node) -> nodes below it, itself included, expanded
+    on_path: set[int] = set()  # the nodes whose children are being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        children = _children(node)
+        at = f"{where}:{node.start_mark.line + 1}" if lines else where
+        if counted:
+            on_path.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{at}: invalid YAML: its aliases expand to more "
+                    f"than {MAX_YAML_NODES:,} values (anchors of aliases of anchors, the 'billion "
+                    "laughs' pattern); a study file needs far fewer: write the values out"
+                )
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in on_path:
+            raise ConfigError(
+                f"{at}: invalid YAML: an alias inside its own "
+                "anchor (a value that contains itself)"
+            )
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _index_lines(node: yaml.Node | None, prefix: tuple, line_of: dict[tuple, int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import get_args
 
@@ -237,6 +238,61 @@ def test_the_real_command_has_no_traceback(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "trial.alpha" in done.stderr and "Traceback" not in done.stderr
+
+
+# "Billion laughs": nine lists of nine aliases of the list before, eight levels deep; a few
+# hundred bytes that expand to 9**9 values.
+LEVELS = [("a", ", ".join(["lol"] * 9))] + [
+    (name, ", ".join([f"*{before}"] * 9)) for before, name in zip("abcdefgh", "bcdefghi")
+]
+LAUGHS_KEYS = "".join(f"{name}: &{name} [{items}]\n" for name, items in LEVELS)  # top-level keys
+LAUGHS = "[" + ", ".join(f"&{name} [{items}]" for name, items in LEVELS) + "]"  # one flow value
+HOSTILE_YAML = {
+    "billion laughs as top-level keys": ("name: x\n" + LAUGHS_KEYS, [], "billion laughs"),
+    "billion laughs in a string field": (f"name: x\ndescription: {LAUGHS}\n", [], "billion laughs"),
+    "billion laughs as search values": (f"name: x\nsearch:\n  seed: {LAUGHS}\n", [], "billion laughs"),
+    "billion laughs in --set": ("name: x\n", [f"seed={LAUGHS}"], "billion laughs"),
+    "alias inside its own anchor": ("name: x\ndescription: &a [lol, *a]\n", [], "contains itself"),
+    "nested too deeply": ("name: x\ndescription: " + "[" * 5000 + "]" * 5000 + "\n", [], "nested too deeply"),
+}
+MEMORY_LIMIT = 2 * 2**30
+
+
+def limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_YAML))
+def test_hostile_yaml_ends_fast_with_exit_2(case: str, tmp_path: Path) -> None:
+    """Study files come from users and cluster jobs: one that would expand to billions of
+    values (or contain itself, or nest past Python's stack) is refused in bounded time and
+    memory, with a message naming the file; before, `validate` died of a MemoryError."""
+    text, overrides, words = HOSTILE_YAML[case]
+    path = write(tmp_path, text)
+    assert len(path.read_bytes()) < 11_000
+    before = set(tmp_path.rglob("*"))
+    argv = [x for o in overrides for x in ("--set", o)]
+    for command in ("validate", "run"):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "gansweep", command, str(path), *argv], cwd=tmp_path,
+            capture_output=True, text=True, timeout=60, preexec_fn=limit_memory,
+        )
+        assert time.monotonic() - started < 30
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+        assert done.stderr.startswith(f"gansweep: error: {path}")
+        assert "invalid YAML" in done.stderr and words in done.stderr
+        assert len(done.stderr) < 1000
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_aliases_within_reason_still_load(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, "name: x\ntrial: {g_hidden: &w [16, 16], d_hidden: *w}\n"
+                                       "search:\n  seed: &s [0, 1, 2]\n"))
+    assert study.trial.d_hidden == (16, 16) and study.search["seed"].values == (0, 1, 2)
 
 
 def test_config_error_is_the_one_error_type(tmp_path: Path) -> None:
