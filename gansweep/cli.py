@@ -117,6 +117,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gansweep.study import load_study
 
     study = load_study(args.study, args.overrides)
+    from gansweep.driverlock import OutputLock
+
+    # A study another driver runs in this output folder: refused before Ray starts (the sweep
+    # takes the lock itself, and the lease of a shared Optuna storage).
+    output = Path(args.output) if args.output else study.output_dir
+    OutputLock(output.resolve()).refuse_if_held(study.name)
     from gansweep.raystart import RayStart
 
     # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.

@@ -19,7 +19,12 @@ S3_ENDPOINT_ENV = "GANSWEEP_S3_ENDPOINT"
 
 def optuna_storage_url(configured: str | None, output: Path) -> str:
     """The study file's `storage`, else GANSWEEP_OPTUNA_STORAGE, else SQLite in output/."""
-    return configured or os.environ.get(OPTUNA_STORAGE_ENV) or f"sqlite:///{output.resolve() / 'optuna.db'}"
+    return configured or os.environ.get(OPTUNA_STORAGE_ENV) or local_optuna_storage_url(output)
+
+
+def local_optuna_storage_url(output: Path) -> str:
+    """The default: a SQLite study in the output folder, which only that folder's driver uses."""
+    return f"sqlite:///{output.resolve() / 'optuna.db'}"
 
 
 def tune_storage_path(output: Path) -> str:

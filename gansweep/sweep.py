@@ -36,13 +36,16 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from gansweep.driverlock import DriverRunning, one_driver
 from gansweep.errors import ConfigError, DiskFull
 from gansweep.progress import SweepProgress
 from gansweep.raystart import RayStart
 from gansweep.report import report_after_sweep, run_name
 from gansweep.results import write_results
 from gansweep.search import OptunaStudy, requested_trials
-from gansweep.storage import optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path
+from gansweep.storage import (
+    local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
+)
 from gansweep.study import StudyConfig, TrialConfig
 from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, resolve_tracking_uri
 from gansweep.trainable import (
@@ -562,8 +565,45 @@ def run_study_on_ray(
     short = short_of_space([output], floor)  # before anything is created or tracked
     if short is not None:
         raise disk_full_error(short, floor)
+    created = next((p for p in (*reversed(output.parents), output) if not p.exists()), None)
     prepare_output(output)
-    optuna_study = OptunaStudy(study, optuna_storage_url(study.storage, output))
+    storage_url = optuna_storage_url(study.storage, output)
+    optuna_study = OptunaStudy(study, storage_url)
+    # Drivers with other output folders reach a shared storage: a lease there, too.
+    shared = lease_in(optuna_study) if storage_url != local_optuna_storage_url(output) else None
+    try:
+        with one_driver(study.name, output, shared):
+            return run_as_the_driver(study, study_path, tracking_uri, output, ray_start, optuna_study, floor)
+    except DriverRunning:
+        remove_empty_folders(output, created)  # the refused driver leaves nothing behind
+        raise
+
+
+def lease_in(optuna_study: OptunaStudy) -> tuple[Any, int]:
+    """The shared Optuna storage and the study's id there, for the driver's lease."""
+    _ = optuna_study.study  # created, or loaded (nothing written) when it exists
+    storage = optuna_study.storage
+    return storage, storage.get_study_id_from_name(optuna_study.config.name)
+
+
+def remove_empty_folders(output: Path, created: Path | None) -> None:
+    """Remove `output` and its parents up to `created` (the first that did not exist), while empty."""
+    if created is None:
+        return
+    for folder in (output, *output.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
+
+
+def run_as_the_driver(
+    study: StudyConfig, study_path: Path, tracking_uri: str | None, output: Path, ray_start: RayStart,
+    optuna_study: OptunaStudy, floor: int,
+) -> int:
+    """The sweep, once this process holds the study (driverlock.one_driver)."""
     tracker = Tracker(
         resolve_tracking_uri(tracking_uri or study.tracking.tracking_uri),
         study.experiment_name,
