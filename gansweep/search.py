@@ -27,7 +27,8 @@ from gansweep.study import (
 def quiet_optuna() -> None:
     """Optuna's INFO lines (one per trial) off, and its ExperimentalWarning: PatientPruner,
     GPSampler and friends are "experimental" in Optuna 5.0, and we pin the version. Called
-    where a study's sampler and pruner are built, never at import."""
+    where a study's sampler and pruner are built (OptunaStudy.study, make_pruner), never at
+    import."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -73,6 +74,7 @@ PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = 
 
 
 def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
+    quiet_optuna()  # PatientPruner is experimental
     pruner = PRUNERS[study.pruner.name](study)
     if study.pruner.patience is not None:
         # PatientPruner waits `patience` reports without improvement before asking the
