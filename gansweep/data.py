@@ -38,7 +38,7 @@ from typing import BinaryIO, Protocol
 import torch
 from torch import Tensor
 
-from gansweep.errors import DataError
+from gansweep.errors import ConfigError, DataError
 
 # Parzen sigma grids. Images: Goodfellow's logspace(-1, 0, 10) for data in [0, 1]. Toys live
 # in about [-1, 1]^2 with features down to the 0.02 mode width, so the grid reaches lower.
@@ -122,9 +122,11 @@ def load_dataset(
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' means CUDA when available, else CPU."""
-    if isinstance(device, str) and device == "auto":
+    """'auto' means CUDA when available, else CPU; CUDA asked for without one is an error."""
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
     return torch.device(device)
 
 

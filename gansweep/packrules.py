@@ -15,30 +15,27 @@ from gansweep.names import TOY_DATASETS
 if TYPE_CHECKING:  # gansweep.study imports this module to validate packed studies
     from gansweep.study import StudyConfig, TrialConfig
 
-# Losses whose discriminator terms are the (smoothed) BCE ones: the pack rebuilds the smoothed
-# real term as s * real_term(l, 1) + (1 - s) * fake_term(l), which holds for BCE only and takes
-# s as a tensor (real_term itself branches on a Python float). A literal, not computed from
-# gansweep.losses (torch); tests/test_study.py checks it against the registry.
-PACK_LOSSES: tuple[str, ...] = ("minimax", "non_saturating", "max_likelihood")
-
-# Fields that fix the tensors' shapes, the data or the step's code: equal keys share a pack.
+# Fields that fix the tensors' shapes, the data or the iteration's code (gansweep.engine's
+# Spec and networks): members of one pack share them. Everything else (alpha, label
+# smoothing, the learning rates, Adam's betas, SGD's momentum and its schedule, gp_weight, the
+# loss, the seed, the evaluation settings) may differ between members: the iteration takes
+# them per trial.
 KEY_FIELDS: tuple[str, ...] = (
     "dataset", "data_dir", "n_train", "architecture", "g_hidden", "d_hidden", "g_activation",
-    "d_activation", "generator_output", "noise_dim", "noise", "batch_size", "k", "epochs",
-    "steps_per_epoch", "device", "alpha_mode", "optimizer", "d_dropout",
+    "d_activation", "generator_output", "dcgan_width", "maxout_units", "maxout_pieces",
+    "noise_dim", "noise", "batch_size", "k", "epochs", "steps_per_epoch", "device",
+    "alpha_mode", "optimizer", "d_dropout", "compile",
 )
 
-# What the vectorised step implements: field -> (test, what a packed trial needs).
-REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {
-    "dataset": (lambda t: t.is_toy, f"a 2D toy set ({', '.join(TOY_DATASETS)})"),
-    "architecture": (lambda t: t.architecture == "mlp", "'mlp'"),
-    "alpha_mode": (lambda t: t.alpha_mode == "weight", "'weight'"),
-    "optimizer": (lambda t: t.optimizer == "adam", "'adam'"),
-    "d_dropout": (lambda t: t.d_dropout == 0.0, "0 (no per-trial dropout masks)"),
-    "loss": (lambda t: t.loss in PACK_LOSSES, f"one of {', '.join(PACK_LOSSES)}"),
-    # the vectorised step runs eagerly; compile a study's trials with budget.pack_size 1
-    "compile": (lambda t: not t.compile, "False (a pack's vectorised step is not compiled)"),
-}
+# What a pack cannot train, field -> (test, what a packed trial needs). Empty since the one
+# iteration (gansweep.engine): every loss, alpha mode, optimiser, architecture and dropout
+# packs; what remains is shapes, checked by pack_key and compose_reals.
+REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {}
+
+
+def compose_reals(trial: TrialConfig) -> int | None:
+    """The real samples of a compose-mode minibatch, round(alpha m): a shape members share."""
+    return round(trial.alpha * trial.batch_size) if trial.alpha_mode == "compose" else None
 
 
 def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
@@ -49,7 +46,8 @@ def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
             raise ConfigError(
                 f"trial cannot be packed: {name}={getattr(trial, name)!r}; a pack needs {need}"
             )
-    return tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
+    key = tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
+    return key + (("round(alpha * batch_size)", compose_reals(trial)),)
 
 
 def check_pack_study(study: StudyConfig, path: object) -> None:
@@ -67,6 +65,17 @@ def check_pack_study(study: StudyConfig, path: object) -> None:
         pack_key(study.trial)
     except ConfigError as err:
         raise ConfigError(f"{path}: trial: {err} ({why})") from None
+    alpha = study.search.get("alpha")
+    if alpha is not None and study.trial.alpha_mode == "compose":
+        m = study.trial.batch_size
+        values = alpha.values if alpha.kind == "choice" else (alpha.low, alpha.high)
+        reals = sorted({round(float(v) * m) for v in values})
+        if len(reals) > 1:
+            raise ConfigError(
+                f"{path}: search.alpha: {why}, and compose-mode members share round(alpha * "
+                f"batch_size) real samples per minibatch; these values give {reals} (batch_size "
+                f"{m}): use alpha_mode weight or bernoulli, or budget.pack_size 1"
+            )
     for name, param in study.search.items():
         if name not in REQUIREMENTS:
             continue

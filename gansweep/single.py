@@ -47,7 +47,8 @@ def epoch_summary(metrics: dict[str, float]) -> str:
 
 def train_one(trial: TrialConfig, output: Path) -> int:
     from gansweep.data import load_dataset
-    from gansweep.train import resolve_device, train_gan
+    from gansweep.engine.run import resolve_device
+    from gansweep.engine.train import train_gan
 
     console = Console()
     device = resolve_device(trial.device)
@@ -100,7 +101,7 @@ def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: s
     from gansweep.errors import ConfigError
     from gansweep.parzen import data_as_model_baseline
     from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
-    from gansweep.train import resolve_device
+    from gansweep.engine.run import resolve_device
 
     if dataset not in TOY_DATASETS + IMAGE_DATASETS:
         raise ConfigError(

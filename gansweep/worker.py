@@ -11,7 +11,7 @@ The first result of each attempt (a fresh start, a retry after a worker died, a 
 the driver stopped) also carries `node_id` (the Ray node it runs on) and `resumed_from` (the
 epoch of the checkpoint it loaded, 0 for none), which the driver records per trial.
 
-A pack (budget.pack_size > 1, gansweep/pack.py) is one Tune trial that trains several Optuna
+A pack (budget.pack_size > 1, gansweep.engine.run's unit of several trials) is one Tune trial that trains several Optuna
 trials, its members. Its results are {"epoch", "members": {number: that member's metrics}},
 and its checkpoints hold the pack's state.pt and members/<number>/ with each member's
 generator.pt and samples/. The driver prunes members one by one: it posts their numbers on a
@@ -31,20 +31,12 @@ import torch
 from ray import tune
 
 from gansweep.data import Dataset, load_dataset
-from gansweep.errors import GansweepError
-from gansweep.pack import (
-    Pack,
-    build_pack,
-    healthy_rows,
-    keep,
-    load_pack_state,
-    load_trial,
-    pack_state,
-    train_epoch,
-)
+from gansweep.engine import run
+from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch, resolve_device
+from gansweep.engine.train import out_of_memory, train_gan
+from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.storage import storage_filesystem, strip_scheme
 from gansweep.study import TrialConfig
-from gansweep.train import divergence, is_eval_epoch, is_sample_epoch, resolve_device, train_gan
 from gansweep.trainable import GENERATOR_FILE, MEMBERS_DIR, SAMPLES_DIR, STATE_FILE
 
 
@@ -120,15 +112,13 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report({"epoch": getattr(err, "epoch", 0), "failure_reason": str(err)})
 
 
-def write_pack_checkpoint(folder: Path, state: dict[str, Any], pack: Pack, numbers: list[int], samples: Path) -> None:
-    """state.pt for the pack; members/<number>/ with each member's files (load_trial has put
-    the pack's weights in its generator)."""
+def write_pack_checkpoint(folder: Path, state: dict[str, Any], pack: Unit, numbers: list[int], samples: Path) -> None:
+    """state.pt for the pack; members/<number>/ with each member's files."""
     torch.save(state, folder / STATE_FILE)
     for row, number in enumerate(numbers):
-        gan = load_trial(pack, row)
-        generator = {k: v.detach().cpu() for k, v in gan.generator.state_dict().items()}
-        sample = samples / str(number) / f"epoch_{gan.epoch:04d}.png"
-        write_trial_files(folder / MEMBERS_DIR / str(number), generator, gan.trial, sample)
+        generator = run.member_generator_state(pack, row)
+        sample = samples / str(number) / f"epoch_{pack.epochs[row]:04d}.png"
+        write_trial_files(folder / MEMBERS_DIR / str(number), generator, pack.trials[row], sample)
 
 
 def run_pack(config: dict[str, Any]) -> None:
@@ -148,51 +138,67 @@ def run_pack(config: dict[str, Any]) -> None:
     try:
         device = resolve_device(first.device)
         data = cached_dataset(first.dataset, first.data_dir, data_seed, str(device), first.n_train)
-        pack = build_pack(trials, data)
+        pack = run.build_unit(trials, data, execution=run.default_execution(trials, packed=True))
     except GansweepError as err:
         tune.report({"epoch": 0, "failure_reason": str(err)})
         return
     if resume is not None:
-        load_pack_state(pack, resume["pack"], [resume["numbers"].index(n) for n in numbers])
+        run.load_unit_state(pack, resume["pack"], [resume["numbers"].index(n) for n in numbers])
     attempt: dict[str, Any] = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "resumed_from": int(resume["epoch"]) if resume else 0,
     }
     board = ray.get_actor(config["board"]) if config.get("board") else None
-    if resume is not None and pack.gans[0].epoch >= first.epochs:
+    if resume is not None and pack.epoch >= first.epochs:
         # Resumed from the final checkpoint (its driver stopped before recording the end):
         # say the last epoch again so that the driver can close the members.
         last = {n: resume["last"][str(n)] for n in numbers}
-        tune.report({"epoch": float(pack.gans[0].epoch), "members": {str(n): m for n, m in last.items()}, **attempt})
+        tune.report({"epoch": float(pack.epoch), "members": {str(n): m for n, m in last.items()}, **attempt})
         return
     with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples_dir:
         samples = Path(samples_dir)
-        while pack.size and pack.gans[0].epoch < first.epochs:
+        while pack.size and pack.epoch < first.epochs:
             if board is not None:
                 pruned = set(ray.get(board.pruned.remote(numbers)))
                 pack, numbers = keep(pack, numbers, [row for row, n in enumerate(numbers) if n not in pruned])
                 if not pack.size:
                     break
-            results = train_epoch(pack)
-            epoch = pack.gans[0].epoch
+            size = pack.size
+            try:
+                results = run.train_epoch(pack)
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                reason = str(out_of_memory(err, first, pack))
+                members = {str(n): {"epoch": float(pack.epoch + 1), "failure_reason": reason} for n in numbers}
+                tune.report({"epoch": float(pack.epoch + 1), "members": members, **attempt})
+                return
+            epoch = pack.epoch
             members: dict[str, dict[str, Any]] = {}
             for row, (number, metrics) in enumerate(zip(numbers, results, strict=True)):
                 diverged = divergence(metrics, epoch)
                 if diverged is not None:  # train_gan's reason, without the NaN metrics
                     metrics = {"epoch": float(epoch), "failure_reason": str(diverged)}
-                elif is_sample_epoch(pack.trials[row], epoch):
-                    load_trial(pack, row).save_samples(samples / str(number))
+                else:
+                    metrics["pack_size"] = float(size)
+                    if is_sample_epoch(pack.trials[row], epoch):
+                        run.save_member_samples(pack, row, samples / str(number))
                 members[str(number)] = metrics
-            pack, numbers = keep(pack, numbers, healthy_rows(results))  # the diverged leave
+            pack, numbers = keep(pack, numbers, run.healthy_rows(results))  # the diverged leave
             result: dict[str, Any] = {"epoch": float(epoch), "members": members, **attempt}
             attempt = {}
             if pack.size and any(is_eval_epoch(t, epoch) for t in pack.trials):
                 state = {
                     "epoch": epoch, "numbers": numbers, "data_seed": data_seed,
-                    "pack": pack_state(pack), "last": {str(n): members[str(n)] for n in numbers},
+                    "pack": run.unit_state(pack), "last": {str(n): members[str(n)] for n in numbers},
                 }
                 with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
                     write_pack_checkpoint(Path(folder), state, pack, numbers, samples)
                     tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(result)
+
+
+def keep(pack: Unit, numbers: list[int], rows: list[int]) -> tuple[Unit, list[int]]:
+    """The pack of only these rows, with their Optuna numbers."""
+    return run.keep_rows(pack, rows), [numbers[row] for row in rows]

@@ -187,20 +187,9 @@ BAD = {
         "name: x\ntrial: {alpha_mode: weight}\nsearch: {k: [1, 2]}\nbudget: {pack_size: 4}\n",
         [], ["search.k", "budget.pack_size=4", "share k"],
     ),
-    "pack with an unpackable loss": (
-        "name: x\ntrial: {alpha_mode: weight}\nsearch: {loss: [minimax, hinge]}\nbudget: {pack_size: 4}\n",
-        [], ["search.loss", "loss='hinge'", "a pack needs one of minimax, non_saturating, max_likelihood"],
-    ),
-    "pack of compose trials": (
-        "name: x\nbudget: {pack_size: 2}\n", [], ["trial", "alpha_mode='compose'", "a pack needs 'weight'"],
-    ),
-    "pack of image trials": (
-        "name: x\ntrial: {alpha_mode: weight, dataset: digits}\nbudget: {pack_size: 2}\n", [],
-        ["trial", "dataset='digits'", "a 2D toy set"],
-    ),
-    "pack of compiled trials": (
-        "name: x\ntrial: {alpha_mode: weight, dataset: circle, compile: true}\nbudget: {pack_size: 2}\n",
-        [], ["trial", "compile=True", "a pack's vectorised step is not compiled"],
+    "pack of compose trials with different real counts": (
+        "name: x\nsearch: {alpha: [0.3, 0.5]}\nbudget: {pack_size: 2}\n", [],
+        ["search.alpha", "round(alpha * batch_size)", "[19, 32]", "alpha_mode weight"],
     ),
     "zero pack size": ("name: x\nbudget: {pack_size: 0}\n", [], ["budget.pack_size", "0"]),
     "second objective with pruning": (

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from gansweep.data import load_dataset
-from gansweep.errors import TrialDiverged, TrialOutOfMemory
+from gansweep.errors import ConfigError, TrialDiverged, TrialOutOfMemory
 from gansweep.losses import equilibrium
 from gansweep.parzen import data_as_model_baseline
 from gansweep.study import TrialConfig
-from gansweep.train import TO_DATA_SCALE, TO_MODEL_SCALE, GanTrial, train_gan
+from gansweep.engine import evaluate, run
+from gansweep.engine.train import train_gan
 
 # Small nets on the 2D line: 2,000 generator steps settle the game in a few seconds on a CPU.
 LINE = dict(
@@ -96,7 +97,7 @@ def test_resume_at_the_last_epoch_reports_the_final_metrics_again() -> None:
     train_gan(trial, data, lambda m, e, state: states.update({e: state()}))
     train_gan(trial, data, lambda m, e, state: reported.append((e, m)), resume_from=states[4])
     assert [e for e, _ in reported] == [4]
-    assert reported[0][1]["d_loss"] == pytest.approx(states[4]["metrics"]["d_loss"])
+    assert reported[0][1]["d_loss"] == pytest.approx(states[4]["metrics"][0]["d_loss"])
 
 
 def test_nan_loss_stops_the_trial_naming_epoch_and_loss() -> None:
@@ -169,18 +170,40 @@ def test_every_architecture_trains_on_images_and_saves_a_grid(architecture: str,
 
 
 @pytest.mark.parametrize("output", ["tanh", "sigmoid", "identity"])
-def test_generator_scale_round_trips_to_the_data_scale(output: str) -> None:
+def test_generator_scale_round_trips_to_the_data_scale(digits, output: str) -> None:
+    trial = TrialConfig(dataset="digits", g_output=output)
     images = torch.rand(10, 1, 8, 8)
-    torch.testing.assert_close(TO_DATA_SCALE[output](TO_MODEL_SCALE[output](images)), images)
+    model = evaluate.to_model_scale(trial, digits, images)
+    torch.testing.assert_close(evaluate.to_data_scale(trial, digits, model), images)
+    if output == "tanh":  # [0, 1] images train as [-1, 1]
+        torch.testing.assert_close(model, images * 2 - 1)
 
 
-def test_image_samples_are_scored_in_the_unit_interval() -> None:
-    data = load_dataset("digits", seed=0)
+def test_image_samples_are_scored_in_the_unit_interval(digits) -> None:
     trial = TrialConfig(dataset="digits", g_hidden=(16,), d_hidden=(16,), noise_dim=4, batch_size=16,
                         epochs=1, steps_per_epoch=2, device="cpu")
-    gan = GanTrial.create(trial, data)
-    samples = gan.generate(50)
+    unit = run.build_unit([trial], digits)
+    samples = evaluate.generate(trial, digits, unit.generator, 50)
     assert trial.generator_output == "tanh"
-    assert gan.train_data.min().item() == pytest.approx(-1.0) and gan.train_data.max().item() == pytest.approx(1.0)
+    assert unit.train_data.min().item() == pytest.approx(-1.0) and unit.train_data.max().item() == pytest.approx(1.0)
     assert samples.shape == (50, 1, 8, 8)
     assert 0.0 <= samples.min().item() and samples.max().item() <= 1.0
+
+
+def test_tanh_on_a_toy_set_inside_its_range_trains_on_the_raw_points(circle) -> None:
+    """Seed 003's tanh generator on the circle: the points keep their coordinates (no 2x - 1,
+    which would move the circle's centre to (-1, -1)), and samples are scored unclamped."""
+    trial = TrialConfig(**TINY, g_output="tanh")
+    unit = run.build_unit([trial], circle)
+    torch.testing.assert_close(unit.train_data, circle.train)
+    points = torch.tensor([[-0.99, 0.5], [0.2, -0.7]])
+    torch.testing.assert_close(evaluate.to_data_scale(trial, circle, points), points, rtol=0, atol=0)
+    assert math.isfinite(train_gan(trial, circle)[-1]["parzen_ll"])
+
+
+@pytest.mark.parametrize(("dataset", "output"), [("ring8", "tanh"), ("circle", "sigmoid")])
+def test_a_bounded_output_that_cannot_cover_the_data_is_an_error(dataset: str, output: str) -> None:
+    data = load_dataset(dataset, seed=0)
+    trial = TrialConfig(**{**TINY, "dataset": dataset}, g_output=output)
+    with pytest.raises(ConfigError, match=rf"g_output: {output} covers .* but {dataset} spans \[-1\.0\d+|g_output: {output} covers .* but {dataset} spans \[-0\.9"):
+        train_gan(trial, data)

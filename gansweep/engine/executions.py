@@ -159,12 +159,12 @@ class FusedUpdate:
         self.params_of = params_of
         self.layouts = layouts  # id(flat row) -> its network's layout
         self.views: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-        self.floats: tuple[int, dict[str, float]] = (-1, {})
+        self.floats: tuple[Hyper | None, dict[str, float]] = (None, {})
 
     def settings(self, hyper: Hyper) -> dict[str, float]:
-        if self.floats[0] != id(hyper):
+        if self.floats[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
             values = {name: float(getattr(hyper, name).item()) for name in ("lr_d", "lr_g", "beta1", "beta2", "momentum")}
-            self.floats = (id(hyper), values)
+            self.floats = (hyper, values)
         return self.floats[1]
 
     def moments(self, net: NetState) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gansweep.data import Dataset
+from gansweep.data import Dataset, resolve_device
 from gansweep.engine import evaluate as evaluation
 from gansweep.engine.draws import draw
 from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
@@ -42,15 +42,6 @@ from gansweep.theory import equilibrium
 
 Metrics = dict[str, float]
 CHECKPOINT_FORMAT = 2  # 1: before the one iteration (GanTrial / pack_state); upgraded on load
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' means CUDA when available; asking for CUDA without one is a ConfigError."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no CUDA device is visible")
-    return torch.device(name)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -210,9 +201,10 @@ def check_unit(trials: list[TrialConfig], data: Dataset) -> None:
 EXECUTIONS = ("eager", "packed", "compiled", "compiled_packed")
 
 
-def default_execution(trials: list[TrialConfig]) -> str:
-    """A lone trial eagerly on its modules, a pack under vmap; compiled when asked."""
-    packed = len(trials) > 1
+def default_execution(trials: list[TrialConfig], packed: bool | None = None) -> str:
+    """A lone trial eagerly on its modules, a pack (even of one) under vmap; compiled when
+    asked. packed: None means more than one trial."""
+    packed = len(trials) > 1 if packed is None else packed
     if trials[0].compile:
         return "compiled_packed" if packed else "compiled"
     return "packed" if packed else "eager"
