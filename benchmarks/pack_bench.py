@@ -1,23 +1,27 @@
-"""Trials per hour on one CPU thread: P packed 2D-toy trials (gansweep/pack.py) against the
-same trials trained one after another by gansweep's own step loop.
+"""Trials per hour on one CPU thread: P packed 2D-toy trials (gansweep.engine's packed and
+compiled-packed executions) against the same trials trained one after another, eagerly.
 
     python -m benchmarks.pack_bench             # P = 1, 4, 16, 64; about 2 minutes
     python -m benchmarks.pack_bench --small     # fewer, shorter rounds, under a minute
     python -m benchmarks.pack_bench --sizes 8 32 --threads 2
+    python -m benchmarks.pack_bench --compile   # add compiled packs (a compile per size)
+    python -m benchmarks.pack_bench --seed003   # seed 003's own networks (G 10-3-5-10-2, D 2-10-5-2-1)
 
 Case: the 2D circle, G 2-64-64-2 (ReLU), D 2-64-64-1 (LeakyReLU 0.2), noise_dim 2, batch 64,
 k = 1, alpha_mode weight, Adam. The P trials of a pack differ in alpha (0.1 to 0.9), lr_d and
 lr_g (1e-4 to 1e-3, log-spaced), Adam's beta1, label smoothing, the loss (non_saturating,
-minimax, max_likelihood in turn) and the seed: what a sweep over those values would pack.
+minimax, max_likelihood, least_squares in turn) and the seed: what a sweep over those values
+would pack.
 
 Loops:
-- serial (baseline): gansweep's GanTrial.train_epoch as train_gan runs it (default fast paths:
-  fused Adam, one joint D forward, autograd.grad steps), one trial at a time. A trial's step
+- serial (baseline): the eager execution as train_gan runs it (the trial's modules, fused
+  Adam, one joint D forward, autograd.grad steps), one trial at a time. A trial's step
   costs the same whatever its alpha, learning rates or loss, so one trial's rate is the rate
   of running the pack's P trials one after another; it is measured once and shared by all P.
-- pack P: pack.run_steps on a pack of P trials: per step one vmapped D update and one vmapped
-  G update for all P trials, minibatches and noise drawn for all of them in one call each,
-  then the one read-back of the epoch's sums, as train_pack does.
+- pack P: the packed execution on a unit of P trials: per step one vmapped D update and one
+  vmapped G update for all P trials, the draws made for all of them in one call each, then
+  the one read-back of the epoch's sums, as train_pack does.
+- compiled pack P (--compile): the same iteration compiled into one graph.
 
 Both loops run with torch.set_num_threads(1) by default: a sweep gives each trial (or pack)
 one CPU. Neither includes evaluation (Parzen), which costs the same per trial either way.
@@ -42,31 +46,34 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.train_bench import header
-from gansweep.data import Dataset, load_dataset
-from gansweep.models import build_models, count_parameters
-from gansweep.pack import Pack, build_pack, run_steps
+from gansweep.engine.data import Dataset, load_dataset
+from gansweep.engine import run as engine
+from gansweep.engine.models import build_models, count_parameters
 from gansweep.study import TrialConfig
-from gansweep.train import GanTrial
 
 TRIAL_STEPS = 2_000  # generator steps of one studies/alpha.yaml trial
 BASE = TrialConfig(
     dataset="circle", architecture="mlp", g_hidden=(64, 64), d_hidden=(64, 64), noise_dim=2,
     batch_size=64, k=1, alpha_mode="weight", optimizer="adam", device="cpu", eval_every=1_000,
+    epochs=1_000_000,  # never an evaluation epoch
 )
-LOSSES = ("non_saturating", "minimax", "max_likelihood")
+# Seed 003's own code: G noise 10 -> 3 -> 5 -> 10 -> 2 (tanh), D 2 -> 10 -> 5 -> 2 -> 1, batch 128.
+SEED003 = BASE.model_copy(update=dict(g_hidden=(3, 5, 10), d_hidden=(10, 5, 2), noise_dim=10,
+                                      batch_size=128, g_activation="tanh", d_activation="tanh"))
+LOSSES = ("non_saturating", "minimax", "max_likelihood", "least_squares")
 SIZES = (1, 4, 16, 64)
 # (steps per round, rounds) for the full run and for --small.
 ROUNDS = ((200, 7), (60, 3))
 
 
-def varied_trials(p: int) -> list[TrialConfig]:
+def varied_trials(p: int, base: TrialConfig = BASE) -> list[TrialConfig]:
     """P trials spread over the values a sweep varies; equal in everything a pack shares."""
 
     def spread(low: float, high: float, i: int) -> float:
         return low if p == 1 else low + (high - low) * i / (p - 1)
 
     return [
-        BASE.model_copy(update=dict(
+        base.model_copy(update=dict(
             alpha=round(spread(0.1, 0.9, i), 4),
             lr_d=10 ** spread(-4.0, -3.0, i),
             lr_g=10 ** spread(-3.0, -4.0, i),
@@ -89,26 +96,31 @@ class Loop:
 
 
 class Serial(Loop):
-    def __init__(self, data: Dataset) -> None:
-        self.name, self.trials = "serial: GanTrial.train_epoch, one trial at a time", 1
-        self.gan = GanTrial.create(varied_trials(1)[0], data)
+    def __init__(self, data: Dataset, base: TrialConfig) -> None:
+        self.name, self.trials = "serial: the eager execution, one trial at a time", 1
+        self.unit = engine.build_unit(varied_trials(1, base), data, execution="eager")
 
     def run(self, steps: int) -> float:
-        self.gan.trial = self.gan.trial.model_copy(update={"steps_per_epoch": steps})
-        started = time.perf_counter()
-        self.gan.train_epoch()  # includes the epoch's one read-back
-        return time.perf_counter() - started
+        return run_epoch(self.unit, steps)
 
 
 class Packed(Loop):
-    def __init__(self, data: Dataset, p: int) -> None:
-        self.name, self.trials = f"pack of {p}", p
-        self.pack: Pack = build_pack(varied_trials(p), data)
+    def __init__(self, data: Dataset, p: int, base: TrialConfig, execution: str = "packed") -> None:
+        compiled = execution == "compiled_packed"
+        self.name, self.trials = f"{'compiled pack' if compiled else 'pack'} of {p}", p
+        self.unit = engine.build_unit(varied_trials(p, base), data, execution=execution)
 
     def run(self, steps: int) -> float:
-        started = time.perf_counter()
-        run_steps(self.pack, steps).tolist()  # the epoch's one read-back
-        return time.perf_counter() - started
+        return run_epoch(self.unit, steps)
+
+
+def run_epoch(unit: engine.Unit, steps: int) -> float:
+    """`steps` iterations of `unit` and the epoch's one read-back; the seconds they took."""
+    hyper = engine.hyper_of(unit.trials, unit.spec, 1, unit.device)
+    started = time.perf_counter()
+    sums, _ = engine.run_iterations(unit, steps, hyper)
+    sums.tolist()
+    return time.perf_counter() - started
 
 
 @dataclass
@@ -139,12 +151,12 @@ def measure(loops: list[Loop], steps: int, rounds: int) -> list[Row]:
     return [Row(loop, times[id(loop)], steps) for loop in loops]
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], base: TrialConfig) -> str:
     serial = rows[0].median
-    g, d = build_models(BASE, (2,))
+    g, d = build_models(base, (2,))
     lines = [
         f"### circle, mlp: G {count_parameters(g):,} / D {count_parameters(d):,} parameters, "
-        f"batch {BASE.batch_size}, k {BASE.k}; trials of {TRIAL_STEPS:,} steps",
+        f"batch {base.batch_size}, k {base.k}; trials of {TRIAL_STEPS:,} steps",
         "",
         "| loop | P | steps/s per trial (median) | trial-steps/s | trials/hour | "
         "vs serial | trial-steps/s (best round) |",
@@ -167,15 +179,20 @@ def main(argv: list[str] | None = None) -> list[Row]:
                         help=f"pack sizes P (default: {' '.join(map(str, SIZES))})")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every loop (default 1: one CPU per trial)")
+    parser.add_argument("--compile", action="store_true", help="add compiled packs of each size")
+    parser.add_argument("--seed003", action="store_true", help="seed 003's networks, batch 128")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(header(args.threads))
-    data = load_dataset(BASE.dataset, seed=0)
-    loops: list[Loop] = [Serial(data), *(Packed(data, p) for p in args.sizes)]
+    base = SEED003 if args.seed003 else BASE
+    data = load_dataset(base.dataset, seed=0)
+    loops: list[Loop] = [Serial(data, base), *(Packed(data, p, base) for p in args.sizes)]
+    if args.compile:
+        loops += [Packed(data, p, base, "compiled_packed") for p in args.sizes]
     steps, rounds = ROUNDS[1 if args.small else 0]
     rows = measure(loops, steps, rounds)
     print()
-    print(table(rows), flush=True)
+    print(table(rows, base), flush=True)
     return rows
 
 

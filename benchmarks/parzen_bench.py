@@ -1,4 +1,4 @@
-"""Parzen evaluation: gansweep.parzen.evaluate against named baselines, in one run.
+"""Parzen evaluation: gansweep.engine.parzen.evaluate against named baselines, in one run.
 
     python -m benchmarks.parzen_bench            # 10,000 samples x 10,000 test x 784 dims
     python -m benchmarks.parzen_bench --small    # 2,000 x 2,000, 200 validation points
@@ -6,7 +6,7 @@
 Every method runs Goodfellow's protocol: choose sigma from the 10-point grid by the mean
 log-likelihood of the validation points, then score the test points at that sigma.
 
-- ours: gansweep.parzen.evaluate (float64 distances once per block, shared by the grid);
+- ours: gansweep.engine.parzen.evaluate (float64 distances once per block, shared by the grid);
 - per-sigma, recomputed: gansweep's kernel called once per sigma (distances recomputed);
 - per-sigma, torch.cdist float32: the obvious torch code (cdist, logsumexp) per sigma;
 - per-sigma, centred float32 product: ours as it would be with a float32 x @ mu.T (the
@@ -42,7 +42,7 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from gansweep.parzen import (
+from gansweep.engine.parzen import (
     GOODFELLOW_SIGMAS,
     _block_shape,
     evaluate,

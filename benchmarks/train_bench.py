@@ -20,15 +20,15 @@ Loops:
   two optimiser steps, and `.item()` on both losses, appended to lists.
 - textbook, no DataLoader: the same step on the data held as one tensor, batches sliced from
   a per-epoch permutation: separates the DataLoader's cost from the step's.
-- ours, plain: gansweep's GanTrial with every fast path off (FastPaths.plain()): data on the
-  device, minibatches by index draws, losses summed on the device and read once per epoch.
-- ours: gansweep's GanTrial as trials run it (FastPaths(): fused optimiser, one D forward on
-  real+fake where D has no batch norm, G step differentiating G's parameters only, alpha
-  weights built once).
-- ours + torch.compile (with --compile): a trial with `compile: true`: its whole iteration
+- ours: gansweep's engine as trials run it (gansweep.engine, the eager execution: data on
+  the device, the draws by index, one D forward on real+fake where D has no batch norm, G's
+  step differentiating G's parameters only, torch's fused Adam on the flat rows, losses
+  summed on the device and read once per epoch).
+- ours, pack of one: the packed execution (vmap over one row), what a pack's member costs.
+- ours + torch.compile (with --compile): a trial with `compile: true`: the same iteration
   (k D steps and the G step, forward, backward and optimiser) compiled into one graph
-  (gansweep/compiled.py, default inductor backend); the compile time is reported on its own
-  and left out of the rate.
+  (gansweep.engine.executions, default inductor backend); the compile time is reported on
+  its own and left out of the rate.
 gansweep trials use alpha_mode=weight, alpha=0.5: m real and m fake samples per D step, each
 half weighted 1/2, the work of the textbook's two BCE means (whose sum is twice ours).
 
@@ -66,15 +66,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from gansweep.data import Dataset, load_dataset
-from gansweep.models import build_models, count_parameters
+from gansweep.engine.data import Dataset, load_dataset
+from gansweep.engine.models import build_models, count_parameters
 from gansweep.study import TrialConfig
-from gansweep.train import FastPaths, GanTrial
+from gansweep.engine import run as engine
 
 BATCH = 64
 COMMON = dict(
     batch_size=BATCH, alpha=0.5, alpha_mode="weight", k=1, lr_d=2e-4, adam_beta1=0.5,
     adam_beta2=0.999, loss="non_saturating", device="cpu", seed=0, eval_every=1_000,
+    epochs=1_000_000,  # never an evaluation epoch
 )
 CASES: dict[str, TrialConfig] = {
     "mlp": TrialConfig(
@@ -184,7 +185,7 @@ def textbook_dataset(trial: TrialConfig, data: Dataset) -> torch.utils.data.Data
     import torchvision
     from torchvision import transforms
 
-    from gansweep.data import _find_root
+    from gansweep.engine.data import _find_root
 
     root = _find_root(trial.dataset, trial.data_dir)  # the torchvision layout gansweep reads
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
@@ -192,22 +193,18 @@ def textbook_dataset(trial: TrialConfig, data: Dataset) -> torch.utils.data.Data
 
 
 class Ours(Loop):
-    def __init__(self, trial: TrialConfig, data: Dataset, fast: FastPaths, name: str,
-                 compile_models: bool = False) -> None:
+    def __init__(self, trial: TrialConfig, data: Dataset, name: str, execution: str = "eager",
+                 autocast: bool | None = None) -> None:
         self.name = name
-        if compile_models:  # as a trial with `compile: true` runs: one graph per iteration
-            trial = trial.model_copy(update={"compile": True})
-        self.trial, self.data, self.fast = trial, data, fast
-        self.gan = GanTrial.create(trial, data, fast)
-        self.steps = 0
-        self.compile_s = self.run(2) if compile_models else 0.0  # compiles the iteration
+        self.unit = engine.build_unit([trial], data, execution=execution, autocast=autocast)
+        self.compile_s = self.run(2) if execution.startswith("compiled") else 0.0  # compiles the iteration
 
     def run(self, steps: int) -> float:
-        if self.steps != steps:
-            self.gan.trial = self.trial.model_copy(update={"steps_per_epoch": steps})
-            self.steps = steps
+        trial = self.unit.trials[0]
+        if trial.steps_per_epoch != steps:
+            self.unit.trials = [trial.model_copy(update={"steps_per_epoch": steps})]
         started = time.perf_counter()
-        self.gan.train_epoch()  # includes the epoch's one read-back
+        engine.train_epoch(self.unit)  # includes the epoch's one read-back
         return time.perf_counter() - started
 
 
@@ -248,15 +245,15 @@ def bench_case(case: str, *, small: bool, compile_models: bool) -> tuple[TrialCo
     loops: list[Loop] = [
         Textbook(trial, data, dataloader=True),
         Textbook(trial, data, dataloader=False),
-        Ours(trial, data, FastPaths.plain(), "ours, plain path (FastPaths.plain())"),
     ]
-    default = FastPaths().resolve(trial, data, torch.device(trial.device))
-    if default.bf16_autocast:  # show the float32 fast paths apart from bf16
-        loops.append(Ours(trial, data, FastPaths(bf16_autocast=False), "ours, float32 fast paths"))
-    loops.append(Ours(trial, data, FastPaths(), f"ours (default{', bf16 autocast' if default.bf16_autocast else ''})"))
+    default_bf16 = data.is_image and engine.native_bf16(torch.device(trial.device))
+    if default_bf16:  # show float32 apart from bf16
+        loops.append(Ours(trial, data, "ours, float32", autocast=False))
+    loops.append(Ours(trial, data, f"ours (default{', bf16 autocast' if default_bf16 else ''})"))
+    loops.append(Ours(trial, data, "ours, pack of one (vmap)", execution="packed"))
     compiled = None
     if compile_models:
-        compiled = Ours(trial, data, FastPaths(), "ours + torch.compile (trial compile: true)", compile_models=True)
+        compiled = Ours(trial, data, "ours + torch.compile (trial compile: true)", execution="compiled")
         loops.append(compiled)
     rows = measure(loops, steps, rounds)
     if compiled is not None:
@@ -267,10 +264,10 @@ def bench_case(case: str, *, small: bool, compile_models: bool) -> tuple[TrialCo
 def flops_per_iteration(trial: TrialConfig, data: Dataset) -> float:
     """Floating-point operations of one iteration of gansweep's loop (k D steps, one G step),
     counted by torch's FlopCounterMode: matrix products and convolutions, both passes."""
-    gan = GanTrial.create(trial.model_copy(update={"steps_per_epoch": 1}), data, FastPaths(bf16_autocast=False))
-    gan.train_epoch()  # first-call paths out of the way
+    unit = engine.build_unit([trial.model_copy(update={"steps_per_epoch": 1})], data, autocast=False)
+    engine.train_epoch(unit)  # first-call paths out of the way
     with FlopCounterMode(display=False) as counter:
-        gan.train_epoch()
+        engine.train_epoch(unit)
     return float(counter.get_total_flops())
 
 

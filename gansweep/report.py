@@ -323,8 +323,8 @@ def baseline_key(trial: TrialConfig) -> str:
 def compute_baseline(trial: TrialConfig) -> dict[str, float]:
     """parzen.data_as_model_baseline with the study's evaluation sizes: eval_samples real
     training points as the kernel centres, scored like a trial's samples."""
-    from gansweep.data import load_dataset
-    from gansweep.parzen import data_as_model_baseline
+    from gansweep.engine.data import load_dataset
+    from gansweep.engine.parzen import data_as_model_baseline
 
     data = load_dataset(trial.dataset, data_dir=trial.data_dir, seed=trial.seed, device="auto", n_train=trial.n_train)
     test = data.test if trial.eval_test is None else data.test[: trial.eval_test]

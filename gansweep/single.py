@@ -46,7 +46,7 @@ def epoch_summary(metrics: dict[str, float]) -> str:
 
 
 def train_one(trial: TrialConfig, output: Path) -> int:
-    from gansweep.data import load_dataset
+    from gansweep.engine.data import load_dataset
     from gansweep.engine.run import resolve_device
     from gansweep.engine.train import train_gan
 
@@ -97,9 +97,9 @@ def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], 
 
 
 def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: str, seed: int) -> int:
-    from gansweep.data import load_dataset
+    from gansweep.engine.data import load_dataset
     from gansweep.errors import ConfigError
-    from gansweep.parzen import data_as_model_baseline
+    from gansweep.engine.parzen import data_as_model_baseline
     from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
     from gansweep.engine.run import resolve_device
 

@@ -30,7 +30,7 @@ import ray
 import torch
 from ray import tune
 
-from gansweep.data import Dataset, load_dataset
+from gansweep.engine.data import Dataset, load_dataset
 from gansweep.engine import run
 from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch, resolve_device
 from gansweep.engine.train import out_of_memory, train_gan

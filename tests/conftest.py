@@ -22,14 +22,14 @@ LOGGED = ("d_loss", "g_loss", "d_real", "d_fake")
 
 @pytest.fixture(scope="session")
 def circle():
-    from gansweep.data import load_dataset  # torch: only for the tests that train
+    from gansweep.engine.data import load_dataset  # torch: only for the tests that train
 
     return load_dataset("circle", seed=0)
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from gansweep.data import load_dataset
+    from gansweep.engine.data import load_dataset
 
     return load_dataset("digits", seed=0)
 

@@ -1,7 +1,7 @@
 """Algorithm 1 as a textbook loop: nn.Modules, torch.optim, loss.backward(), opt.step().
 
 An independent reference for gansweep.engine: it shares only the per-sample loss terms
-(gansweep.losses, tested against closed forms in test_losses.py) and the networks' builders,
+(gansweep.engine.losses, tested against closed forms in test_losses.py) and the networks' builders,
 and writes everything else (alpha weights, penalty, optimiser, the order of the draws that
 gansweep.engine.draws documents) again, the plain way. It also writes a checkpoint in the
 layout gansweep wrote before the one iteration (format 1), to test that it still resumes.
@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gansweep.data import Dataset
-from gansweep.losses import LOSSES, discriminator_loss, discriminator_output, generator_loss
-from gansweep.models import build_models
+from gansweep.engine.data import Dataset
+from gansweep.engine.losses import LOSSES, discriminator_loss, discriminator_output, generator_loss
+from gansweep.engine.models import build_models
 from gansweep.study import TrialConfig
 
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import STUDIES, gansweep
-from gansweep.data import load_dataset
-from gansweep.losses import equilibrium
-from gansweep.parzen import data_as_model_baseline
+from gansweep.engine.data import load_dataset
+from gansweep.engine.losses import equilibrium
+from gansweep.engine.parzen import data_as_model_baseline
 
 
 def test_train_writes_metrics_per_epoch_and_samples(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""gansweep.data: registry, toy generators, digits, Fashion-MNIST search path, errors."""
+"""gansweep.engine.data: registry, toy generators, digits, Fashion-MNIST search path, errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gansweep import data
-from gansweep.data import DATASETS, Dataset, load_dataset, minibatch
+from gansweep.engine import data
+from gansweep.engine.data import DATASETS, Dataset, load_dataset, minibatch
 from gansweep.errors import DataError
 from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gansweep import losses as L
+from gansweep.engine import losses as L
 from gansweep.study import LossName
 from typing import get_args
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gansweep.metrics import mode_coverage, save_sample_grid, save_scatter
+from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
 
 STD = 0.02
 

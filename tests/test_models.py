@@ -1,4 +1,4 @@
-"""gansweep.models: every architecture on every data shape it supports."""
+"""gansweep.engine.models: every architecture on every data shape it supports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gansweep.models import (
+from gansweep.engine.models import (
     ACTIVATIONS,
     ARCHITECTURES,
     OUTPUTS,
@@ -164,7 +164,7 @@ def test_dcgan_follows_the_radford_guidelines() -> None:
 
 
 def test_dcgan_channels_are_capped() -> None:
-    from gansweep.models import _dcgan_channels
+    from gansweep.engine.models import _dcgan_channels
 
     assert [_dcgan_channels(8, level) for level in range(1, 7)] == [8, 16, 32, 64, 64, 64]
 

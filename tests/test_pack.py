@@ -14,7 +14,7 @@ import torch
 from conftest import LOGGED
 from gansweep.engine.train import train_pack
 from gansweep.errors import ConfigError
-from gansweep.losses import equilibrium
+from gansweep.engine.losses import equilibrium
 from gansweep.packrules import pack_key
 from gansweep.study import TrialConfig
 

@@ -17,7 +17,7 @@ from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
 from mlflow.tracking import MlflowClient
 from test_sweep import check_consistent, children, optuna_reports, optuna_states, rerun_finishes_the_alpha_grid_once
 
-from gansweep.data import load_dataset
+from gansweep.engine.data import load_dataset
 from gansweep.engine.train import train_pack
 from gansweep.search import values_from_params
 from gansweep.study import TrialConfig, load_study

@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from scipy.stats import Covariance, multivariate_normal
 from sklearn.datasets import load_digits
 
-from gansweep.parzen import (
+from gansweep.engine.parzen import (
     GOODFELLOW_SIGMAS,
     ParzenResult,
     data_as_model_baseline,

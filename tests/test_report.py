@@ -29,9 +29,9 @@ from PIL import Image
 
 from conftest import ROOT, STUDIES, MlflowServer, clean_env, gansweep
 from gansweep import plots
-from gansweep.data import load_dataset
-from gansweep.losses import equilibrium
-from gansweep.parzen import data_as_model_baseline
+from gansweep.engine.data import load_dataset
+from gansweep.engine.losses import equilibrium
+from gansweep.engine.parzen import data_as_model_baseline
 from gansweep.report import FIGURES, StudyView, mosaic_epochs, param_importances, report_after_sweep, run_name
 from gansweep.tracking import Tracker
 

@@ -11,7 +11,7 @@ from typing import get_args
 
 import pytest
 
-from gansweep import data, models
+from gansweep.engine import data, models
 from gansweep.cli import main
 from gansweep.errors import ConfigError
 from gansweep.study import (

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from gansweep.data import load_dataset
+from gansweep.engine.data import load_dataset
 from gansweep.errors import ConfigError, TrialDiverged, TrialOutOfMemory
-from gansweep.losses import equilibrium
-from gansweep.parzen import data_as_model_baseline
+from gansweep.engine.losses import equilibrium
+from gansweep.engine.parzen import data_as_model_baseline
 from gansweep.study import TrialConfig
 from gansweep.engine import evaluate, run
 from gansweep.engine.train import train_gan

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gansweep.data import Dataset
+from gansweep.engine.data import Dataset
 from gansweep.engine.draws import noise
 from gansweep.errors import ConfigError
-from gansweep.metrics import mode_coverage, save_sample_grid, save_scatter
-from gansweep.parzen import evaluate as parzen_evaluate
+from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
+from gansweep.engine.parzen import evaluate as parzen_evaluate
 from gansweep.study import TrialConfig
 
 Metrics = dict[str, float]

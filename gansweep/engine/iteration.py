@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from gansweep.losses import LOSSES, Loss
+from gansweep.engine.losses import LOSSES, Loss
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
 # The step statistics' columns, in the order iteration() returns them.

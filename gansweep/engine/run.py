@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gansweep.data import Dataset, resolve_device
+from gansweep.engine.data import Dataset, resolve_device
 from gansweep.engine import evaluate as evaluation
 from gansweep.engine.draws import draw
 from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
@@ -34,8 +34,8 @@ from gansweep.engine.state import (
     state_from_dict,
 )
 from gansweep.errors import ConfigError, TrialDiverged
-from gansweep.losses import minibatch_plan
-from gansweep.models import build_models
+from gansweep.engine.losses import minibatch_plan
+from gansweep.engine.models import build_models
 from gansweep.packrules import pack_key
 from gansweep.study import TrialConfig
 from gansweep.theory import equilibrium

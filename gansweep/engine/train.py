@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gansweep.data import Dataset
+from gansweep.engine.data import Dataset
 from gansweep.engine import run
 from gansweep.errors import TrialOutOfMemory, is_out_of_memory
 from gansweep.study import TrialConfig
