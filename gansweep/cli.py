@@ -128,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.
     ray_start = RayStart.begin(args.address)
     try:
+        from gansweep.report import report_after_sweep
         from gansweep.sweep import run_study
 
         return run_study(
@@ -137,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             output=Path(args.output) if args.output else None,
             ray_start=ray_start,
+            after=report_after_sweep,
         )
     finally:
         ray_start.stop()

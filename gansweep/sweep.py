@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,13 @@ from gansweep.driverlock import DriverRunning, one_driver
 from gansweep.errors import ConfigError, DiskFull
 from gansweep.progress import SweepProgress
 from gansweep.raystart import RayStart
-from gansweep.report import report_after_sweep, run_name
 from gansweep.results import write_results
 from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
 )
 from gansweep.study import StudyConfig, TrialConfig
-from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, resolve_tracking_uri
+from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, resolve_tracking_uri, run_name
 from gansweep.trainable import (
     ATTEMPT_KEYS,
     GENERATOR_FILE,
@@ -535,6 +534,10 @@ def prepare_output(output: Path) -> None:
         raise ConfigError(f"output folder {output} is not writable: {err.strerror or err}") from None
 
 
+# What the CLI hands run_study to follow a sweep: (output, tracker, status) -> anything.
+AfterSweep = Callable[[Path, Tracker, str], Any]
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -543,12 +546,15 @@ def run_study(
     tracking_uri: str | None = None,
     output: Path | None = None,
     ray_start: RayStart | None = None,
+    after: AfterSweep | None = None,
 ) -> int:
     """`ray_start`: Ray already starting in the background (the CLI begins it before it
-    imports this module); by default it begins here, beside the Optuna and MLflow set-up."""
+    imports this module); by default it begins here, beside the Optuna and MLflow set-up.
+    `after(output, tracker, status)`: what follows the sweep once results.csv is written and
+    before the parent run ends (the CLI hands in the report; the sweep knows no reporting)."""
     ray_start = ray_start or RayStart.begin(address)
     try:
-        code = run_study_on_ray(study, study_path, tracking_uri, output, ray_start)
+        code = run_study_on_ray(study, study_path, tracking_uri, output, ray_start, after)
     except BaseException:
         ray_start.stop()  # at once, even while Ray is still starting
         raise
@@ -558,7 +564,7 @@ def run_study(
 
 def run_study_on_ray(
     study: StudyConfig, study_path: Path, tracking_uri: str | None, output: Path | None,
-    ray_start: RayStart,
+    ray_start: RayStart, after: AfterSweep | None,
 ) -> int:
     output = (output or study.output_dir).resolve()
     floor = min_free_bytes()
@@ -573,7 +579,7 @@ def run_study_on_ray(
     shared = lease_in(optuna_study) if storage_url != local_optuna_storage_url(output) else None
     try:
         with one_driver(study.name, output, shared):
-            return run_as_the_driver(study, study_path, tracking_uri, output, ray_start, optuna_study, floor)
+            return run_as_the_driver(study, study_path, tracking_uri, output, ray_start, optuna_study, floor, after)
     except DriverRunning:
         remove_empty_folders(output, created)  # the refused driver leaves nothing behind
         raise
@@ -601,7 +607,7 @@ def remove_empty_folders(output: Path, created: Path | None) -> None:
 
 def run_as_the_driver(
     study: StudyConfig, study_path: Path, tracking_uri: str | None, output: Path, ray_start: RayStart,
-    optuna_study: OptunaStudy, floor: int,
+    optuna_study: OptunaStudy, floor: int, after: AfterSweep | None,
 ) -> int:
     """The sweep, once this process holds the study (driverlock.one_driver)."""
     tracker = Tracker(
@@ -631,7 +637,8 @@ def run_as_the_driver(
         close_interrupted(optuna_study, tracker)
         results = write_results(optuna_study, output / "results.csv")
         progress.close(results)
-        report_after_sweep(output, tracker, status)
+        if after is not None:
+            after(output, tracker, status)
         tracker.finish_study(status if not optuna_study.unfinished() else "KILLED", [output / "results.csv"])
         tracker.flush_with_retries()
     unfinished = len(optuna_study.unfinished())

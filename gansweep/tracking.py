@@ -69,6 +69,20 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
+def shown_value(value: Any) -> str:
+    """A value as a run name shows it: floats to 4 significant digits (0.3, 1.245e-07)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_name(number: int, values: dict[str, Any], search_names: list[str]) -> str:
+    """A trial's readable MLflow run name, e.g. `003 alpha=0.3 loss=non_saturating`: its
+    number and the swept values (the report uses it as a label when MLflow is not there)."""
+    shown = " ".join(f"{name}={shown_value(values[name])}" for name in search_names if values.get(name) is not None)
+    return f"{number:03d} {shown}".strip()
+
+
 def param_text(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return text[:MAX_PARAM_LENGTH]
