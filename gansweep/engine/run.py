@@ -373,6 +373,7 @@ def unit_state(unit: Unit) -> dict[str, Any]:
     come from the global stream), each member's slot, epoch, clock and last metrics."""
     saved: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
+        "epoch": unit.epoch,  # the unit's (its members train in step)
         "state": state_dict(unit.state),
         "slots": list(unit.slots),
         "n_slots": unit.n_slots,
