@@ -49,7 +49,7 @@ from benchmarks.train_bench import header
 from gansweep.engine.data import Dataset, load_dataset
 from gansweep.engine import run as engine
 from gansweep.engine.models import build_models, count_parameters
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 TRIAL_STEPS = 2_000  # generator steps of one studies/alpha.yaml trial
 BASE = TrialConfig(

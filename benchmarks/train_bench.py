@@ -68,7 +68,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gansweep.engine.data import Dataset, load_dataset
 from gansweep.engine.models import build_models, count_parameters
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 from gansweep.engine import run as engine
 
 BATCH = 64

@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from gansweep.study import load_study, trial_from_study
+    from gansweep.config.load import load_study
+    from gansweep.config.space import trial_from_study
 
     study = load_study(args.study, args.overrides)
     trial = trial_from_study(study)
@@ -104,7 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gansweep.study import load_study, trial_from_study
+    from gansweep.config.load import load_study
+    from gansweep.config.space import trial_from_study
     from gansweep.single import train_one
 
     study = load_study(args.study, args.overrides)
@@ -114,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gansweep.study import load_study
+    from gansweep.config.load import load_study
 
     study = load_study(args.study, args.overrides)
     from gansweep.driverlock import OutputLock

@@ -18,8 +18,8 @@ from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from gansweep.theory import equilibrium
-from gansweep.study import TrialConfig
+from gansweep.config.theory import equilibrium
+from gansweep.config.schema import TrialConfig
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch
 

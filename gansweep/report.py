@@ -32,7 +32,9 @@ import yaml
 from gansweep import plots
 from gansweep.errors import GansweepError
 from gansweep.storage import optuna_storage_url
-from gansweep.study import TOY_DATASETS, StudyConfig, TrialConfig, load_study
+from gansweep.config.names import TOY_DATASETS
+from gansweep.config.schema import StudyConfig, TrialConfig
+from gansweep.config.load import load_study
 from gansweep.tracking import (
     PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, Tracker, mlflow_defaults,
     resolve_tracking_uri,

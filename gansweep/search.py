@@ -19,9 +19,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from gansweep.study import (
-    Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig, resolve_values,
+from gansweep.config.schema import (
+    Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
 )
+from gansweep.config.space import resolve_values
 
 
 def quiet_optuna() -> None:

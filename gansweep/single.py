@@ -11,7 +11,7 @@ from rich.table import Table
 
 from gansweep.errors import TrialDiverged, TrialOutOfMemory
 from gansweep.files import write_csv_atomically
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 SUMMARY_METRICS = (
     "d_loss",
@@ -100,7 +100,7 @@ def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: s
     from gansweep.engine.data import load_dataset
     from gansweep.errors import ConfigError
     from gansweep.engine.parzen import data_as_model_baseline
-    from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
+    from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS
     from gansweep.engine.run import resolve_device
 
     if dataset not in TOY_DATASETS + IMAGE_DATASETS:

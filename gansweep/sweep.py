@@ -45,7 +45,7 @@ from gansweep.search import OptunaStudy, requested_trials
 from gansweep.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
 )
-from gansweep.study import StudyConfig, TrialConfig
+from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, resolve_tracking_uri, run_name
 from gansweep.trainable import (
     ATTEMPT_KEYS,

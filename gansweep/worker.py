@@ -36,7 +36,7 @@ from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch
 from gansweep.engine.train import out_of_memory, train_gan
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.storage import storage_filesystem, strip_scheme
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 from gansweep.trainable import GENERATOR_FILE, MEMBERS_DIR, SAMPLES_DIR, STATE_FILE
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from gansweep.engine.data import Dataset
 from gansweep.engine.losses import LOSSES, discriminator_loss, discriminator_output, generator_loss
 from gansweep.engine.models import build_models
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 
 def _noise(trial: TrialConfig, n: int) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from gansweep.engine import data
 from gansweep.engine.data import DATASETS, Dataset, load_dataset, minibatch
 from gansweep.errors import DataError
-from gansweep.study import IMAGE_DATASETS, TOY_DATASETS
+from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS
 
 TOYS = list(TOY_DATASETS)
 DEBIAN = data.DEBIAN_FASHION_MNIST

@@ -19,7 +19,7 @@ import torch
 from gansweep.engine import executions, iteration, run
 from gansweep.engine.iteration import Hyper, NetState
 from gansweep.engine.train import train_gan, train_pack
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 from conftest import LOGGED, assert_same_losses
 from reference_loop import ReferenceTrial, reference_losses
 

@@ -18,7 +18,7 @@ LIBRARIES = (
     "numpy", "yaml", "pydantic", "rich", "matplotlib", "pyarrow.fs",
 )
 GANSWEEP = (
-    "cli", "study", "names", "packrules", "search", "tracking", "report", "sweep", "results",
+    "cli", "config.schema", "config.names", "config.rules", "config.load", "config.space", "config.theory", "search", "tracking", "report", "sweep", "results",
     "single", "progress", "storage", "raystart", "trainable", "plots", "files",
 )
 
@@ -65,7 +65,7 @@ import optuna
 from gansweep.errors import GansweepError
 from gansweep.report import write_report
 from gansweep.search import OptunaStudy
-from gansweep.study import load_study
+from gansweep.config.load import load_study
 from gansweep.tracking import Tracker
 names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 seen = {{"imported": [os.environ.get(n) for n in names]}}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gansweep.engine import losses as L
-from gansweep.study import LossName
+from gansweep.config.names import LossName
 from typing import get_args
 
 REAL = np.array([0.3, -1.2, 2.0, 0.5, -0.1, 1.5])

@@ -16,7 +16,8 @@ from gansweep.engine.models import (
     build_models,
     dcgan_levels,
 )
-from gansweep.study import Activation, ArchitectureName, GeneratorOutput, TrialConfig
+from gansweep.config.names import Activation, ArchitectureName, GeneratorOutput
+from gansweep.config.schema import TrialConfig
 
 # (architecture, dataset, data shape): dcgan on image shapes only. Shapes are passed directly,
 # so no image set is loaded.

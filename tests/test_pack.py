@@ -15,8 +15,8 @@ from conftest import LOGGED
 from gansweep.engine.train import train_pack
 from gansweep.errors import ConfigError
 from gansweep.engine.losses import equilibrium
-from gansweep.packrules import pack_key
-from gansweep.study import TrialConfig
+from gansweep.config.rules import pack_key
+from gansweep.config.schema import TrialConfig
 
 SMALL: dict[str, Any] = dict(
     dataset="circle", g_hidden=(32, 32), d_hidden=(32, 32), noise_dim=2, batch_size=32,
@@ -146,7 +146,7 @@ def test_every_architecture_packs_on_images(digits) -> None:
 def test_studies_that_pack_now_validate(tmp_path, trial: str) -> None:
     """What packs could not train before the one iteration (other losses, compose and
     bernoulli, SGD, images, dropout, compile) validates; searching the loss too."""
-    from gansweep.study import load_study
+    from gansweep.config.load import load_study
 
     path = tmp_path / "packed.yaml"
     path.write_text(f"name: x\ntrial: {trial}\nsearch: {{loss: [minimax, hinge, least_squares]}}\nbudget: {{pack_size: 4}}\n")

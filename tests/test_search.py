@@ -13,9 +13,10 @@ from gansweep.search import (
     PRUNERS, SAMPLERS, OptunaStudy, decode_choice, encode_choice, grid_size, make_pruner,
     requested_trials,
 )
-from gansweep.study import PRUNERS as PRUNER_NAMES
-from gansweep.study import SAMPLERS as SAMPLER_NAMES
-from gansweep.study import Choice, TrialConfig, load_study
+from gansweep.config.names import PRUNERS as PRUNER_NAMES
+from gansweep.config.names import SAMPLERS as SAMPLER_NAMES
+from gansweep.config.schema import Choice, TrialConfig
+from gansweep.config.load import load_study
 
 STUDY = """\
 name: s

@@ -14,10 +14,10 @@ import pytest
 from gansweep.engine import data, models
 from gansweep.cli import main
 from gansweep.errors import ConfigError
-from gansweep.study import (
-    IMAGE_DATASETS, TOY_DATASETS, ArchitectureName, Choice, FloatRange, load_study, search_order,
-    trial_from_study,
-)
+from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS, ArchitectureName
+from gansweep.config.schema import Choice, FloatRange
+from gansweep.config.load import load_study
+from gansweep.config.space import search_order, trial_from_study
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
 GOOD = """\

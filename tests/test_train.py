@@ -12,7 +12,7 @@ from gansweep.engine.data import load_dataset
 from gansweep.errors import ConfigError, TrialDiverged, TrialOutOfMemory
 from gansweep.engine.losses import equilibrium
 from gansweep.engine.parzen import data_as_model_baseline
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 from gansweep.engine import evaluate, run
 from gansweep.engine.train import train_gan
 

@@ -18,7 +18,7 @@ from gansweep.engine.draws import noise
 from gansweep.errors import ConfigError
 from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
 from gansweep.engine.parzen import evaluate as parzen_evaluate
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 Metrics = dict[str, float]
 # The open interval each bounded generator output covers.

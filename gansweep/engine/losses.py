@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 # The equilibria are pure arithmetic, kept apart so that the driver and the report draw them
 # without importing torch; re-exported here beside the losses they belong to.
-from gansweep.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
+from gansweep.config.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
 
 Term = Callable[[Tensor], Tensor]
 

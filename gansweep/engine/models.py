@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 Builder = Callable[[TrialConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
 

@@ -36,9 +36,9 @@ from gansweep.engine.state import (
 from gansweep.errors import ConfigError, TrialDiverged
 from gansweep.engine.losses import minibatch_plan
 from gansweep.engine.models import build_models
-from gansweep.packrules import pack_key
-from gansweep.study import TrialConfig
-from gansweep.theory import equilibrium
+from gansweep.config.rules import pack_key
+from gansweep.config.schema import TrialConfig
+from gansweep.config.theory import equilibrium
 
 Metrics = dict[str, float]
 CHECKPOINT_FORMAT = 2  # 1: before the one iteration (GanTrial / pack_state); upgraded on load

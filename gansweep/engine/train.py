@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from gansweep.engine.data import Dataset
 from gansweep.engine import run
 from gansweep.errors import TrialOutOfMemory, is_out_of_memory
-from gansweep.study import TrialConfig
+from gansweep.config.schema import TrialConfig
 
 Metrics = dict[str, float]
 

@@ -1,8 +1,9 @@
-"""The names a study file may give each kind of variant (data sets, architectures, losses...).
+"""The names a study file may give each kind of variant (data sets, architectures, losses,
+samplers, pruners...).
 
-Torch-free and importing nothing of gansweep: the study schema (gansweep.study) and the pack
-rules (gansweep.packrules) both read them, and `gansweep validate` stays fast. Tests check that
-each torch-side registry holds exactly these names.
+Importing nothing of gansweep: the schema (config.schema) and the rules (config.rules) read
+them, and `gansweep validate` stays fast. Tests check that each registry of code (the engine's
+DATASETS, ARCHITECTURES, LOSSES; the service's SAMPLERS, PRUNERS) holds exactly these names.
 """
 
 from __future__ import annotations
@@ -22,3 +23,9 @@ Activation = Literal["relu", "leaky_relu", "elu", "tanh", "gelu"]
 GeneratorOutput = Literal["auto", "tanh", "sigmoid", "identity"]
 # Losses whose discriminator is trained against a real target, so smoothing means something.
 SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares")
+
+# Optuna's samplers and pruners, by the names the service's registries give them.
+SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]
+PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+PRUNERS: tuple[str, ...] = get_args(PrunerName)

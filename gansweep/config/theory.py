@@ -1,9 +1,10 @@
 """The equilibrium losses of THEORY.md sections 2 and 3: plain arithmetic, no torch.
 
-At p_g = p_data with an optimal discriminator, each loss (by its name in losses.LOSSES) has
-known values of L_D, L_G and D's output, as functions of alpha and the one-sided label
-smoothing s. The driver logs them beside every trial's losses and the report draws them,
-neither of which needs torch: hence this module apart from losses.py.
+At p_g = p_data with an optimal discriminator, each loss (by its name in the engine's
+losses.LOSSES) has known values of L_D, L_G and D's output, as functions of alpha and the
+one-sided label smoothing s. The driver logs them beside every trial's losses and the report
+draws them, neither of which needs torch: hence this module in the config, apart from the
+engine's losses.py (which re-exports it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,188 @@
+"""The rules across fields: what no single field's type can say.
+
+A trial's combinations (check_trial, run by TrialConfig's validator), a study's blocks
+(check_study_fields, run by StudyConfig's), what the sampler needs of the search space and
+what a pack can train (check_study, run by config.load once the search is parsed, naming
+the file). The engine's packed execution relies on the pack rules (pack_key).
+
+Each rule of a trial or of a study's blocks is a small function returning None or the
+problem; the validators raise it, and config.load names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gansweep.config.names import SMOOTHABLE_LOSSES, TOY_DATASETS
+from gansweep.errors import ConfigError
+
+if TYPE_CHECKING:  # config.schema runs these rules in its validators
+    from gansweep.config.schema import StudyConfig, TrialConfig
+
+
+# ---------------------------------------------------------------------------- one trial
+
+
+def compose_leaves_both_kinds(trial: TrialConfig) -> str | None:
+    if trial.alpha_mode != "compose":
+        return None
+    n_real = round(trial.alpha * trial.batch_size)
+    if 1 <= n_real <= trial.batch_size - 1:
+        return None
+    return (
+        f"alpha={trial.alpha} with batch_size={trial.batch_size} puts {n_real} real "
+        f"samples in a compose-mode minibatch; need 1 to {trial.batch_size - 1}"
+    )
+
+
+def dcgan_needs_images(trial: TrialConfig) -> str | None:
+    if trial.architecture == "dcgan" and trial.dataset in TOY_DATASETS:
+        return f"architecture 'dcgan' needs an image dataset, got dataset={trial.dataset!r}"
+    return None
+
+
+def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
+    if trial.label_smoothing == 1.0 or trial.loss in SMOOTHABLE_LOSSES:
+        return None
+    return (
+        f"label_smoothing applies to {', '.join(SMOOTHABLE_LOSSES)}; "
+        f"got label_smoothing={trial.label_smoothing} with loss={trial.loss!r}"
+    )
+
+
+TRIAL_RULES: tuple[Callable[[TrialConfig], str | None], ...] = (
+    compose_leaves_both_kinds, dcgan_needs_images, smoothing_needs_a_real_target,
+)
+
+
+def check_trial(trial: TrialConfig) -> None:
+    """Raises ValueError (pydantic's validator error) with the first rule the trial breaks."""
+    for rule in TRIAL_RULES:
+        problem = rule(trial)
+        if problem:
+            raise ValueError(problem)
+
+
+# ---------------------------------------------------------------------------- a study's blocks
+
+
+def pruning_needs_one_objective(study: StudyConfig) -> str | None:
+    if study.objective.second is None:
+        return None
+    if study.pruner.name == "none" and study.pruner.patience is None:
+        return None
+    return (
+        f"pruner {study.pruner.name!r}: Optuna cannot prune a multi-objective study "
+        "(objective.second is set); use pruner: {name: none}"
+    )
+
+
+STUDY_RULES: tuple[Callable[[StudyConfig], str | None], ...] = (pruning_needs_one_objective,)
+
+
+def check_study_fields(study: StudyConfig) -> None:
+    """Raises ValueError with the first rule across the study's blocks that it breaks."""
+    for rule in STUDY_RULES:
+        problem = rule(study)
+        if problem:
+            raise ValueError(problem)
+
+
+def check_study(study: StudyConfig, path: object) -> None:
+    """The rules that need the parsed search space: the sampler's and the pack's.
+    Raises ConfigError naming the file and the field."""
+    ranged = [n for n, p in study.search.items() if p.kind != "choice"]
+    if study.sampler.name == "grid":
+        if ranged:
+            raise ConfigError(
+                f"{path}: sampler.name: the grid sampler needs value lists; "
+                f"search.{ranged[0]} is a range"
+            )
+        conditional = [n for n, p in study.search.items() if p.when]
+        if conditional:
+            raise ConfigError(
+                f"{path}: sampler.name: the grid sampler crosses every axis, so it cannot skip "
+                f"a conditional one; search.{conditional[0]} has `when`"
+            )
+    if study.sampler.name == "cmaes" and not ranged:
+        raise ConfigError(f"{path}: sampler.name: cmaes needs at least one numeric range in search")
+    if study.budget.max_concurrent * study.budget.cpus_per_trial <= 0:
+        raise ConfigError(f"{path}: budget: no CPU for any trial")
+    if study.budget.pack_size > 1:
+        check_pack_study(study, path)
+
+
+# ---------------------------------------------------------------------------- packs
+
+# Fields that fix the tensors' shapes, the data or the iteration's code (gansweep.engine's
+# Spec and networks): members of one pack share them. Everything else (alpha, label
+# smoothing, the learning rates, Adam's betas, SGD's momentum and its schedule, gp_weight, the
+# loss, the seed, the evaluation settings) may differ between members: the iteration takes
+# them per trial.
+KEY_FIELDS: tuple[str, ...] = (
+    "dataset", "data_dir", "n_train", "architecture", "g_hidden", "d_hidden", "g_activation",
+    "d_activation", "generator_output", "dcgan_width", "maxout_units", "maxout_pieces",
+    "noise_dim", "noise", "batch_size", "k", "epochs", "steps_per_epoch", "device",
+    "alpha_mode", "optimizer", "d_dropout", "compile",
+)
+
+# What a pack cannot train, field -> (test, what a packed trial needs). Empty since the one
+# iteration (gansweep.engine): every loss, alpha mode, optimiser, architecture and dropout
+# packs; what remains is shapes, checked by pack_key and compose_reals.
+REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {}
+
+
+def compose_reals(trial: TrialConfig) -> int | None:
+    """The real samples of a compose-mode minibatch, round(alpha m): a shape members share."""
+    return round(trial.alpha * trial.batch_size) if trial.alpha_mode == "compose" else None
+
+
+def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
+    """(field, value) pairs that trials must share to train in one pack.
+    Raises ConfigError naming the first field a pack cannot vary or implement."""
+    for name, (allowed, need) in REQUIREMENTS.items():
+        if not allowed(trial):
+            raise ConfigError(
+                f"trial cannot be packed: {name}={getattr(trial, name)!r}; a pack needs {need}"
+            )
+    key = tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
+    return key + (("round(alpha * batch_size)", compose_reals(trial)),)
+
+
+def check_pack_study(study: StudyConfig, path: object) -> None:
+    """Every trial a study with budget.pack_size > 1 can ask for fits in one pack: the search
+    varies no field of pack_key, and every value it can choose is one a pack implements."""
+    size = study.budget.pack_size
+    why = f"budget.pack_size={size} trains trials together in one vectorised step"
+    for name in study.search:
+        if name in KEY_FIELDS:
+            raise ConfigError(
+                f"{path}: search.{name}: {why}, and a pack's trials share {name}; "
+                "search it with budget.pack_size 1"
+            )
+    try:
+        pack_key(study.trial)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: trial: {err} ({why})") from None
+    alpha = study.search.get("alpha")
+    if alpha is not None and study.trial.alpha_mode == "compose":
+        m = study.trial.batch_size
+        values = alpha.values if alpha.kind == "choice" else (alpha.low, alpha.high)
+        reals = sorted({round(float(v) * m) for v in values})
+        if len(reals) > 1:
+            raise ConfigError(
+                f"{path}: search.alpha: {why}, and compose-mode members share round(alpha * "
+                f"batch_size) real samples per minibatch; these values give {reals} (batch_size "
+                f"{m}): use alpha_mode weight or bernoulli, or budget.pack_size 1"
+            )
+    for name, param in study.search.items():
+        if name not in REQUIREMENTS:
+            continue
+        if param.kind != "choice":  # every requirement is a set of allowed values
+            raise ConfigError(f"{path}: search.{name}: trial cannot be packed: a range over {name} ({why})")
+        for value in param.values:
+            try:
+                pack_key(study.trial.model_copy(update={name: value}))
+            except ConfigError as err:
+                raise ConfigError(f"{path}: search.{name}: {err} ({why})") from None

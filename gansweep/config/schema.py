@@ -1,0 +1,227 @@
+"""The study file's schema: frozen pydantic models that reject unknown keys.
+
+A study (StudyConfig) has a `trial` block (TrialConfig: the fixed values of one GAN training
+run) and a `search` block (the parameters a sweep varies: Choice, FloatRange, IntRange).
+Field-level constraints live here; the rules across fields in config.rules; reading the file
+and naming file, line, field and value in an error in config.load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gansweep.config.names import (
+    TOY_DATASETS, Activation, ArchitectureName, DatasetName, GeneratorOutput, LossName,
+    PrunerName, SamplerName,
+)
+from gansweep.config.rules import check_study_fields, check_trial
+
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrialConfig(Frozen):
+    """Everything one GAN trial needs. Flat on purpose: each field is a searchable parameter
+    and an MLflow param under the same name."""
+
+    # data
+    dataset: DatasetName = "circle"
+    data_dir: str | None = None
+    n_train: PositiveInt | None = None  # cap on training examples (None: the protocol's size)
+    # architecture
+    architecture: ArchitectureName = "mlp"
+    g_hidden: tuple[PositiveInt, ...] = (128, 128)
+    d_hidden: tuple[PositiveInt, ...] = (128, 128)
+    g_activation: Activation = "relu"
+    d_activation: Activation = "leaky_relu"
+    d_dropout: Unit = 0.0
+    g_output: GeneratorOutput = "auto"  # auto: identity on 2D sets, sigmoid for maxout, else tanh
+    dcgan_width: PositiveInt = 64  # channels of the widest-resolution DCGAN layer
+    maxout_units: PositiveInt = 240
+    maxout_pieces: PositiveInt = 5
+    noise_dim: PositiveInt = 100
+    noise: Literal["normal", "uniform"] = "normal"
+    # the game
+    loss: LossName = "non_saturating"
+    alpha: Probability = 0.5
+    alpha_mode: Literal["compose", "weight", "bernoulli"] = "compose"
+    label_smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # real target s; 1 = none
+    gp_weight: PositiveFloat = 10.0  # wasserstein_gp only
+    k: PositiveInt = 1
+    # optimisation
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr_d: PositiveFloat = 2e-4
+    lr_g: PositiveFloat | None = None  # None: same as lr_d
+    adam_beta1: Unit = 0.5
+    adam_beta2: Unit = 0.999
+    momentum: Unit = 0.5  # sgd only
+    momentum_final: Unit | None = None  # sgd only: ramped linearly to this over the epochs
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    epochs: PositiveInt = 10
+    steps_per_epoch: PositiveInt | None = None  # generator steps; None: n_train // batch_size
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Compile each training iteration (k D steps and the G step: forward, backward, optimiser)
+    # into one torch.compile graph (gansweep/engine/executions.py). Off by default: it pays
+    # only once a trial is long enough to repay its compile time, 13 to 30 s per process on a cold cache
+    # (inductor's disk cache and reused actors share it across a sweep's trials). Measured on 2
+    # CPU cores (benchmarks/train_bench.py --compile): 1.5x to 2x the eager fast paths on a 2D
+    # toy, 1.04x to 1.3x on the Fashion-MNIST MLP, none on DCGAN; untested on GPUs.
+    compile: bool = False
+    # evaluation (Parzen protocol; full Goodfellow sizes by default)
+    eval_every: PositiveInt = 1  # epochs; the last epoch is always evaluated
+    eval_samples: PositiveInt = 10_000
+    eval_valid: PositiveInt = 1_000
+    eval_test: PositiveInt | None = None  # None: the whole test split
+    parzen_sigmas: tuple[PositiveFloat, ...] | None = None  # None: the dataset's default grid
+    sample_epochs: tuple[PositiveInt, ...] | None = None  # None: every evaluation epoch
+
+    @property
+    def effective_lr_g(self) -> float:
+        return self.lr_d if self.lr_g is None else self.lr_g
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset in TOY_DATASETS
+
+    @property
+    def generator_output(self) -> str:
+        if self.g_output != "auto":
+            return self.g_output
+        if self.is_toy:
+            return "identity"
+        return "sigmoid" if self.architecture == "maxout" else "tanh"
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrialConfig:
+        check_trial(self)  # config.rules: the rules across a trial's fields
+        return self
+
+
+# ---------------------------------------------------------------------------- search space
+
+Scalar = bool | int | float | str
+
+
+class Choice(Frozen):
+    kind: Literal["choice"] = "choice"
+    values: tuple[Any, ...]
+    when: dict[str, Scalar] | None = None
+
+
+class FloatRange(Frozen):
+    kind: Literal["uniform", "log_uniform"]
+    low: float
+    high: float
+    step: PositiveFloat | None = None
+    when: dict[str, Scalar] | None = None
+
+
+class IntRange(Frozen):
+    kind: Literal["int"] = "int"
+    low: int
+    high: int
+    step: PositiveInt = 1
+    log: bool = False
+    when: dict[str, Scalar] | None = None
+
+
+SearchParam = Choice | FloatRange | IntRange
+
+
+class SamplerConfig(Frozen):
+    name: SamplerName = "tpe"
+    seed: int | None = 0
+
+
+class PrunerConfig(Frozen):
+    name: PrunerName = "none"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # never prune before this many epochs
+    startup_trials: Annotated[int, Field(ge=0)] = 2  # median/percentile: trials before pruning
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0
+    min_resource: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    patience: PositiveInt | None = None  # wrap in PatientPruner: tolerate this many bad reports
+
+
+class BudgetConfig(Frozen):
+    trials: PositiveInt | None = None  # None: the grid's size (grid sampler) or 10
+    max_concurrent: PositiveInt = 2
+    cpus_per_trial: PositiveFloat = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0.0)] = 0.0
+    max_failures: Annotated[int, Field(ge=0)] = 1  # retries of a trial whose worker died
+    # Trials trained together in one vectorised step (the engine's packed execution) on one
+    # worker's cpus: for small networks, which leave a core mostly idle. 1: a worker per trial.
+    pack_size: PositiveInt = 1
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"a trial takes a fraction of one GPU or whole GPUs, got {value}")
+        return value
+
+
+class ObjectiveSpec(Frozen):
+    metric: str = "parzen_ll"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class ObjectiveConfig(ObjectiveSpec):
+    second: ObjectiveSpec | None = None  # a second objective makes the study multi-objective
+
+
+class TrackingConfig(Frozen):
+    experiment: str | None = None  # None: the study's name
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or a local store in output/
+
+
+class StudyConfig(Frozen):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    output: str | None = None  # None: runs/<name>, relative to the working directory
+    storage: str | None = None  # Optuna storage URL; None: SQLite in the output folder
+    trial: TrialConfig = TrialConfig()
+    search: dict[str, SearchParam] = {}
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+    budget: BudgetConfig = BudgetConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("output")
+    @classmethod
+    def _inside_working_directory(cls, value: str | None) -> str | None:
+        # A study file is shared and re-run by others: it may only name a folder below the
+        # working directory. Writing elsewhere is the caller's explicit choice (--output).
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError(
+                f"output must be a relative path below the working directory (use --output "
+                f"for another place), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> StudyConfig:
+        check_study_fields(self)  # config.rules: the rules across a study's blocks
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.name
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+TRIAL_FIELDS = tuple(TrialConfig.model_fields)
