@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.
     ray_start = RayStart.begin(args.address)
     try:
-        from gansweep.report import report_after_sweep
+        from gansweep.reporting.html import report_after_sweep
         from gansweep.sweep import run_study
 
         return run_study(
@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gansweep.report import write_report
+    from gansweep.reporting.html import write_report
 
     path = write_report(Path(args.output_dir), args.tracking_uri)
     print(f"report written to {path}")

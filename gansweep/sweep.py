@@ -431,7 +431,7 @@ class TrackingCallback(tune.Callback):
 
     def log_theory_plot(self, number: int, values: dict[str, Any]) -> None:
         """The losses-vs-theory figure, drawn from the run's own history once it is delivered."""
-        from gansweep.plots import plot_losses_vs_theory
+        from gansweep.reporting.plots import plot_losses_vs_theory
 
         folder = self.artifacts / str(number) / "plots"
         trial = TrialConfig.model_validate(values)

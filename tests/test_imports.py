@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import clean_env
+from test_layout import read_modules
 
 # The third-party modules gansweep's driver-side modules import, imported first so that what
 # they do at import is not counted as gansweep's.
@@ -17,10 +18,13 @@ LIBRARIES = (
     "ray.tune.search", "ray.tune.schedulers", "ray.tune.logger", "ray.tune.experiment", "pandas",
     "numpy", "yaml", "pydantic", "rich", "matplotlib", "pyarrow.fs",
 )
-GANSWEEP = (
-    "cli", "config.schema", "config.names", "config.rules", "config.load", "config.space", "config.theory", "search", "tracking", "report", "sweep", "results",
-    "single", "progress", "storage", "raystart", "trainable", "plots", "files",
-)
+# Every gansweep module but the training side (the engine and the worker, which import torch
+# and run only in workers) and __main__ (which runs the CLI), wherever the layout puts it.
+GANSWEEP = tuple(sorted(
+    name.removeprefix("gansweep.") for name in read_modules()
+    if name not in ("gansweep", "gansweep.__main__")
+    and not name.startswith("gansweep.engine") and name.rpartition(".")[2] != "worker"
+))
 
 
 def run_python(code: str, cwd: Path) -> str:
@@ -63,7 +67,7 @@ from pathlib import Path
 os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "33"  # the user's own value wins
 import optuna
 from gansweep.errors import GansweepError
-from gansweep.report import write_report
+from gansweep.reporting.html import write_report
 from gansweep.search import OptunaStudy
 from gansweep.config.load import load_study
 from gansweep.tracking import Tracker
@@ -100,12 +104,12 @@ def test_one_default_tracking_uri_for_sweep_and_report(tmp_path: Path) -> None:
     directory; the sweep and the report ask the same function."""
     code = """
 import json, os
-import gansweep.report, gansweep.sweep
+import gansweep.reporting.view, gansweep.reporting.html, gansweep.sweep
 from gansweep.tracking import resolve_tracking_uri
 seen = [resolve_tracking_uri(), resolve_tracking_uri("http://flag:5000")]
 os.environ["MLFLOW_TRACKING_URI"] = "http://env:5000"
 seen += [resolve_tracking_uri(), resolve_tracking_uri("http://flag:5000")]
-seen.append(gansweep.report.resolve_tracking_uri is gansweep.sweep.resolve_tracking_uri is resolve_tracking_uri)
+seen.append(gansweep.reporting.html.resolve_tracking_uri is gansweep.sweep.resolve_tracking_uri is resolve_tracking_uri)
 print(json.dumps(seen))
 """
     seen = json.loads(run_python(code, tmp_path))

@@ -28,12 +28,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, STUDIES, MlflowServer, clean_env, gansweep
-from gansweep import plots
+from gansweep.reporting import plots
 from gansweep.engine.data import load_dataset
 from gansweep.engine.losses import equilibrium
 from gansweep.engine.parzen import data_as_model_baseline
-from gansweep.report import FIGURES, StudyView, mosaic_epochs, param_importances, report_after_sweep, run_name
-from gansweep.tracking import Tracker
+from gansweep.reporting.figures import FIGURES, mosaic_epochs
+from gansweep.reporting.html import report_after_sweep
+from gansweep.reporting.view import StudyView, param_importances
+from gansweep.tracking import Tracker, run_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -115,7 +117,8 @@ def test_report_without_mlflow_shows_what_is_local(sweep: Path, tmp_path: Path) 
     done = gansweep("report", str(sweep / "out"), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     page = (sweep / "out" / "report" / "index.html").read_text()
-    assert "No MLflow store at sqlite:///mlflow.db" in page
+    # MLflow's default store: mlflow.db in the working directory, named by its absolute path
+    assert f"No MLflow store at sqlite:///{tmp_path.resolve() / 'mlflow.db'}:" in page
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create a store
     assert len(re.findall(r"data-trial='\d+'", page)) == 4
     # No loss histories without MLflow; the objective per epoch comes from Optuna's

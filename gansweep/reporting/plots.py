@@ -1,7 +1,7 @@
 """Figures of trials and studies (matplotlib's Figure API: no pyplot, no backend, no global state).
 
-The per-trial loss plot logged by the sweep, and the figures of `gansweep report` (report.py
-gathers the data; these functions only draw). Functions that build a figure return it, so
+The per-trial loss plot the sweep logs (handed to the service by the CLI), and the figures
+of `gansweep report` (figures.py chooses what they show; these functions only draw). Functions that build a figure return it, so
 that tests can inspect the lines they drew; `save_figure` writes a PNG and frees it.
 """
 

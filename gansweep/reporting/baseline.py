@@ -1,0 +1,64 @@
+"""The data-as-model Parzen baseline of a study's data sets: real training points scored as
+if they were a model's samples, with the study's evaluation sizes (Theis et al. 2015: a
+Parzen score means little alone). The one place of the reporting that needs the engine
+(and torch), imported only when a score is not in the cache (report/baseline.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gansweep.config.names import TOY_DATASETS
+from gansweep.config.schema import TrialConfig
+from gansweep.reporting.view import StudyView, first_line
+
+
+def baseline_key(trial: TrialConfig) -> str:
+    """What the data-as-model score depends on (a toy set's points depend on the seed)."""
+    return json.dumps({
+        "dataset": trial.dataset, "data_dir": trial.data_dir, "n_train": trial.n_train,
+        "seed": trial.seed if trial.dataset in TOY_DATASETS else 0,
+        "eval_samples": trial.eval_samples, "eval_valid": trial.eval_valid, "eval_test": trial.eval_test,
+        "sigmas": list(trial.parzen_sigmas) if trial.parzen_sigmas else None,
+    }, sort_keys=True)
+
+
+def compute_baseline(trial: TrialConfig) -> dict[str, float]:
+    """parzen.data_as_model_baseline with the study's evaluation sizes: eval_samples real
+    training points as the kernel centres, scored like a trial's samples."""
+    from gansweep.engine.data import load_dataset
+    from gansweep.engine.parzen import data_as_model_baseline
+
+    data = load_dataset(trial.dataset, data_dir=trial.data_dir, seed=trial.seed, device="auto", n_train=trial.n_train)
+    test = data.test if trial.eval_test is None else data.test[: trial.eval_test]
+    result = data_as_model_baseline(data.train, data.valid[: trial.eval_valid], test,
+                                    trial.parzen_sigmas or data.default_sigmas, n_samples=trial.eval_samples)
+    return {"dataset": trial.dataset, "mean": result.mean, "stderr": result.stderr, "sigma": result.sigma,
+            "n_samples": result.n_samples, "n_test": result.n_test}
+
+
+def data_baselines(view: StudyView, cache: Path) -> dict[str, float]:
+    """dataset -> data-as-model Parzen score (the mean over seeds of a toy set), cached."""
+    if view.metric != "parzen_ll":
+        view.notes.append(f"No data-as-model baseline: the objective is {view.metric}, not parzen_ll.")
+        return {}
+    configs = {baseline_key(t.config): t.config for t in view.trials if t.config is not None}
+    if not configs:
+        view.notes.append("No data-as-model baseline: the trials' fields are unknown (no MLflow params, no checkpoints).")
+        return {}
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    scores: dict[str, list[float]] = {}
+    for key, config in configs.items():
+        if key not in stored:
+            try:
+                stored[key] = compute_baseline(config)
+            except Exception as err:  # data not on this machine, out of memory, ...
+                view.notes.append(f"No data-as-model baseline for {config.dataset}: {first_line(err)}")
+                continue
+        scores.setdefault(config.dataset, []).append(stored[key]["mean"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(stored, indent=1, sort_keys=True))
+    return {name: float(np.mean(values)) for name, values in scores.items()}
