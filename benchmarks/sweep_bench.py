@@ -132,7 +132,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def tune_records(output: Path) -> list[list[dict]]:
     """Every trial's result.json rows (Tune writes one JSON object per report)."""
     records = []
-    paths = [*(output / "tune").glob("*/trial_*/result.json"), *(output / "tune").glob("*/pack_*/result.json")]
+    paths = [*(output / "tune").glob("*/unit_*/result.json")]
     for path in sorted(paths):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:

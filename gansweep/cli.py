@@ -131,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ray_start = RayStart.begin(args.address)
     try:
         from gansweep.reporting.html import report_after_sweep
+        from gansweep.reporting.plots import plot_losses_vs_theory
         from gansweep.sweep import run_study
 
         return run_study(
@@ -141,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             output=Path(args.output) if args.output else None,
             ray_start=ray_start,
             after=report_after_sweep,
+            figure=plot_losses_vs_theory,
         )
     finally:
         ray_start.stop()

@@ -109,7 +109,7 @@ def wait_until(condition, what: str, driver: subprocess.Popen, log: Path, timeou
 
 def worker_progress(output: Path, number: int) -> int:
     """Epochs a trial's worker has checkpointed (it writes checkpoint_<n-1> after epoch n)."""
-    found = [int(p.name.rsplit("_", 1)[1]) for p in output.glob(f"tune/*/trial_{number:04d}_*/checkpoint_*")]
+    found = [int(p.name.rsplit("_", 1)[1]) for p in output.glob(f"tune/*/unit_{number:04d}_*/checkpoint_*")]
     return max(found, default=-1) + 1
 
 

@@ -51,7 +51,7 @@ def test_a_packed_sweep_matches_the_pack_library_and_fails_only_the_diverging_me
     assert (table[table["lr_d"] < 1]["state"] == "COMPLETE").all()
 
     study = optuna.load_study(study_name="packed", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
-    packs = {tuple(t.user_attrs["pack"]) for t in study.trials}
+    packs = {tuple(t.user_attrs["unit"]) for t in study.trials}
     assert sorted(len(p) for p in packs) == [3, 3]  # two packs of three: 6 trials, 2 Tune trials
     config = load_study(tmp_path / "packed.yaml")
     client = MlflowClient(uri)
@@ -111,7 +111,7 @@ def test_members_are_pruned_one_by_one_and_leave_their_pack(tmp_path: Path) -> N
         at = int(row["pruned_at"])
         assert len(metric_history(client, run.info.run_id, "d_loss")) == at  # nothing logged after
         assert "checkpoint/generator.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-        (mate,) = [n for n in study.trials[number].user_attrs["pack"] if n != number]
+        (mate,) = [n for n in study.trials[number].user_attrs["unit"] if n != number]
         if table.loc[mate, "state"] == "COMPLETE":
             # the mate trained on alone: the pruned member left the step, not just the records
             sizes = metric_history(client, run_of[mate].info.run_id, "pack_size")

@@ -262,12 +262,12 @@ def test_a_sweep_keeps_tune_checkpoints_in_s3(tmp_path: Path, s3_server: S3Serve
         key = checkpoint_key(recorded, bucket)
         experiment, trial_dir, checkpoint_dir = key.split("/")[1:]
         experiments.add(experiment)
-        assert trial_dir.startswith(f"trial_{frozen.number:04d}_") and checkpoint_dir == "checkpoint_000002"
-        assert {f"{key}/state.pt", f"{key}/generator.pt", f"{key}/samples/epoch_0003.png"} <= set(keys), keys
+        assert trial_dir.startswith(f"unit_{frozen.number:04d}_") and checkpoint_dir == "checkpoint_000002"
+        assert {f"{key}/state.pt", f"{key}/members/{frozen.number}/generator.pt", f"{key}/members/{frozen.number}/samples/epoch_0003.png"} <= set(keys), keys
         # num_to_keep=2: the last two of the three checkpoints stay
         kept = sorted({k.split("/")[3] for k in keys if k.startswith(f"tune/{experiment}/{trial_dir}/checkpoint_")})
         assert kept == ["checkpoint_000001", "checkpoint_000002"]
-        generator = torch.load(io.BytesIO(s3_server.read(bucket, f"{key}/generator.pt")), weights_only=False)
+        generator = torch.load(io.BytesIO(s3_server.read(bucket, f"{key}/members/{frozen.number}/generator.pt")), weights_only=False)
         assert generator["trial"]["alpha"] == frozen.params["alpha"] and generator["generator"]
         state = torch.load(io.BytesIO(s3_server.read(bucket, f"{key}/state.pt")), weights_only=False)
         assert state["epoch"] == 3

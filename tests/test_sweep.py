@@ -68,7 +68,7 @@ def test_smoke_study_end_to_end_and_rerun_resumes(tmp_path: Path) -> None:
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "study"}
     assert "search.alpha" in parent.data.params
     # Tune's own per-trial records are kept, its TensorBoard files are not (sweep.tune_loggers)
-    trial_folders = list((output / "tune").glob("*/trial_*"))
+    trial_folders = list((output / "tune").glob("*/unit_*"))
     assert len(trial_folders) == 4 and all((f / "result.json").is_file() for f in trial_folders)
     assert not list((output / "tune").rglob("events.out.tfevents*"))
 
@@ -236,7 +236,7 @@ def rerun_finishes_the_alpha_grid_once(tmp_path: Path, experiment: str) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     table = check_consistent(tmp_path / "out", uri, experiment, expected=5)
     assert sorted(table["alpha"]) == [0.3, 0.4, 0.5, 0.6, 0.7]
-    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all()
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 6).all(), table.to_string()
     client = MlflowClient(uri)
     for run in children(mlflow_runs(uri, experiment)):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]

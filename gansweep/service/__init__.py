@@ -1,0 +1,1 @@
+"""The driver: Ray Tune, Optuna and MLflow wired together, and the worker entry points."""
