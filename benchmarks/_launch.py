@@ -18,7 +18,7 @@ import sys
 
 def ray_start_in_turn():  # noqa: ANN201
     """RayStart that starts Ray when first waited for and stops it only in stop()."""
-    from gansweep.raystart import RayStart
+    from gansweep.service.raystart import RayStart
 
     class InTurn(RayStart):
         @classmethod

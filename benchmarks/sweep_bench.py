@@ -31,7 +31,7 @@ Compared, in the same run (benchmarks/_launch.py turns one saving off at a time;
 is untouched):
 - gansweep as it is: Tune's actor reuse (a worker process runs trial after trial), and Ray
   started in a thread while the driver imports and sets up Optuna and MLflow, and stopped in
-  one while it writes the results and the report (gansweep/raystart.py);
+  one while it writes the results and the report (gansweep/service/raystart.py);
 - Ray in turn: Ray started only once the set-up is done and stopped after the report;
 - actor reuse off: every trial starts a fresh Ray actor, which imports torch and loads the
   data again.

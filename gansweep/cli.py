@@ -119,20 +119,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gansweep.config.load import load_study
 
     study = load_study(args.study, args.overrides)
-    from gansweep.driverlock import OutputLock
+    from gansweep.service.driverlock import OutputLock
 
     # A study another driver runs in this output folder: refused before Ray starts (the sweep
     # takes the lock itself, and the lease of a shared Optuna storage).
     output = Path(args.output) if args.output else study.output_dir
     OutputLock(output.resolve()).refuse_if_held(study.name)
-    from gansweep.raystart import RayStart
+    from gansweep.service.raystart import RayStart
 
     # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.
     ray_start = RayStart.begin(args.address)
     try:
         from gansweep.reporting.html import report_after_sweep
         from gansweep.reporting.plots import plot_losses_vs_theory
-        from gansweep.sweep import run_study
+        from gansweep.service.sweep import run_study
 
         return run_study(
             study,

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import clean_env, gansweep, kill_group, start_gansweep
 from gansweep import driverlock
-from gansweep.driverlock import LEASE_ATTR, LOCK_FILE, DriverRunning, OutputLock, one_driver
+from gansweep.service.driverlock import LEASE_ATTR, LOCK_FILE, DriverRunning, OutputLock, one_driver
 from test_sweep import check_consistent, optuna_states
 
 HOLDER = """

@@ -68,9 +68,9 @@ os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "33"  # the user's own value wins
 import optuna
 from gansweep.errors import GansweepError
 from gansweep.reporting.html import write_report
-from gansweep.search import OptunaStudy
+from gansweep.service.search import OptunaStudy
 from gansweep.config.load import load_study
-from gansweep.tracking import Tracker
+from gansweep.service.tracking import Tracker
 names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 seen = {{"imported": [os.environ.get(n) for n in names]}}
 os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
@@ -104,12 +104,12 @@ def test_one_default_tracking_uri_for_sweep_and_report(tmp_path: Path) -> None:
     directory; the sweep and the report ask the same function."""
     code = """
 import json, os
-import gansweep.reporting.view, gansweep.reporting.html, gansweep.sweep
-from gansweep.tracking import resolve_tracking_uri
+import gansweep.reporting.view, gansweep.reporting.html, gansweep.service.sweep
+from gansweep.service.tracking import resolve_tracking_uri
 seen = [resolve_tracking_uri(), resolve_tracking_uri("http://flag:5000")]
 os.environ["MLFLOW_TRACKING_URI"] = "http://env:5000"
 seen += [resolve_tracking_uri(), resolve_tracking_uri("http://flag:5000")]
-seen.append(gansweep.reporting.html.resolve_tracking_uri is gansweep.sweep.resolve_tracking_uri is resolve_tracking_uri)
+seen.append(gansweep.reporting.html.resolve_tracking_uri is gansweep.service.sweep.resolve_tracking_uri is resolve_tracking_uri)
 print(json.dumps(seen))
 """
     seen = json.loads(run_python(code, tmp_path))

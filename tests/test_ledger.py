@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from gansweep.config.load import load_study
-from gansweep.search import OptunaStudy
+from gansweep.service.search import OptunaStudy
 from gansweep.service import protocol as p
 from gansweep.service.ledger import Close, FetchSamples, Ledger, LogEpoch, TagNodes
 

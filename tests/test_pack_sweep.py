@@ -19,7 +19,7 @@ from test_sweep import check_consistent, children, optuna_reports, optuna_states
 
 from gansweep.engine.data import load_dataset
 from gansweep.engine.train import train_pack
-from gansweep.search import values_from_params
+from gansweep.service.search import values_from_params
 from gansweep.config.schema import TrialConfig
 from gansweep.config.load import load_study
 

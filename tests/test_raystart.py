@@ -1,4 +1,4 @@
-"""Ray started in a thread (gansweep/raystart.py): it must outlive the call that started it,
+"""Ray started in a thread (gansweep/service/raystart.py): it must outlive the call that started it,
 and a start that cannot finish must not hold the command hostage.
 
 Each case runs in its own Python process: Ray's state is global to a process.
@@ -14,7 +14,7 @@ import textwrap
 OUTLIVES_INIT = textwrap.dedent(
     """
     import time, ray
-    from gansweep.raystart import RayStart
+    from gansweep.service.raystart import RayStart
     start = RayStart.begin(None)
     start.wait()
     time.sleep(3)  # ray.init returned long ago: Ray's processes must still be there
@@ -32,7 +32,7 @@ OUTLIVES_INIT = textwrap.dedent(
 UNREACHABLE = textwrap.dedent(
     """
     import time
-    from gansweep.raystart import RayStart
+    from gansweep.service.raystart import RayStart
     start = RayStart.begin("127.0.0.1:9")  # nothing listens there: ray.init keeps retrying
     time.sleep(2)
     start.stop()

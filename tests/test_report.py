@@ -35,7 +35,7 @@ from gansweep.engine.parzen import data_as_model_baseline
 from gansweep.reporting.figures import FIGURES, mosaic_epochs
 from gansweep.reporting.html import report_after_sweep
 from gansweep.reporting.view import StudyView, param_importances
-from gansweep.tracking import Tracker, run_name
+from gansweep.service.tracking import Tracker, run_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from gansweep.search import (
+from gansweep.service.search import (
     PRUNERS, SAMPLERS, OptunaStudy, decode_choice, encode_choice, grid_size, make_pruner,
     requested_trials,
 )

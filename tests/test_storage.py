@@ -136,7 +136,7 @@ def use_s3_server(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-# -------------------------------------------------------------------- gansweep.storage
+# -------------------------------------------------------------------- gansweep.service.storage
 
 
 def test_storage_filesystem_for_s3_with_an_endpoint_writes_and_reads_the_bucket(

@@ -79,10 +79,10 @@ def test_smoke_study_end_to_end_and_rerun_resumes(tmp_path: Path) -> None:
 
 
 def test_the_driver_leaves_torch_to_the_workers() -> None:
-    """gansweep.trainable keeps the training code out of the driver: importing the sweep, the
+    """gansweep.service.trainable keeps the training code out of the driver: importing the sweep, the
     report and the CLI imports no torch (about 2 s on 2 cores; workers import it themselves)."""
     code = (
-        "import sys, gansweep.cli, gansweep.sweep, gansweep.reporting.html; "
+        "import sys, gansweep.cli, gansweep.service.sweep, gansweep.reporting.html; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorboardX')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

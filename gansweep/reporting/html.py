@@ -24,7 +24,7 @@ from gansweep.reporting.figures import (
 from gansweep.reporting.view import (
     REPORT_DIR, StudyView, first_line, load_view, open_client, param_importances, resolve_output,
 )
-from gansweep.tracking import MlflowClient, Tracker, mlflow_defaults, resolve_tracking_uri
+from gansweep.service.tracking import MlflowClient, Tracker, mlflow_defaults, resolve_tracking_uri
 
 
 def write_report(

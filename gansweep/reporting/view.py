@@ -25,8 +25,8 @@ import yaml
 from gansweep.config.load import load_study
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.errors import GansweepError
-from gansweep.storage import optuna_storage_url
-from gansweep.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
+from gansweep.service.storage import optuna_storage_url
+from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch
 MIN_COMPLETE_FOR_IMPORTANCE = 4

@@ -12,12 +12,12 @@ import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 
-from gansweep.progress import SweepProgress
-from gansweep.search import OptunaStudy
+from gansweep.service.progress import SweepProgress
+from gansweep.service.search import OptunaStudy
 from gansweep.service import protocol as p
 from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of
 from gansweep.config.schema import TrialConfig
-from gansweep.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name
+from gansweep.service.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name
 
 # Draws a member's figure from its MLflow history (metric -> [(epoch, value)]) into a file;
 # handed in by the CLI (the reporting's losses-vs-theory plot): the service draws nothing.

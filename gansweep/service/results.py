@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from gansweep.files import write_csv_atomically
-from gansweep.search import OptunaStudy
+from gansweep.service.search import OptunaStudy
 
 SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", "pruned_at", "failure_reason", "tune_trial_id")
 

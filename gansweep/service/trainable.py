@@ -1,7 +1,7 @@
 """The Tune trainable as the driver sees it: the entry point and the PruneBoard.
 
 The driver hands Tune `run_unit` and reads the checkpoints it writes (their layout is
-gansweep.service.protocol's); the training code behind it (gansweep.worker, and through it
+gansweep.service.protocol's); the training code behind it (gansweep.service.worker, and through it
 torch) is imported only in the Ray worker processes that run units. The driver's start-up
 then does not import torch, about 2 s of its 4.5 s of imports on 2 cores, spent while Ray
 and the first trial's actor wait for it (benchmarks/README.md, sweep overhead).
@@ -16,8 +16,8 @@ import ray
 
 
 def run_unit(config: dict[str, Any]) -> None:
-    """The Tune trainable of a unit of one or more trials (gansweep.worker.run_unit)."""
-    from gansweep import worker
+    """The Tune trainable of a unit of one or more trials (gansweep.service.worker.run_unit)."""
+    from gansweep.service import worker
 
     worker.run_unit(config)
 

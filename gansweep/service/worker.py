@@ -1,7 +1,7 @@
 """What runs inside a Ray Tune trial: one unit of one or more GAN trials (its members),
 reporting each epoch with a checkpoint at evaluation epochs.
 
-Imported by Ray workers only, through gansweep.trainable's entry point (the driver never
+Imported by Ray workers only, through gansweep.service.trainable's entry point (the driver never
 imports this module, nor torch through it); it imports Ray and torch; it knows nothing of
 Optuna or MLflow (the driver records everything). The unit's config, its results and its
 checkpoints are gansweep.service.protocol's; a checkpoint folder holds:
@@ -36,7 +36,7 @@ from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch
 from gansweep.engine.train import out_of_memory
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
-from gansweep.storage import storage_filesystem, strip_scheme
+from gansweep.service.storage import storage_filesystem, strip_scheme
 from gansweep.config.schema import TrialConfig
 
 

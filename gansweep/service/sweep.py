@@ -30,24 +30,24 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from gansweep.driverlock import DriverRunning, one_driver
+from gansweep.service.driverlock import DriverRunning, one_driver
 from gansweep.errors import DiskFull
-from gansweep.progress import SweepProgress
-from gansweep.raystart import RayStart
-from gansweep.results import write_results
-from gansweep.search import OptunaStudy, requested_trials
+from gansweep.service.progress import SweepProgress
+from gansweep.service.raystart import RayStart
+from gansweep.service.results import write_results
+from gansweep.service.search import OptunaStudy, requested_trials
 from gansweep.service import protocol as p
 from gansweep.service.callback import MemberFigure, TrackingCallback, reconcile
 from gansweep.service.diskspace import DiskSpaceStopper, disk_full_error, min_free_bytes, prepare_output, short_of_space
 from gansweep.service.ledger import Ledger
 from gansweep.service.pruner import LedgerPruner
 from gansweep.service.searcher import LedgerSearcher
-from gansweep.storage import (
+from gansweep.service.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
 )
 from gansweep.config.schema import StudyConfig
-from gansweep.tracking import Tracker, resolve_tracking_uri
-from gansweep.trainable import PruneBoard, run_unit
+from gansweep.service.tracking import Tracker, resolve_tracking_uri
+from gansweep.service.trainable import PruneBoard, run_unit
 
 # Ray Tune copies these from the driver's environment into every trainable's runtime_env,
 # and Ray's runtime-env agent logs a runtime_env in full, at INFO, in the session's logs.
@@ -210,7 +210,7 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
 def tune_loggers() -> list[tune.Callback]:
     """Tune's per-trial result.json and progress.csv (its experiment analysis reads them), and
     not its TensorBoard logger: MLflow holds every metric, and tensorboardX imports torch,
-    2 s of the driver's start-up that nothing else on the driver needs (gansweep.trainable)."""
+    2 s of the driver's start-up that nothing else on the driver needs (gansweep.service.trainable)."""
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when Tuner.fit starts
     return [CSVLoggerCallback(), JsonLoggerCallback()]
 
