@@ -48,7 +48,7 @@ HEAVY = {"torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "torchvisio
 NEVER = {  # third-party packages a layer never imports, not even lazily
     "config": HEAVY,
     "engine": {"ray", "mlflow", "optuna"},
-    "base": HEAVY - {"pandas"},  # files.py names pandas for its type hint only
+    "base": HEAVY,  # (files.py names pandas for a type hint, under TYPE_CHECKING)
 }
 NOT_AT_IMPORT = {  # third-party packages a layer imports only lazily: the driver is torch-free
     "base": HEAVY,
@@ -56,19 +56,6 @@ NOT_AT_IMPORT = {  # third-party packages a layer imports only lazily: the drive
     "service": {"torch", "torchvision"},  # but for the worker (ENGINE_DOORS)
     "reporting": {"torch", "torchvision", "ray"},
 }
-# The service's modules while they still sit at gansweep's top (issue 14 moves them into
-# gansweep/service/); reporting's old names likewise. They are held to their layer's rules
-# where they are, and test_every_module_sits_in_its_layer waits for them.
-STILL_FLAT = {
-    **{f"gansweep.{name}": "service" for name in (
-        "sweep", "trainable", "worker", "search", "results", "progress", "tracking", "raystart",
-        "storage", "driverlock")},
-    "gansweep.report": "reporting", "gansweep.plots": "reporting",
-}
-# While a service module is still flat, its name stands for the service's.
-FLAT_ALIASES = {"gansweep.worker": "gansweep.service.worker",
-                "gansweep.trainable": "gansweep.service.trainable",
-                "gansweep.tracking": "gansweep.service.tracking"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +147,7 @@ def layer_of(name: str) -> str | None:
     parts = name.split(".")
     if len(parts) > 1 and parts[1] in LAYERS:
         return parts[1]
-    return TOP_LEVEL.get(name) or STILL_FLAT.get(name)
+    return TOP_LEVEL.get(name)
 
 
 def violations(modules: dict[str, Module]) -> list[str]:
@@ -175,21 +162,17 @@ def violations(modules: dict[str, Module]) -> list[str]:
             if not item.target.startswith("gansweep"):
                 if item.target in NEVER.get(layer, ()):
                     found.append(f"{at}: {layer} never imports {item.target}")
-                elif not item.lazy and item.target in NOT_AT_IMPORT.get(layer, ()) and (
-                    module.name not in ENGINE_DOORS and FLAT_ALIASES.get(module.name) not in ENGINE_DOORS
-                ):
+                elif not item.lazy and item.target in NOT_AT_IMPORT.get(layer, ()) and module.name not in ENGINE_DOORS:
                     found.append(f"{at}: {layer} imports {item.target} only inside a function")
                 continue
-            target = FLAT_ALIASES.get(item.target, item.target)
-            other = layer_of(item.target)
+            target = item.target
+            other = layer_of(target)
             if other is None or item.target == "gansweep":
                 continue
             allowed = ALLOWED[layer] | (LAZY_ALSO.get(layer, set()) if item.lazy else set())
             if other in allowed or target in allowed:
                 continue
-            if layer == "service" and other == "engine" and (
-                module.name in ENGINE_DOORS or FLAT_ALIASES.get(module.name) in ENGINE_DOORS
-            ):
+            if layer == "service" and other == "engine" and module.name in ENGINE_DOORS:
                 continue
             found.append(f"{at}: {layer} may not import {other}"
                          + (" (only inside a function)" if other in LAZY_ALSO.get(layer, ()) else ""))
@@ -226,10 +209,9 @@ def import_cycle(modules: dict[str, Module]) -> list[str] | None:
 
 
 MODULES = read_modules()
-FLAT_NOW = sorted(name for name in STILL_FLAT if name in MODULES)
 # Imports that break a rule and wait for a move elsewhere: (module, target) -> what it waits for.
 PENDING = {
-    ("gansweep.reporting.view", "gansweep.storage"):
+    ("gansweep.reporting.view", "gansweep.service.storage"):
         "the Optuna storage URL of an output folder (storage.optuna_storage_url) belongs with "
         "the output folder's layout in gansweep.service.protocol",
 }
@@ -253,10 +235,8 @@ def test_no_import_cycle() -> None:
     assert import_cycle(MODULES) is None
 
 
-@pytest.mark.xfail(bool(FLAT_NOW), reason=f"issue 14: still at gansweep's top: {', '.join(FLAT_NOW)}",
-                   strict=False)
 def test_every_module_sits_in_its_layer() -> None:
-    assert [name for name in MODULES if layer_of(name) is None or name in STILL_FLAT] == []
+    assert [name for name in MODULES if layer_of(name) is None] == []
 
 
 # Modules known to be over: name -> why they wait (a non-strict xfail, visible in the summary).

@@ -217,7 +217,7 @@ def importance_view(values: list[tuple[float, float]]) -> StudyView:
             params={"alpha": alpha}, distributions={"alpha": optuna.distributions.CategoricalDistribution([0.3, 0.7])},
             value=objective,
         ))
-    return StudyView(Path("."), "s", pd.DataFrame(), ["alpha"], [], "parzen_ll", "maximize", "", optuna=study)
+    return StudyView(Path("."), "s", pd.DataFrame(), ["alpha"], [], "parzen_ll", "maximize", "", optuna_study=study)
 
 
 def test_importances_need_four_complete_trials_with_two_values() -> None:

@@ -30,8 +30,9 @@ class Frozen(BaseModel):
 
 
 class TrialConfig(Frozen):
-    """Everything one GAN trial needs. Flat on purpose: each field is a searchable parameter
-    and an MLflow param under the same name."""
+    """Everything one GAN training run needs, whatever runs it (`gansweep train`, an Optuna
+    trial's Tune unit, a member of a pack). Flat on purpose: each field is a searchable
+    parameter and an MLflow param under the same name."""
 
     # data
     dataset: DatasetName = "circle"
@@ -186,6 +187,9 @@ class TrackingConfig(Frozen):
 
 
 class StudyConfig(Frozen):
+    """A study file, validated (config.load.load_study): what to train and how to search.
+    Not the Optuna study, the service's record of a sweep's trials (its name is `name`)."""
+
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     output: str | None = None  # None: runs/<name>, relative to the working directory

@@ -55,9 +55,9 @@ def figure_objective_vs_params(view: StudyView, baselines: dict[str, float]) -> 
 
 
 def _is_log(view: StudyView, name: str) -> bool:
-    if view.optuna is None:
+    if view.optuna_study is None:
         return False
-    for frozen in view.optuna.get_trials(deepcopy=False):
+    for frozen in view.optuna_study.get_trials(deepcopy=False):
         if name in frozen.distributions:
             return bool(getattr(frozen.distributions[name], "log", False))
     return False

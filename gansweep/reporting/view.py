@@ -9,7 +9,7 @@ Sources, each optional but the first:
 What is missing becomes a note in StudyView.notes (said on the page) instead of an error.
 
 Words: a TrialView is one row of results.csv (an Optuna trial) with what MLflow (its child
-run) and the Optuna study (its FrozenTrial) say of it; StudyView.optuna is the Optuna study.
+run) and the Optuna study (its FrozenTrial) say of it; StudyView.optuna_study is the Optuna study.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class StudyView:
     client: MlflowClient | None = None
     experiment_id: str | None = None
     parent_run_id: str | None = None
-    optuna: Any = None  # optuna.Study
+    optuna_study: Any = None  # optuna.Study: the sweep's record of its trials
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,7 +107,7 @@ def resolve_output(target: Path, client: MlflowClient | None, uri: str) -> Path:
     )
 
 
-def study_file(client: MlflowClient, parent: Any, folder: Path) -> StudyConfig | None:
+def logged_study_config(client: MlflowClient, parent: Any, folder: Path) -> StudyConfig | None:
     """The study file logged with the parent run (overrides given with --set are not in it)."""
     try:
         names = [a.path for a in client.list_artifacts(parent.info.run_id, "study") if a.path.endswith((".yaml", ".yml"))]
@@ -177,7 +177,7 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
         view.trials.append(TrialView(number, str(row["state"]), row, run_name(number, row, search)))
 
     runs: dict[int, Any] = {}
-    config: StudyConfig | None = None
+    study_config: StudyConfig | None = None
     if client is None:
         view.notes.append(f"No MLflow store at {uri}: per-epoch losses and objective are not shown "
                           "(give --tracking-uri or MLFLOW_TRACKING_URI).")
@@ -189,7 +189,7 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
             else:
                 view.parent_run_id, view.experiment_id = parent.info.run_id, parent.info.experiment_id
                 view.name = parent.data.tags.get(TAG_STUDY, view.name)
-                config = study_file(client, parent, scratch)
+                study_config = logged_study_config(client, parent, scratch)
                 children = client.search_runs([view.experiment_id], f"tags.`{PARENT_TAG}` = '{view.parent_run_id}'",
                                               max_results=10_000)
                 runs = {int(r.data.tags[TAG_TRIAL]): r for r in children if TAG_TRIAL in r.data.tags}
@@ -197,12 +197,12 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
             view.notes.append(f"MLflow at {uri} could not be read ({first_line(err)}): per-epoch histories are not shown.")
             runs = {}
 
-    view.optuna = open_optuna(view, config)
-    if view.optuna is not None:
-        view.direction = view.optuna.directions[0].name.lower()
-    elif config is not None:
-        view.direction = config.objective.direction
-    view.metric = infer_metric(view, runs, config.objective.metric if config else None)
+    view.optuna_study = open_optuna(view, study_config)
+    if view.optuna_study is not None:
+        view.direction = view.optuna_study.directions[0].name.lower()
+    elif study_config is not None:
+        view.direction = study_config.objective.direction
+    view.metric = infer_metric(view, runs, study_config.objective.metric if study_config else None)
     stderr_metric = "parzen_stderr" if view.metric == "parzen_ll" else None
     for trial in view.trials:
         run = runs.get(trial.number)
@@ -217,18 +217,18 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
                                  for n in names}
             except Exception as err:
                 view.notes.append(f"trial {trial.number}: MLflow history unreadable ({first_line(err)})")
-        if not trial.history.get(view.metric) and view.optuna is not None:
-            frozen = _optuna_trial(view.optuna, trial.number)
+        if not trial.history.get(view.metric) and view.optuna_study is not None:
+            frozen = _optuna_trial(view.optuna_study, trial.number)
             if frozen is not None and frozen.intermediate_values:
                 trial.history[view.metric] = sorted(frozen.intermediate_values.items())
         trial.samples = sample_pictures(output, trial, client, scratch)
     return view
 
 
-def open_optuna(view: StudyView, config: StudyConfig | None) -> Any:
+def open_optuna(view: StudyView, study_config: StudyConfig | None) -> Any:
     import optuna
 
-    url = optuna_storage_url(config.storage if config else None, view.output)
+    url = optuna_storage_url(study_config.storage if study_config else None, view.output)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         view.notes.append(f"No Optuna storage at {url}: no parameter importances.")
         return None
@@ -245,8 +245,8 @@ def open_optuna(view: StudyView, config: StudyConfig | None) -> Any:
         return None
 
 
-def _optuna_trial(study: Any, number: int) -> Any:
-    trials = study.get_trials(deepcopy=False)
+def _optuna_trial(optuna_study: Any, number: int) -> Any:
+    trials = optuna_study.get_trials(deepcopy=False)
     return trials[number] if number < len(trials) else None
 
 
@@ -277,11 +277,11 @@ def first_line(err: BaseException) -> str:
 def param_importances(view: StudyView) -> dict[str, float] | None:
     """Optuna's importances over the params that vary among >= 4 complete trials, or None
     with a note saying why not."""
-    if view.optuna is None:
+    if view.optuna_study is None:
         return None
     import optuna
 
-    complete = view.optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = view.optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     varying = [name for name in sorted({n for t in complete for n in t.params})
                if len({repr(t.params.get(name)) for t in complete if name in t.params}) >= 2]
     if len(complete) < MIN_COMPLETE_FOR_IMPORTANCE or not varying:
@@ -293,7 +293,7 @@ def param_importances(view: StudyView) -> dict[str, float] | None:
         return None
     try:
         return optuna.importance.get_param_importances(
-            view.optuna, params=varying, target=lambda t: t.values[0],
+            view.optuna_study, params=varying, target=lambda t: t.values[0],
             evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
         )
     except Exception as err:  # e.g. every objective equal: no variance to share out
