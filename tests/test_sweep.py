@@ -327,3 +327,99 @@ def test_a_second_objective_makes_a_multi_objective_study(tmp_path: Path) -> Non
         assert by_trial.loc[trial.number, "objective"] == pytest.approx(trial.values[0])
         assert by_trial.loc[trial.number, "objective_2"] == pytest.approx(trial.values[1])
         assert trial.values[1] == pytest.approx(trial.user_attrs["wall_time"])
+
+
+LEGACY_STUDY = """\
+name: legacy
+trial: {dataset: circle, g_hidden: [16], d_hidden: [16], noise_dim: 2, epochs: 2, steps_per_epoch: 40,
+        eval_samples: 300, eval_valid: 200, eval_test: 300, device: cpu}
+search:
+  lr_d: [0.001, 0.002, 0.0005]
+sampler: {name: grid, seed: 0}
+budget: {trials: 3, pack_size: 2, max_concurrent: 2}
+"""
+
+
+def write_legacy_folder(tmp_path: Path) -> dict[int, float]:
+    """An output folder as the release before the one trial protocol left it when its driver
+    was killed after epoch 1 of 2: trials 0 and 1 a pack (Optuna attr "pack", state.pt with
+    "numbers", "data_seed", "pack", "last"), trial 2 a lone trial (Optuna attr "checkpoint"
+    only, the unit state and "generator" at the top of state.pt, generator.pt beside it), and
+    Tune trial configs with "numbers" / "number". Returns each trial's epoch-2 d_loss as an
+    uninterrupted run trains it."""
+    import json
+
+    import torch
+
+    from gansweep.config.load import load_study
+    from gansweep.config.schema import TrialConfig
+    from gansweep.engine import run
+    from gansweep.engine.data import load_dataset
+    from gansweep.service.search import OptunaStudy
+
+    torch.set_num_threads(1)  # as the worker (budget.cpus_per_trial 1)
+    (tmp_path / "legacy.yaml").write_text(LEGACY_STUDY)
+    output = tmp_path / "out"
+    output.mkdir()
+    study = OptunaStudy(load_study(tmp_path / "legacy.yaml"), f"sqlite:///{output / 'optuna.db'}")
+    asked = [study.ask() for _ in range(3)]
+    trials = [TrialConfig.model_validate(values) for _, values in asked]
+    data = load_dataset("circle", seed=trials[0].seed, device="cpu")
+    experiment = output / "tune" / "legacy-20250101-000000"
+    expected = {}
+    for numbers, execution in (([0, 1], "packed"), ([2], "eager")):
+        members = [trials[n] for n in numbers]
+        straight = run.build_unit(members, data, execution=execution)
+        run.train_epoch(straight)
+        expected.update({n: m["d_loss"] for n, m in zip(numbers, run.train_epoch(straight), strict=True)})
+        unit = run.build_unit(members, data, execution=execution)
+        last = run.train_epoch(unit)
+        kind = "pack" if len(numbers) > 1 else "trial"
+        folder = experiment / f"{kind}_{numbers[0]:04d}_old{numbers[0]}" / "checkpoint_000000"
+        folder.mkdir(parents=True)
+        if len(numbers) > 1:
+            torch.save({"epoch": 1, "numbers": numbers, "data_seed": trials[0].seed, "pack": run.unit_state(unit),
+                        "last": {str(n): m for n, m in zip(numbers, last, strict=True)}}, folder / "state.pt")
+            config = {"numbers": numbers, "values": [asked[n][1] for n in numbers], "resume": None, "threads": 1}
+        else:
+            saved = run.unit_state(unit)
+            saved["generator"] = run.member_generator_state(unit, 0)
+            torch.save(saved, folder / "state.pt")
+            torch.save({"generator": saved["generator"], "trial": members[0].model_dump(mode="json")},
+                       folder / "generator.pt")
+            config = {"number": numbers[0], "values": asked[numbers[0]][1], "resume": None, "threads": 1}
+        (folder.parent / "params.json").write_text(json.dumps(config))
+        for number in numbers:
+            attrs = {"tune_trial_id": f"old{numbers[0]}", "checkpoint": str(folder)}
+            study.set_attrs(number, {**attrs, "pack": numbers} if len(numbers) > 1 else attrs)
+    return expected
+
+
+def test_an_output_folder_from_before_the_one_protocol_resumes(tmp_path: Path) -> None:
+    expected = write_legacy_folder(tmp_path)
+    study = optuna.load_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    lone = Path(study.trials[2].user_attrs["checkpoint"])
+    # a checkpoint gone: said plainly, exit 2, nothing tracked or trained
+    lone.rename(lone.with_name("moved"))
+    refused = gansweep("run", "legacy.yaml", "--output", "out", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"cannot resume 'legacy': trial(s) 2 stopped unfinished, and their checkpoint {lone} has no state.pt" in refused.stderr
+    assert "--output" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert [t.state.name for t in optuna.load_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}").trials] == ["RUNNING"] * 3
+
+    lone.with_name("moved").rename(lone)
+    done = gansweep("run", "legacy.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "legacy", expected=3)
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 2).all()
+    study = optuna.load_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "legacy")):
+        number = int(run.data.tags["gansweep.trial"])
+        assert [a["resumed_from"] for a in study.trials[number].user_attrs["attempts"]] == [1]
+        (logged,) = client.get_metric_history(run.info.run_id, "d_loss")  # epoch 2 only: resumed
+        # the same networks, moments and draws as an uninterrupted run (the lone trial resumes
+        # packed, as its study now packs: the same iteration, up to rounding)
+        assert logged.step == 2 and logged.value == pytest.approx(expected[number], rel=1e-5)

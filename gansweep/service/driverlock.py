@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from gansweep.errors import GansweepError
+from gansweep.service.protocol import OutputLayout
 
-LOCK_FILE = "driver.lock"
+LOCK_FILE = OutputLayout(Path(".")).driver_lock.name  # driver.lock
 LEASE_ATTR = "gansweep:driver"
 HEARTBEAT_S = 10.0  # how often the lease is refreshed
 STALE_S = 60.0  # a lease not refreshed for this long belongs to a driver that is gone

@@ -8,16 +8,17 @@ from pathlib import Path
 import pandas as pd
 
 from gansweep.files import write_csv_atomically
+from gansweep.service import protocol as p
 from gansweep.service.search import OptunaStudy
 
-SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", "pruned_at", "failure_reason", "tune_trial_id")
+SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", p.ATTR_PRUNED_AT, p.ATTR_FAILURE_REASON, p.ATTR_TUNE_TRIAL_ID)
 
 
 def results_table(study: OptunaStudy) -> pd.DataFrame:
     config = study.config
     rows = []
     for frozen in study.trials():
-        if frozen.user_attrs.get("excluded"):
+        if frozen.user_attrs.get(p.ATTR_EXCLUDED):
             continue  # an invalid sampled combination, never run
         values = study.values_of(frozen.number)
         objectives = frozen.values or []
@@ -26,7 +27,7 @@ def results_table(study: OptunaStudy) -> pd.DataFrame:
         row["objective"] = objectives[0] if objectives else _last_intermediate(frozen)
         if config.objective.second is not None:
             row["objective_2"] = objectives[1] if len(objectives) > 1 else math.nan
-        row["epochs"] = frozen.user_attrs.get("epoch", max(frozen.intermediate_values, default=0))
+        row["epochs"] = frozen.user_attrs.get(p.ATTR_EPOCH, max(frozen.intermediate_values, default=0))
         row.update({attr: frozen.user_attrs.get(attr) for attr in SUMMARY_ATTRS})
         rows.append(row)
     table = pd.DataFrame(rows)

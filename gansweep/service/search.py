@@ -23,6 +23,7 @@ from gansweep.config.schema import (
     Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
 )
 from gansweep.config.space import resolve_values
+from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
 
 
 def quiet_optuna() -> None:
@@ -201,7 +202,7 @@ class OptunaStudy:
         return len(self.counted())
 
     def counted(self) -> list[FrozenTrial]:
-        return [t for t in self.trials(FINISHED) if not t.user_attrs.get("excluded")]
+        return [t for t in self.trials(FINISHED) if not t.user_attrs.get(ATTR_EXCLUDED)]
 
     def unfinished(self) -> list[FrozenTrial]:
         """Trials asked but never told: their sweep was interrupted. They are re-run."""
@@ -216,8 +217,8 @@ class OptunaStudy:
             try:
                 TrialConfig.model_validate(values)
             except ValueError as err:
-                trial.set_user_attr("failure_reason", f"invalid combination: {err}")
-                trial.set_user_attr("excluded", True)
+                trial.set_user_attr(ATTR_FAILURE_REASON, f"invalid combination: {err}")
+                trial.set_user_attr(ATTR_EXCLUDED, True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
             return trial.number, values

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from gansweep.service.protocol import OutputLayout
+
 OPTUNA_STORAGE_ENV = "GANSWEEP_OPTUNA_STORAGE"
 TUNE_STORAGE_ENV = "GANSWEEP_STORAGE_PATH"
 S3_ENDPOINT_ENV = "GANSWEEP_S3_ENDPOINT"
@@ -24,12 +26,12 @@ def optuna_storage_url(configured: str | None, output: Path) -> str:
 
 def local_optuna_storage_url(output: Path) -> str:
     """The default: a SQLite study in the output folder, which only that folder's driver uses."""
-    return f"sqlite:///{output.resolve() / 'optuna.db'}"
+    return f"sqlite:///{OutputLayout(output.resolve()).optuna_db}"
 
 
 def tune_storage_path(output: Path) -> str:
     """GANSWEEP_STORAGE_PATH (e.g. s3://gansweep/tune), else output/tune on local disk."""
-    return os.environ.get(TUNE_STORAGE_ENV) or str(output.resolve() / "tune")
+    return os.environ.get(TUNE_STORAGE_ENV) or str(OutputLayout(output.resolve()).tune)
 
 
 # Credentials in the environment: read by each process that builds or rebuilds a filesystem.

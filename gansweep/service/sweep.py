@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from gansweep.service.driverlock import DriverRunning, one_driver
-from gansweep.errors import DiskFull
+from gansweep.errors import ConfigError, DiskFull
 from gansweep.service.progress import SweepProgress
 from gansweep.service.raystart import RayStart
 from gansweep.service.results import write_results
@@ -39,7 +40,7 @@ from gansweep.service.search import OptunaStudy, requested_trials
 from gansweep.service import protocol as p
 from gansweep.service.callback import MemberFigure, TrackingCallback, reconcile
 from gansweep.service.diskspace import DiskSpaceStopper, disk_full_error, min_free_bytes, prepare_output, short_of_space
-from gansweep.service.ledger import Ledger
+from gansweep.service.ledger import Ledger, resumable_groups
 from gansweep.service.pruner import LedgerPruner
 from gansweep.service.searcher import LedgerSearcher
 from gansweep.service.storage import (
@@ -160,6 +161,7 @@ def run_as_the_driver(
     optuna_study: OptunaStudy, floor: int, handed: HandedIn,
 ) -> int:
     """The sweep, once this process holds the study (driverlock.one_driver)."""
+    check_resumable(optuna_study, output)  # before anything is tracked
     tracker = Tracker(
         resolve_tracking_uri(tracking_uri or study.tracking.tracking_uri),
         study.experiment_name,
@@ -197,6 +199,36 @@ def run_as_the_driver(
         print(f"gansweep: interrupted with {unfinished} trial(s) unfinished; run the same command to resume")
         return 1
     return 0
+
+
+def checkpoint_holds_state(uri: str) -> bool:
+    """Whether the checkpoint folder at `uri` has its state.pt; True when it cannot be told
+    (a store that does not answer now: the worker's own read decides then)."""
+    try:
+        filesystem = storage_filesystem(uri)
+        if filesystem is None:
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        else:
+            path = strip_scheme(uri)
+        return filesystem.get_file_info(f"{path}/{p.STATE_FILE}").type == pyarrow.fs.FileType.File
+    except (OSError, ValueError):
+        return True
+
+
+def check_resumable(study: OptunaStudy, output: Path) -> None:
+    """Each unfinished unit's recorded checkpoint must still be there (its state.pt, local or
+    on S3), or the resume would retry it into a FAIL: refuse plainly instead, naming what to do."""
+    for group in resumable_groups(study):
+        uri = study.frozen(group[0]).user_attrs.get(p.ATTR_CHECKPOINT)
+        if not uri:
+            continue  # interrupted before its first checkpoint: starts over
+        if not checkpoint_holds_state(uri):
+            trials = ", ".join(str(n) for n in group)
+            raise ConfigError(
+                f"cannot resume {study.config.name!r}: trial(s) {trials} stopped unfinished, and their "
+                f"checkpoint {uri} has no {p.STATE_FILE} (moved or deleted?). Restore it there, or start "
+                f"the study over in a new output folder (--output), or delete {output} first"
+            )
 
 
 def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
