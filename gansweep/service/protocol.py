@@ -19,6 +19,7 @@ callbacks the nested form: `member_results` reads both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -198,3 +199,16 @@ class OutputLayout:
 ARTIFACT_SAMPLES = "samples"
 ARTIFACT_CHECKPOINT = "checkpoint"
 ARTIFACT_PLOTS = "plots"
+
+
+OPTUNA_STORAGE_ENV = "GANSWEEP_OPTUNA_STORAGE"
+
+
+def optuna_storage_url(configured: str | None, output: Path) -> str:
+    """The study file's `storage`, else GANSWEEP_OPTUNA_STORAGE, else SQLite in output/."""
+    return configured or os.environ.get(OPTUNA_STORAGE_ENV) or local_optuna_storage_url(output)
+
+
+def local_optuna_storage_url(output: Path) -> str:
+    """The default: a SQLite study in the output folder, which only that folder's driver uses."""
+    return f"sqlite:///{OutputLayout(output.resolve()).optuna_db}"

@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from gansweep.service.protocol import OutputLayout
+# The Optuna storage of an output folder is the folder's layout (protocol), which the
+# reporting reads too; re-exported here beside Tune's storage.
+from gansweep.service.protocol import OPTUNA_STORAGE_ENV, OutputLayout, local_optuna_storage_url, optuna_storage_url
 
-OPTUNA_STORAGE_ENV = "GANSWEEP_OPTUNA_STORAGE"
 TUNE_STORAGE_ENV = "GANSWEEP_STORAGE_PATH"
 S3_ENDPOINT_ENV = "GANSWEEP_S3_ENDPOINT"
-
-
-def optuna_storage_url(configured: str | None, output: Path) -> str:
-    """The study file's `storage`, else GANSWEEP_OPTUNA_STORAGE, else SQLite in output/."""
-    return configured or os.environ.get(OPTUNA_STORAGE_ENV) or local_optuna_storage_url(output)
-
-
-def local_optuna_storage_url(output: Path) -> str:
-    """The default: a SQLite study in the output folder, which only that folder's driver uses."""
-    return f"sqlite:///{OutputLayout(output.resolve()).optuna_db}"
 
 
 def tune_storage_path(output: Path) -> str:
