@@ -37,6 +37,7 @@ from gansweep.engine.iteration import (
     TrainState,
     iteration,
 )
+from gansweep.engine.stacked import stacked_forward
 from gansweep.engine.state import Layout
 
 Step = Callable[[TrainState, Draws, Hyper], tuple[TrainState, Tensor]]
@@ -106,11 +107,17 @@ def module_nets(generator: nn.Module, discriminator: nn.Module) -> Nets:
 
 
 def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], vectorised: bool) -> Nets:
-    """Structures of the modules called with the state's tensors (functional_call), under
-    vmap over the trials when `vectorised`, else on row 0."""
+    """The modules called with the state's tensors: for P trials as batched matrix products
+    where the network is a Sequential of linear and element-wise layers (stacked.py), else
+    its structure under vmap over the trials (functional_call); on row 0 when not
+    `vectorised`."""
     forwards = []
     for module, layout in zip((generator, discriminator), layouts, strict=True):
         structure = copy.deepcopy(module)
+        stacked = stacked_forward(structure, layout) if vectorised else None
+        if stacked is not None:
+            forwards.append(stacked)
+            continue
 
         def one_trial(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor,
                       structure: nn.Module = structure, layout: Layout = layout) -> Tensor:
