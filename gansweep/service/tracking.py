@@ -4,27 +4,24 @@ Workers never talk to MLflow: the driver receives every result through Ray Tune 
 here. One writer means no lock contention on a SQLite store, credentials only on the driver,
 and one place that buffers while the tracking server is away.
 
-Every call is queued, in order, and delivered by one thread of its own, so the driver's
-event loop (and with it training) never waits for MLflow: not for a slow server, nor for a
-request that hangs until its timeout when the server dies in the middle of it. While the
-server is unreachable the thread retries the queue after a back-off; at the end of the sweep
-the driver waits for the queue to drain. What still cannot be delivered at the end is
-written to <output>/mlflow-undelivered.jsonl and reported.
+Every call is queued in an Outbox (outbox.py), in order, and delivered by one thread of its
+own, so the driver's event loop (and with it training) never waits for MLflow; this module is
+the MLflow vocabulary: which runs, params, metrics, tags and artifacts a study has.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gansweep.errors import GansweepError
+from gansweep.service.outbox import Outbox
+from gansweep.service.protocol import OutputLayout
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -40,9 +37,6 @@ TAG_REASON = "gansweep.failure_reason"
 TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-# While the server is away, the queue is retried after 1 s, then 2, 4 ... at most 15 s apart.
-MIN_BACKOFF_S = 1.0
-MAX_BACKOFF_S = 15.0
 
 
 # MLflow's settings gansweep chooses, unless the environment sets them: fail fast and let the
@@ -97,20 +91,14 @@ class Tracker:
     client: MlflowClient = field(init=False)
     experiment_id: str = field(init=False)
     parent_id: str = field(init=False)
-    pending: deque[tuple[str, Callable[[], Any]]] = field(default_factory=deque, init=False)
     last_step: dict[int, int] = field(default_factory=dict, init=False)  # trial -> epoch logged
     run_ids: dict[int, str] = field(default_factory=dict, init=False)  # trial -> MLflow run
     closed: set[int] = field(default_factory=set, init=False)  # trials whose run was ended
     started: set[int] = field(default_factory=set, init=False)  # trials whose run was asked for
-    backoff_s: float = field(default=0.0, init=False)  # 0 while the server answers
-    retry_at: float = field(default=0.0, init=False)  # time.monotonic() of the next attempt
-    failures: int = field(default=0, init=False)  # failed deliveries so far
-    # Guards pending, backoff_s, retry_at and failures between the driver and the deliverer.
-    changed: threading.Condition = field(default_factory=threading.Condition, init=False)
-    deliverer: threading.Thread | None = field(default=None, init=False)
-    given_up: bool = field(default=False, init=False)  # set at the end: the deliverer stops
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
+        self.outbox = Outbox(OutputLayout(self.output).undelivered, self.tracking_uri)
         mlflow_defaults()
         self.client = MlflowClient(self.tracking_uri)
         try:
@@ -126,70 +114,16 @@ class Tracker:
                 "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
             ) from None
 
-    # -- resilience ------------------------------------------------------------------------
+    # -- delivery (outbox.py) ----------------------------------------------------------------
     def call_later(self, what: str, fn: Callable[[], Any]) -> None:
         """Queue fn for the delivery thread and return at once; calls run in queue order."""
-        with self.changed:
-            self.pending.append((what, fn))
-            if self.deliverer is None:
-                self.deliverer = threading.Thread(target=self._deliver, name="gansweep-mlflow", daemon=True)
-                self.deliverer.start()
-            self.changed.notify_all()
-
-    def _deliver(self) -> None:
-        """The delivery thread: the queue's head, in order, forever; a failed call stays at
-        the head and is tried again after a back-off (1 s, doubling to 15 s)."""
-        while True:
-            with self.changed:
-                while not self.given_up and (not self.pending or time.monotonic() < self.retry_at):
-                    wait = None if not self.pending else self.retry_at - time.monotonic()
-                    self.changed.wait(wait)
-                if self.given_up:
-                    return
-                _, fn = self.pending[0]
-            try:
-                fn()
-            except Exception:
-                with self.changed:
-                    self.backoff_s = min(MAX_BACKOFF_S, self.backoff_s * 2 if self.backoff_s else MIN_BACKOFF_S)
-                    self.retry_at = time.monotonic() + self.backoff_s
-                    self.failures += 1
-                    self.changed.notify_all()
-                continue
-            with self.changed:
-                self.pending.popleft()
-                self.backoff_s, self.retry_at = 0.0, 0.0
-                self.changed.notify_all()
+        self.outbox.call_later(what, fn)
 
     def flush(self) -> bool:
-        """Wait until the queue is delivered (True) or a delivery fails (False). A queue
-        waiting out a back-off is tried again at once."""
-        with self.changed:
-            failures = self.failures
-            self.retry_at = 0.0
-            self.changed.notify_all()
-            while self.pending and self.failures == failures:
-                self.changed.wait()
-            return not self.pending
+        return self.outbox.flush()
 
     def flush_with_retries(self, seconds: float = 60.0) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.flush() and time.monotonic() < deadline:
-            time.sleep(2.0)
-        with self.changed:
-            if not self.pending:
-                return
-            self.given_up = True  # the deliverer stops after the call it may be making
-            self.changed.notify_all()
-            undelivered = [what for what, _ in self.pending]
-        path = self.output / "mlflow-undelivered.jsonl"
-        with path.open("a") as file:
-            for what in undelivered:
-                file.write(json.dumps({"call": what}) + "\n")
-        raise GansweepError(
-            f"{len(undelivered)} MLflow calls could not reach {self.tracking_uri}; "
-            f"listed in {path}. Results are complete in the output folder."
-        )
+        self.outbox.flush_with_retries(seconds)
 
     # -- parent ---------------------------------------------------------------------------
     def _find_or_create_parent(self) -> str:
