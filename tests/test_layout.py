@@ -314,3 +314,18 @@ def test_importing_the_config_imports_nothing_heavy() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert len(config) >= 6
+
+
+def test_a_plain_install_ships_every_package() -> None:
+    """`pip install .` (the image's install) finds packages by their __init__.py: a folder of
+    modules without one would be missing from the image, not from an editable checkout."""
+    import tomllib
+
+    import setuptools
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    shipped = set(setuptools.find_packages(str(PACKAGE.parent), include=include))
+    folders = {module_name(path.parent / "__init__.py", PACKAGE) for path in PACKAGE.rglob("*.py")}
+    assert folders == {name for name in shipped if name.split(".")[0] == "gansweep"}
+    assert {f"gansweep.{layer}" for layer in LAYERS} <= shipped

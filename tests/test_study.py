@@ -17,7 +17,7 @@ from gansweep.errors import ConfigError
 from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS, ArchitectureName
 from gansweep.config.schema import Choice, FloatRange
 from gansweep.config.load import load_study
-from gansweep.config.space import search_order, trial_from_study
+from gansweep.config.space import decode_choice, encode_choice, search_order, trial_from_study
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
 GOOD = """\
@@ -78,6 +78,14 @@ def test_search_forms_parse(tmp_path: Path) -> None:
     trial = trial_from_study(study)
     assert trial.alpha == 0.3 and trial.k == 2
     assert trial.lr_d == pytest.approx(1e-3)  # geometric middle of a log range
+
+
+def test_list_choices_travel_to_optuna_as_json_and_back(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, "name: x\nsearch:\n  g_hidden: [[64, 64], [128]]\n  alpha: [0.3, 0.5]\n"))
+    hidden, alpha = study.search["g_hidden"], study.search["alpha"]
+    assert [encode_choice(v) for v in hidden.values] == ["[64, 64]", "[128]"]  # scalars for Optuna
+    assert decode_choice(hidden, "[128]") == [128] and decode_choice(alpha, 0.5) == 0.5  # as listed
+    assert decode_choice(alpha, 0.7) == 0.7  # not among the choices: the value itself
 
 
 # A condition on a field that is itself conditional, listed in every order: the optimizer is

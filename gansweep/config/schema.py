@@ -73,10 +73,8 @@ class TrialConfig(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Compile each training iteration (k D steps and the G step: forward, backward, optimiser)
     # into one torch.compile graph (gansweep/engine/executions.py). Off by default: it pays
-    # only once a trial is long enough to repay its compile time, 13 to 30 s per process on a cold cache
-    # (inductor's disk cache and reused actors share it across a sweep's trials). Measured on 2
-    # CPU cores (benchmarks/train_bench.py --compile): 1.5x to 2x the eager fast paths on a 2D
-    # toy, 1.04x to 1.3x on the Fashion-MNIST MLP, none on DCGAN; untested on GPUs.
+    # only once a trial is long enough to repay its compile time (inductor's disk cache and
+    # reused actors share it across a sweep's trials); figures in benchmarks/README.md.
     compile: bool = False
     # evaluation (Parzen protocol; full Goodfellow sizes by default)
     eval_every: PositiveInt = 1  # epochs; the last epoch is always evaluated

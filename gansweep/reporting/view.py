@@ -25,6 +25,7 @@ import yaml
 from gansweep.config.load import load_study
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.errors import GansweepError
+from gansweep.service.protocol import ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, GENERATOR_FILE, OutputLayout
 from gansweep.service.storage import optuna_storage_url
 from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
 
@@ -87,7 +88,7 @@ def find_parent(client: MlflowClient, output: Path) -> Any | None:
 
 def resolve_output(target: Path, client: MlflowClient | None, uri: str) -> Path:
     """OUTPUT_DIR itself, or the output folder of the MLflow experiment named so."""
-    if (target / "results.csv").is_file():
+    if OutputLayout(target).results_csv.is_file():
         return target.resolve()
     if target.is_dir():
         raise GansweepError(f"{target}: not a study output folder (no results.csv); run `gansweep run` first")
@@ -99,7 +100,7 @@ def resolve_output(target: Path, client: MlflowClient | None, uri: str) -> Path:
         except Exception:  # an unreachable server: the plain message below says enough
             runs = []
         folder = Path(runs[0].data.tags.get(TAG_OUTPUT, "")) if runs else None
-        if folder is not None and folder.is_absolute() and (folder / "results.csv").is_file():
+        if folder is not None and folder.is_absolute() and OutputLayout(folder).results_csv.is_file():
             return folder
     raise GansweepError(
         f"{target}: no such study output folder (give the --output folder of `gansweep run`, "
@@ -135,7 +136,7 @@ def trial_config(params: dict[str, str] | None, output: Path, number: int) -> Tr
             return TrialConfig.model_validate({k: parse_param(v) for k, v in params.items() if k in TrialConfig.model_fields})
         except ValueError:
             pass
-    checkpoint = output / "artifacts" / str(number) / "checkpoint" / "generator.pt"
+    checkpoint = OutputLayout(output).artifacts(number) / ARTIFACT_CHECKPOINT / GENERATOR_FILE
     if checkpoint.is_file():
         import torch
 
@@ -164,9 +165,9 @@ def infer_metric(view: StudyView, runs: dict[int, Any], configured: str | None) 
 
 def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id: str | None, scratch: Path) -> StudyView:
     try:
-        table = pd.read_csv(output / "results.csv")
+        table = pd.read_csv(OutputLayout(output).results_csv)
     except pd.errors.EmptyDataError:
-        raise GansweepError(f"{output / 'results.csv'} lists no trials") from None
+        raise GansweepError(f"{OutputLayout(output).results_csv} lists no trials") from None
     columns = list(table.columns)
     search = columns[columns.index("state") + 1 : columns.index("objective")]
     table = table.astype(object).where(table.notna(), None)
@@ -256,11 +257,11 @@ def sample_pictures(output: Path, trial: TrialView, client: MlflowClient | None,
         stem = Path(name).stem
         return int(stem[6:]) if stem.startswith("epoch_") and stem[6:].isdigit() else None
 
-    local = output / "artifacts" / str(trial.number) / "samples"
+    local = OutputLayout(output).artifacts(trial.number) / ARTIFACT_SAMPLES
     found = {epoch_of(p.name): p for p in local.glob("epoch_*.png")} if local.is_dir() else {}
     if not found and client is not None and trial.run_id is not None:
         try:
-            for artifact in client.list_artifacts(trial.run_id, "samples"):
+            for artifact in client.list_artifacts(trial.run_id, ARTIFACT_SAMPLES):
                 if epoch_of(artifact.path) is not None and artifact.path.endswith(".png"):
                     found[epoch_of(artifact.path)] = Path(client.download_artifacts(
                         trial.run_id, artifact.path, str(scratch / f"samples-{trial.number}")))
