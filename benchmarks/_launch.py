@@ -52,7 +52,7 @@ def main() -> int:
 
         tune.TuneConfig = no_reuse  # sweep.py reads tune.TuneConfig at call time
     if os.environ.get("GANSWEEP_BENCH_OVERLAP_RAY", "1") == "0":
-        from gansweep import raystart
+        from gansweep.service import raystart
 
         raystart.RayStart = ray_start_in_turn()  # the CLI imports RayStart at call time
     from gansweep.cli import main as gansweep_main

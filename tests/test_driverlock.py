@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import clean_env, gansweep, kill_group, start_gansweep
-from gansweep import driverlock
+from gansweep.service import driverlock
 from gansweep.service.driverlock import LEASE_ATTR, LOCK_FILE, DriverRunning, OutputLock, one_driver
 from test_sweep import check_consistent, optuna_states
 
@@ -25,7 +25,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 import optuna
-from gansweep import driverlock
+from gansweep.service import driverlock
 driverlock.HEARTBEAT_S = 0.2
 output, url = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None
 shared = None

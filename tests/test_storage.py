@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from conftest import clean_env, free_port, gansweep, kill_group, start_gansweep, wait_for_http
-from gansweep import storage
+from gansweep.service import storage
 from test_cluster import kill_session, live_trials, wait_until, write_study
 from test_sweep import check_consistent
 
