@@ -2,12 +2,13 @@
 config, engine, service and reporting, read from the imports of every gansweep module (ast,
 nothing imported), and no import cycle.
 
-    cli        -> service, reporting, config (the engine only inside the train and baseline
-                  commands, which run one trial with no services)
-    service    -> config; its worker entry points are the only door into the engine
+    cli        -> service, reporting, config; the engine only inside functions of single.py
+                  (`gansweep train` and `baseline`: one trial or one score, no services)
+    service    -> config; its worker entry points (worker.py, trainable.py) are the only door
+                  into the engine, and the rest of the driver imports no torch
     engine     -> config; never Ray, Optuna or MLflow
-    reporting  -> config, the service's protocol and tracking; the engine only inside a
-                  function (the data-as-model baseline)
+    reporting  -> config, the service's protocol and tracking; the engine only inside
+                  functions of baseline.py (the data-as-model baseline)
     config     -> nothing of the others, nothing heavy (torch, Ray, MLflow, Optuna, pandas)
     errors.py, files.py: the shared base, importing nothing of the layers
 
@@ -44,6 +45,9 @@ ALLOWED = {
 }
 LAZY_ALSO = {"reporting": {"engine"}, "cli": {"engine"}}
 ENGINE_DOORS = {"gansweep.service.worker", "gansweep.service.trainable"}  # service -> engine
+# The one module of each layer that may reach the engine at all.
+ENGINE_USERS = {"service": ENGINE_DOORS, "reporting": {"gansweep.reporting.baseline"},
+                "cli": {"gansweep.single"}}
 HEAVY = {"torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "torchvision"}
 NEVER = {  # third-party packages a layer never imports, not even lazily
     "config": HEAVY,
@@ -169,6 +173,10 @@ def violations(modules: dict[str, Module]) -> list[str]:
             other = layer_of(target)
             if other is None or item.target == "gansweep":
                 continue
+            if other == "engine" and layer in ENGINE_USERS and module.name not in ENGINE_USERS[layer]:
+                doors = ", ".join(sorted(ENGINE_USERS[layer]))
+                found.append(f"{at}: {layer} reaches the engine only through {doors}")
+                continue
             allowed = ALLOWED[layer] | (LAZY_ALSO.get(layer, set()) if item.lazy else set())
             if other in allowed or target in allowed:
                 continue
@@ -273,7 +281,7 @@ def test_the_checker_sees_forbidden_imports_lazy_ones_and_type_checking(tmp_path
         "service/sweep.py": "import torch\nfrom gansweep.engine.run import f\nfrom . import worker\n",
         "service/worker.py": "import torch\nfrom gansweep.engine import run\n",
         "reporting/__init__.py": "",
-        "reporting/baseline.py": "def f():\n    from gansweep.engine import run\n",
+        "reporting/baseline.py": "from gansweep.engine import run\ndef f():\n    from gansweep.engine import run\n",
         "reporting/html.py": "from gansweep.engine import run\nfrom gansweep.service import tracking\n",
     })
     modules = read_modules(package)
@@ -284,8 +292,11 @@ def test_the_checker_sees_forbidden_imports_lazy_ones_and_type_checking(tmp_path
         "gansweep.config.load -> torch: config never imports torch",
         "gansweep.engine.run -> mlflow: engine never imports mlflow",
         "gansweep.service.sweep -> torch: service imports torch only inside a function",
-        "gansweep.service.sweep -> gansweep.engine.run: service may not import engine",
-        "gansweep.reporting.html -> gansweep.engine.run: reporting may not import engine (only inside a function)",
+        "gansweep.service.sweep -> gansweep.engine.run: service reaches the engine only through "
+        "gansweep.service.trainable, gansweep.service.worker",
+        "gansweep.reporting.html -> gansweep.engine.run: reporting reaches the engine only through "
+        "gansweep.reporting.baseline",
+        "gansweep.reporting.baseline -> gansweep.engine.run: reporting may not import engine (only inside a function)",
         # gansweep.service.tracking is no module here: the import names the package
         "gansweep.reporting.html -> gansweep.service: reporting may not import service",
     ])
