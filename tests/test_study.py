@@ -149,9 +149,9 @@ BAD = {
     "unknown optimizer": ("name: x\ntrial: {optimizer: rmsprop}\n", [], ["trial.optimizer", "rmsprop"]),
     "unknown sampler": ("name: x\nsampler: {name: bayes}\n", [], ["sampler.name", "bayes", "tpe"]),
     "unknown pruner": ("name: x\npruner: {name: early}\n", [], ["pruner.name", "early", "median"]),
-    "dcgan on 2D": ("name: x\ntrial: {architecture: dcgan, dataset: circle}\n", [], ["dcgan", "circle"]),
-    "compose leaves no real": ("name: x\ntrial: {alpha: 0.001, batch_size: 64}\n", [], ["alpha=0.001", "0 real"]),
-    "smoothing on hinge": ("name: x\ntrial: {loss: hinge, label_smoothing: 0.9}\n", [], ["label_smoothing", "hinge"]),
+    "dcgan on 2D": ("name: x\ntrial: {architecture: dcgan, dataset: circle}\n", [], ["study.yaml:2: trial.architecture", "dcgan", "circle"]),
+    "compose leaves no real": ("name: x\ntrial:\n  batch_size: 64\n  alpha: 0.001\n", [], ["study.yaml:4: trial.alpha", "alpha=0.001", "0 real"]),
+    "smoothing on hinge": ("name: x\ntrial: {loss: hinge, label_smoothing: 0.9}\n", [], ["trial.label_smoothing", "hinge"]),
     "empty choices": ("name: x\nsearch: {alpha: []}\n", [], ["search.alpha", "empty"]),
     "bad choice value": ("name: x\nsearch:\n  alpha: [0.3, 1.5]\n", [], ["study.yaml:3", "search.alpha.1", "1.5"]),
     "low above high": ("name: x\nsearch: {lr_d: {uniform: [0.1, 0.01]}}\n", [], ["search.lr_d", "low=0.1", "high=0.01"]),
@@ -201,8 +201,8 @@ BAD = {
     ),
     "zero pack size": ("name: x\nbudget: {pack_size: 0}\n", [], ["budget.pack_size", "0"]),
     "second objective with pruning": (
-        "name: x\npruner: {name: median}\nobjective: {second: {metric: wall_time, direction: minimize}}\n",
-        [], ["pruner", "multi-objective"],
+        "name: x\nobjective: {second: {metric: wall_time, direction: minimize}}\npruner: {name: median}\n",
+        [], ["study.yaml:3: pruner.name", "multi-objective"],
     ),
 }
 

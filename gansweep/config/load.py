@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gansweep.config.rules import check_study
+from gansweep.config.rules import RuleBroken, check_study
 from gansweep.config.schema import (
     TRIAL_FIELDS, Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
 )
@@ -303,6 +303,9 @@ def _format_errors(err: ValidationError, path: Path, line_of: dict[tuple, int], 
     lines = []
     for item in err.errors():
         loc = (*prefix, *(p for p in item["loc"] if not _is_union_tag(p)))
+        broken = (item.get("ctx") or {}).get("error")
+        if isinstance(broken, RuleBroken):  # a rule across fields: at the field it names
+            loc = (*loc, *broken.field)
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

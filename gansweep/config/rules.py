@@ -6,7 +6,8 @@ what a pack can train (check_study, run by config.load once the search is parsed
 the file). The engine's packed execution relies on the pack rules (pack_key).
 
 Each rule of a trial or of a study's blocks is a small function returning None or the
-problem; the validators raise it, and config.load names the file, the line and the field.
+problem, listed with the field it names; the validators raise it as a RuleBroken, and
+config.load names the file, the line of that field and the field.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from gansweep.errors import ConfigError
 
 if TYPE_CHECKING:  # config.schema runs these rules in its validators
     from gansweep.config.schema import StudyConfig, TrialConfig
+
+
+class RuleBroken(ValueError):
+    """A rule across fields, broken; `field` is the key path of the field the message names
+    (pydantic keeps the exception, so config.load can point at that field's line)."""
+
+    def __init__(self, field: tuple[str, ...], problem: str) -> None:
+        self.field = field
+        super().__init__(problem)
 
 
 # ---------------------------------------------------------------------------- one trial
@@ -51,17 +61,20 @@ def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
     )
 
 
-TRIAL_RULES: tuple[Callable[[TrialConfig], str | None], ...] = (
-    compose_leaves_both_kinds, dcgan_needs_images, smoothing_needs_a_real_target,
-)
+TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the field it names
+    compose_leaves_both_kinds: "alpha",
+    dcgan_needs_images: "architecture",
+    smoothing_needs_a_real_target: "label_smoothing",
+}
 
 
 def check_trial(trial: TrialConfig) -> None:
-    """Raises ValueError (pydantic's validator error) with the first rule the trial breaks."""
-    for rule in TRIAL_RULES:
+    """Raises RuleBroken (a ValueError, pydantic's validator error) with the first rule the
+    trial breaks."""
+    for rule, field in TRIAL_RULES.items():
         problem = rule(trial)
         if problem:
-            raise ValueError(problem)
+            raise RuleBroken((field,), problem)
 
 
 # ---------------------------------------------------------------------------- a study's blocks
@@ -78,15 +91,17 @@ def pruning_needs_one_objective(study: StudyConfig) -> str | None:
     )
 
 
-STUDY_RULES: tuple[Callable[[StudyConfig], str | None], ...] = (pruning_needs_one_objective,)
+STUDY_RULES: dict[Callable[[StudyConfig], str | None], tuple[str, ...]] = {
+    pruning_needs_one_objective: ("pruner", "name"),
+}
 
 
 def check_study_fields(study: StudyConfig) -> None:
-    """Raises ValueError with the first rule across the study's blocks that it breaks."""
-    for rule in STUDY_RULES:
+    """Raises RuleBroken with the first rule across the study's blocks that it breaks."""
+    for rule, field in STUDY_RULES.items():
         problem = rule(study)
         if problem:
-            raise ValueError(problem)
+            raise RuleBroken(field, problem)
 
 
 def check_study(study: StudyConfig, path: object) -> None:
