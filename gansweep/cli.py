@@ -1,7 +1,11 @@
 """The `gansweep` command: run, train, validate, report, baseline.
 
-Every GansweepError becomes a message on stderr and exit code 2, without a traceback.
-Heavy imports (torch, Ray, MLflow) happen inside the commands that need them.
+The composition root: each command loads its study through gansweep.config and hands it to
+the service (run), the engine through single.py (train, baseline) or the reporting (report);
+`run` hands the service what it must not import itself, the report after a sweep and each
+trial's figure (tests/test_layout.py). Every GansweepError becomes a message on stderr and
+exit code 2, without a traceback. Heavy imports (torch, Ray, MLflow) happen inside the
+commands that need them.
 """
 
 from __future__ import annotations
