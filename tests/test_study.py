@@ -17,6 +17,8 @@ from gansweep.errors import ConfigError
 from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS, ArchitectureName
 from gansweep.config.schema import Choice, FloatRange
 from gansweep.config.load import load_study
+from gansweep.config.rules import STUDY_RULES, TRIAL_RULES
+from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import decode_choice, encode_choice, search_order, trial_from_study
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
@@ -78,6 +80,29 @@ def test_search_forms_parse(tmp_path: Path) -> None:
     trial = trial_from_study(study)
     assert trial.alpha == 0.3 and trial.k == 2
     assert trial.lr_d == pytest.approx(1e-3)  # geometric middle of a log range
+
+
+# Each rule across fields with a trial or study that breaks it (built without validation).
+BROKEN_TRIALS = {
+    "compose_leaves_both_kinds": {"alpha": 0.001, "batch_size": 64},
+    "dcgan_needs_images": {"architecture": "dcgan", "dataset": "ring8"},
+    "smoothing_needs_a_real_target": {"loss": "wasserstein_gp", "label_smoothing": 0.9},
+}
+
+
+@pytest.mark.parametrize("rule", list(TRIAL_RULES), ids=lambda rule: rule.__name__)
+def test_each_trial_rule_names_its_field_and_the_values(rule) -> None:
+    assert set(BROKEN_TRIALS) == {r.__name__ for r in TRIAL_RULES}
+    assert rule(TrialConfig()) is None
+    broken = BROKEN_TRIALS[rule.__name__]
+    problem = rule(TrialConfig.model_construct(**{**TrialConfig().model_dump(), **broken}))
+    assert TRIAL_RULES[rule] in broken and all(repr(v).strip("'") in problem for v in broken.values())
+
+
+def test_each_study_rule_names_a_field_of_the_study() -> None:
+    for rule, field in STUDY_RULES.items():
+        assert rule(StudyConfig(name="x")) is None
+        assert field[0] in StudyConfig.model_fields and field[1] in type(getattr(StudyConfig(name="x"), field[0])).model_fields
 
 
 def test_list_choices_travel_to_optuna_as_json_and_back(tmp_path: Path) -> None:
