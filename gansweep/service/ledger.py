@@ -13,7 +13,7 @@ run` of the same study hands its unfinished members out again. `Ledger` keeps it
     complete      how the rest of a unit ended (COMPLETE, FAIL, or interrupted: left RUNNING)
     errored       a unit whose worker failed past Tune's retries
 
-The Tune adapters (gansweep.service.sweep: searcher, pruner, callback) only translate Tune's calls
+The Tune adapters (searcher.py, pruner.py, callback.py) only translate Tune's calls
 into these and carry out the actions; tests drive the ledger with plain result dicts and a
 real Optuna study, without Ray (tests/test_ledger.py), as Ray Tune tests its schedulers.
 Every unit, a lone trial or a pack, goes through the same steps.
