@@ -6,6 +6,7 @@ compiled-packed executions) against the same trials trained one after another, e
     python -m benchmarks.pack_bench --sizes 8 32 --threads 2
     python -m benchmarks.pack_bench --compile   # add compiled packs (a compile per size)
     python -m benchmarks.pack_bench --seed003   # seed 003's own networks (G 10-3-5-10-2, D 2-10-5-2-1)
+    python -m benchmarks.pack_bench --hidden 128 --sizes 1 8   # studies/alpha.yaml's widths
 
 Case: the 2D circle, G 2-64-64-2 (ReLU), D 2-64-64-1 (LeakyReLU 0.2), noise_dim 2, batch 64,
 k = 1, alpha_mode weight, Adam. The P trials of a pack differ in alpha (0.1 to 0.9), lr_d and
@@ -46,10 +47,10 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.train_bench import header
-from gansweep.engine.data import Dataset, load_dataset
-from gansweep.engine import run as engine
-from gansweep.engine.models import build_models, count_parameters
 from gansweep.config.schema import TrialConfig
+from gansweep.engine import run as engine
+from gansweep.engine.data import Dataset, load_dataset
+from gansweep.engine.models import build_models, count_parameters
 
 TRIAL_STEPS = 2_000  # generator steps of one studies/alpha.yaml trial
 BASE = TrialConfig(
@@ -181,10 +182,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
                         help="torch threads for every loop (default 1: one CPU per trial)")
     parser.add_argument("--compile", action="store_true", help="add compiled packs of each size")
     parser.add_argument("--seed003", action="store_true", help="seed 003's networks, batch 128")
+    parser.add_argument("--hidden", type=int, help="G and D hidden widths (two layers; default 64)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(header(args.threads))
     base = SEED003 if args.seed003 else BASE
+    if args.hidden:
+        base = base.model_copy(update={"g_hidden": (args.hidden,) * 2, "d_hidden": (args.hidden,) * 2})
     data = load_dataset(base.dataset, seed=0)
     loops: list[Loop] = [Serial(data, base), *(Packed(data, p, base) for p in args.sizes)]
     if args.compile:

@@ -63,13 +63,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
 from torch.utils.flop_counter import FlopCounterMode
 
-from gansweep.engine.data import Dataset, load_dataset
-from gansweep.engine.models import build_models, count_parameters
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import run as engine
+from gansweep.engine.data import Dataset, load_dataset
+from gansweep.engine.models import build_models, count_parameters
 
 BATCH = 64
 COMMON = dict(

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gansweep.config.schema import TrialConfig
 from gansweep.engine.data import Dataset
 from gansweep.engine.losses import LOSSES, discriminator_loss, discriminator_output, generator_loss
 from gansweep.engine.models import build_models
-from gansweep.config.schema import TrialConfig
 
 
 def _noise(trial: TrialConfig, n: int) -> Tensor:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import LOGGED, assert_same_losses
+from reference_loop import ReferenceTrial, reference_losses
 
+from gansweep.config.schema import TrialConfig
 from gansweep.engine import executions, iteration, run
 from gansweep.engine.iteration import Hyper, NetState
 from gansweep.engine.train import train_gan, train_pack
-from gansweep.config.schema import TrialConfig
-from conftest import LOGGED, assert_same_losses
-from reference_loop import ReferenceTrial, reference_losses
 
 TOY = dict(
     dataset="circle", g_hidden=(16, 16), d_hidden=(16, 16), noise_dim=4, batch_size=32, epochs=2,

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import LOGGED
-from gansweep.engine.train import train_pack
-from gansweep.errors import ConfigError
-from gansweep.engine.losses import equilibrium
+
 from gansweep.config.rules import pack_key
 from gansweep.config.schema import TrialConfig
+from gansweep.engine.losses import equilibrium
+from gansweep.engine.train import train_pack
+from gansweep.errors import ConfigError
 
 SMALL: dict[str, Any] = dict(
     dataset="circle", g_hidden=(32, 32), d_hidden=(32, 32), noise_dim=2, batch_size=32,

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from gansweep.engine.data import load_dataset
-from gansweep.errors import ConfigError, TrialDiverged, TrialOutOfMemory
-from gansweep.engine.losses import equilibrium
-from gansweep.engine.parzen import data_as_model_baseline
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import evaluate, run
+from gansweep.engine.data import load_dataset
+from gansweep.engine.losses import equilibrium
+from gansweep.engine.parzen import data_as_model_baseline
 from gansweep.engine.train import train_gan
+from gansweep.errors import ConfigError, TrialDiverged, TrialOutOfMemory
 
 # Small nets on the 2D line: 2,000 generator steps settle the game in a few seconds on a CPU.
 LINE = dict(

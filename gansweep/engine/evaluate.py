@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gansweep.config.schema import TrialConfig
 from gansweep.engine.data import Dataset
 from gansweep.engine.draws import noise
-from gansweep.errors import ConfigError
 from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
 from gansweep.engine.parzen import evaluate as parzen_evaluate
-from gansweep.config.schema import TrialConfig
+from gansweep.errors import ConfigError
 
 Metrics = dict[str, float]
 # The open interval each bounded generator output covers.

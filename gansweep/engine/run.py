@@ -11,7 +11,6 @@ first member's seed).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +18,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gansweep.engine.data import Dataset, resolve_device
+from gansweep.config.rules import pack_key
+from gansweep.config.schema import TrialConfig
 from gansweep.engine import evaluate as evaluation
+from gansweep.engine.data import Dataset, resolve_device
 from gansweep.engine.draws import draw
+from gansweep.engine.epochs import (  # noqa: F401 (the worker reads them here too)
+    divergence,
+    has_batch_norm,
+    is_eval_epoch,
+    is_sample_epoch,
+    momentum_at,
+    native_bf16,
+    samples_per_second,
+    steps_per_epoch,
+    theory_metrics,
+)
 from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
 from gansweep.engine.iteration import STATS, Hyper, Spec, TrainState
+from gansweep.engine.losses import minibatch_plan
+from gansweep.engine.models import build_models
 from gansweep.engine.state import (
     Layout,
     alias_module,
@@ -33,78 +47,11 @@ from gansweep.engine.state import (
     state_dict,
     state_from_dict,
 )
-from gansweep.errors import ConfigError, TrialDiverged
-from gansweep.engine.losses import minibatch_plan
-from gansweep.engine.models import build_models
-from gansweep.config.rules import pack_key
-from gansweep.config.schema import TrialConfig
-from gansweep.config.theory import equilibrium
+from gansweep.engine.upgrade import upgrade
+from gansweep.errors import ConfigError
 
 Metrics = dict[str, float]
 CHECKPOINT_FORMAT = 2  # 1: before the one iteration (GanTrial / pack_state); upgraded on load
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` multiplies bfloat16 matrices in hardware (else bf16 is emulated)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-    return False
-
-
-def has_batch_norm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
-def momentum_at(trial: TrialConfig, epoch: int) -> float:
-    """Goodfellow's schedule: momentum ramps linearly from `momentum` to `momentum_final`."""
-    if trial.momentum_final is None or trial.epochs == 1:
-        return trial.momentum
-    share = (epoch - 1) / (trial.epochs - 1)
-    return trial.momentum + share * (trial.momentum_final - trial.momentum)
-
-
-def steps_per_epoch(trial: TrialConfig, n_train: int) -> int:
-    return trial.steps_per_epoch or max(1, n_train // trial.batch_size)
-
-
-def samples_per_second(trial: TrialConfig, steps: int, elapsed: float) -> float:
-    """Each of `steps` iterations feeds m samples to each of k D steps and to the G step."""
-    return steps * trial.batch_size * (trial.k + 1) / elapsed
-
-
-def is_eval_epoch(trial: TrialConfig, epoch: int) -> bool:
-    return epoch % trial.eval_every == 0 or epoch == trial.epochs
-
-
-def is_sample_epoch(trial: TrialConfig, epoch: int) -> bool:
-    if trial.sample_epochs is None:
-        return is_eval_epoch(trial, epoch)
-    return epoch in trial.sample_epochs
-
-
-def divergence(metrics: Metrics, epoch: int) -> TrialDiverged | None:
-    """The error of an epoch whose D or G loss is NaN or infinite, else None."""
-    for name in ("d_loss", "g_loss"):
-        if not math.isfinite(metrics[name]):
-            return TrialDiverged(epoch, name, metrics[name])
-    return None
-
-
-def theory_metrics(trial: TrialConfig, metrics: Metrics) -> Metrics:
-    """The equilibrium losses of THEORY.md and the gaps to them, where theory gives them."""
-    star = equilibrium(trial.loss, trial.alpha, trial.label_smoothing)
-    if star is None:
-        return {}
-    return {
-        "d_loss_star": star.d_loss,
-        "g_loss_star": star.g_loss,
-        "d_loss_gap": abs(metrics["d_loss"] - star.d_loss),
-        "g_loss_gap": abs(metrics["g_loss"] - star.g_loss),
-    }
 
 
 # ---------------------------------------------------------------------------- the unit
@@ -391,9 +338,7 @@ def unit_state(unit: Unit) -> dict[str, Any]:
 def load_unit_state(unit: Unit, saved: dict[str, Any], rows: list[int] | None = None) -> None:
     """Continue `unit` from a unit_state whose rows `rows` are this unit's members, in order
     (a resumed pack may have lost members that were pruned or failed since)."""
-    from gansweep.engine.upgrade import upgrade
-
-    saved = upgrade(saved, unit)
+    saved = upgrade(saved, unit.layouts)
     rows = list(range(unit.size)) if rows is None else rows
     loaded = state_from_dict(saved["state"], rows, unit.device)
     # Into the unit's own tensors: the eager unit's modules view them.

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gansweep.engine.data import Dataset
-from gansweep.engine import run
-from gansweep.errors import TrialOutOfMemory, is_out_of_memory
 from gansweep.config.schema import TrialConfig
+from gansweep.engine import run
+from gansweep.engine.data import Dataset
+from gansweep.errors import TrialOutOfMemory, is_out_of_memory
 
 Metrics = dict[str, float]
 

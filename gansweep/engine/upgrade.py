@@ -8,29 +8,29 @@ an output folder written before this change resumes after it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from gansweep.engine.run import Unit
+from gansweep.engine.state import Layout
 
 
-def upgrade(saved: dict[str, Any], unit: Unit) -> dict[str, Any]:
+def upgrade(saved: dict[str, Any], layouts: tuple[Layout, Layout]) -> dict[str, Any]:
+    """`saved` in format 2; `layouts`: the networks' (generator, discriminator) layouts."""
     if saved.get("format") == 2:
         return saved
     if "generator" in saved and "opt_g" in saved:
-        return _lone(saved, unit)
+        return _lone(saved, layouts)
     if "g" in saved and "slots" in saved:
-        return _pack(saved, unit)
+        return _pack(saved)
     raise ValueError(f"unknown checkpoint layout with keys {sorted(saved)}")
 
 
-def _lone(saved: dict[str, Any], unit: Unit) -> dict[str, Any]:
+def _lone(saved: dict[str, Any], layouts: tuple[Layout, Layout]) -> dict[str, Any]:
     nets = {}
     for name, module_key, opt_key, layout in (
-        ("g", "generator", "opt_g", unit.layouts[0]), ("d", "discriminator", "opt_d", unit.layouts[1]),
+        ("g", "generator", "opt_g", layouts[0]), ("d", "discriminator", "opt_d", layouts[1]),
     ):
         weights = saved[module_key]
         params = torch.cat([weights[n].flatten() for n in layout.names]).unsqueeze(0)
@@ -42,7 +42,7 @@ def _lone(saved: dict[str, Any], unit: Unit) -> dict[str, Any]:
             return torch.cat([s[key].flatten() for s in states]).unsqueeze(0)
 
         adam = any("exp_avg" in s for s in states)
-        step = float(states[0]["step"]) if adam and states and "step" in states[0] else float(unit.epoch)
+        step = float(states[0]["step"]) if adam and states and "step" in states[0] else 0.0
         nets[name] = {
             "params": params,
             "buffers": [weights[n].unsqueeze(0) for n in layout.buffer_names],
@@ -58,7 +58,7 @@ def _lone(saved: dict[str, Any], unit: Unit) -> dict[str, Any]:
     }
 
 
-def _pack(saved: dict[str, Any], unit: Unit) -> dict[str, Any]:
+def _pack(saved: dict[str, Any]) -> dict[str, Any]:
     nets = {}
     for name in ("g", "d"):
         part = saved[name]
