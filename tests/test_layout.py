@@ -217,26 +217,10 @@ def import_cycle(modules: dict[str, Module]) -> list[str] | None:
 
 
 MODULES = read_modules()
-# Imports that break a rule and wait for a move elsewhere: (module, target) -> what it waits for.
-PENDING = {
-    ("gansweep.reporting.view", "gansweep.service.storage"):
-        "the Optuna storage URL of an output folder (storage.optuna_storage_url) belongs with "
-        "the output folder's layout in gansweep.service.protocol",
-}
-
-
-def _pending(violation: str) -> bool:
-    module, _, target = violation.split(": ")[1].partition(" -> ")
-    return (module, target) in PENDING
 
 
 def test_the_allowed_dependencies_hold() -> None:
-    assert [v for v in violations(MODULES) if not _pending(v)] == []
-
-
-@pytest.mark.xfail(reason="issue 14: imports waiting for a move: " + "; ".join(PENDING.values()), strict=False)
-def test_no_import_waits_for_a_move() -> None:
-    assert [v for v in violations(MODULES) if _pending(v)] == []
+    assert violations(MODULES) == []
 
 
 def test_no_import_cycle() -> None:

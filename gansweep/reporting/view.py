@@ -25,8 +25,9 @@ import yaml
 from gansweep.config.load import load_study
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.errors import GansweepError
-from gansweep.service.protocol import ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, GENERATOR_FILE, OutputLayout
-from gansweep.service.storage import optuna_storage_url
+from gansweep.service.protocol import (
+    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, GENERATOR_FILE, OutputLayout, optuna_storage_url,
+)
 from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch
