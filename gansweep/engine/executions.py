@@ -161,10 +161,12 @@ class FusedUpdate:
     (a dozen per parameter tensor fewer); tests/test_engine.py holds it to adam_update and
     sgd_update. Its settings are Python floats, read once per epoch's Hyper."""
 
-    def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout]) -> None:
+    def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout],
+                 rates: dict[int, str]) -> None:
         self.optimizer = optimizer
         self.params_of = params_of
         self.layouts = layouts  # id(flat row) -> its network's layout
+        self.rates = rates  # id(flat row) -> its learning rate's Hyper field, lr_g or lr_d
         self.views: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
         self.floats: tuple[Hyper | None, dict[str, float]] = (None, {})
 
@@ -185,8 +187,9 @@ class FusedUpdate:
 
     @torch.no_grad()
     def __call__(self, net: NetState, grads: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
+        del lr  # the same value as a float: settings()
         floats = self.settings(hyper)
-        rate = floats["lr_d"] if lr is hyper.lr_d else floats["lr_g"]
+        rate = floats[self.rates[id(net.params)]]
         params = self.params_of[id(net.params)]
         first, second, steps = self.moments(net)
         net.steps.add_(1)
@@ -215,7 +218,8 @@ def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state
     fused = fused and state.g.params.device.type in ("cpu", "cuda")
     if fused:
         by_id = {id(state.g.params): layouts[0], id(state.d.params): layouts[1]}
-        update = FusedUpdate(spec.optimizer, params_of, by_id)
+        rates = {id(state.g.params): "lr_g", id(state.d.params): "lr_d"}
+        update = FusedUpdate(spec.optimizer, params_of, by_id, rates)
     else:
         update = in_place(UPDATES[spec.optimizer])
     return partial(iteration, spec, nets, ModuleAutograd(params_of, flat=not fused), update=update)
