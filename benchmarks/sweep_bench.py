@@ -41,7 +41,7 @@ studies run. `--fractional` adds the same 20 trials 4 at a time on half a cpu ea
 hour (each trial's training time stretches when two share a core, so its share of the
 machine is not comparable).
 
-`--pack N` times packs in `gansweep run` (budget.pack_size, gansweep/pack.py): 64 trials
+`--pack N` times packs in `gansweep run` (budget.pack_size, the engine's packed execution): 64 trials
 (an 8 x 8 grid, alpha_mode weight so that they can be packed) one trial per worker as usual,
 then N trials per worker in one vectorised step, on the same 2 slots. Compare trials per
 hour. A member's wall_time is its pack's: training counts each pack once.

@@ -184,9 +184,9 @@ def textbook_dataset(trial: TrialConfig, data: Dataset) -> torch.utils.data.Data
     import torchvision
     from torchvision import transforms
 
-    from gansweep.engine.data import _find_root
+    from gansweep.engine.image_files import find_root
 
-    root = _find_root(trial.dataset, trial.data_dir)  # the torchvision layout gansweep reads
+    root = find_root(trial.dataset, trial.data_dir)  # the torchvision layout gansweep reads
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     return torchvision.datasets.FashionMNIST(str(root), train=True, transform=transform)
 

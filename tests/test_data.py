@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gansweep.engine import data
+from gansweep.engine import data, image_files
 from gansweep.engine.data import DATASETS, Dataset, load_dataset, minibatch
 from gansweep.errors import DataError
 from gansweep.config.names import IMAGE_DATASETS, TOY_DATASETS
 
 TOYS = list(TOY_DATASETS)
-DEBIAN = data.DEBIAN_FASHION_MNIST
+DEBIAN = image_files.DEBIAN_FASHION_MNIST
 needs_debian_fashion = pytest.mark.skipif(
     not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed",
@@ -164,7 +164,7 @@ def test_fashion_mnist_is_unpacked_once_into_the_cache(isolated_env: Path) -> No
     load_dataset("fashion-mnist")
     raw = isolated_env / "FashionMNIST" / "raw"
     names = sorted(p.name for p in raw.iterdir())
-    assert names == sorted(data._IDX_FILES)  # unpacked, no temporary files left behind
+    assert names == sorted(image_files._IDX_FILES)  # unpacked, no temporary files left behind
     assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 60_000 * 28 * 28
     stamp = (raw / "train-images-idx3-ubyte").stat().st_mtime_ns
     load_dataset("fashion-mnist")
@@ -175,9 +175,9 @@ def test_fashion_mnist_is_unpacked_once_into_the_cache(isolated_env: Path) -> No
 def test_data_dir_with_loose_gz_files(isolated_env: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mine" / "fashion-mnist"
     folder.mkdir(parents=True)
-    for name in data._IDX_FILES:
+    for name in image_files._IDX_FILES:
         os.symlink(DEBIAN / f"{name}.gz", folder / f"{name}.gz")
-    assert data._find_root("fashion-mnist", str(tmp_path / "mine")) == isolated_env
+    assert image_files.find_root("fashion-mnist", str(tmp_path / "mine")) == isolated_env
 
 
 def test_absent_dataset_raises_data_error_naming_every_place(
@@ -202,6 +202,6 @@ def test_absent_cifar10_raises_data_error(isolated_env: Path) -> None:
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GANSWEEP_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data.cache_dir() == tmp_path / "gansweep"
+    assert image_files.cache_dir() == tmp_path / "gansweep"
     monkeypatch.setenv("GANSWEEP_CACHE", str(tmp_path / "elsewhere"))
-    assert data.cache_dir() == tmp_path / "elsewhere"
+    assert image_files.cache_dir() == tmp_path / "elsewhere"

@@ -1,5 +1,5 @@
 """Packs: several trials trained as one unit of the engine (gansweep.engine.run), and the
-pack rules of gansweep.packrules. The executions themselves are held to each other and to
+pack rules of gansweep.config.rules. The executions themselves are held to each other and to
 the textbook loop in test_engine.py; here, what a pack adds: members at their own equilibria,
 a member that diverges leaves its mates alone, and what may share a pack.
 """

@@ -2,7 +2,7 @@
 
 Each member of a pack is an Optuna trial with its own MLflow run, checked by the same
 consistency rules as one-trial sweeps; the numbers are checked against the pack library
-(gansweep.pack.train_pack) run here on the same trials and data.
+(gansweep.engine.train.train_pack) run here on the same trials and data.
 """
 
 from __future__ import annotations

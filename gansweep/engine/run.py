@@ -1,7 +1,7 @@
 """The epoch loop over a unit of P trials (a lone trial is a unit of one), whichever execution
 runs its iterations: build the unit, train an epoch, evaluate a member, checkpoint and resume.
 
-Members share every field that shapes the iteration (gansweep.packrules.KEY_FIELDS) and differ
+Members share every field that shapes the iteration (gansweep.config.rules.KEY_FIELDS) and differ
 in the hyperparameters of iteration.Hyper and the loss. Each member's initial networks are
 those of a lone trial with its seed (torch.manual_seed(seed), then build_models), and the
 training draws continue the global stream after the last member's initialisation, so a unit
