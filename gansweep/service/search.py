@@ -9,7 +9,6 @@ makes a killed sweep resumable without duplicates.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from gansweep.config.schema import (
     Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
 )
-from gansweep.config.space import resolve_values
+from gansweep.config.space import decode_choice, encode_choice, resolve_values
 from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
 
 
@@ -83,20 +82,6 @@ def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
         # wrapped pruner (or, with none, prunes on the stall alone).
         return optuna.pruners.PatientPruner(pruner, patience=study.pruner.patience)
     return pruner or optuna.pruners.NopPruner()
-
-
-def encode_choice(value: Any) -> bool | int | float | str | None:
-    """Optuna's categorical choices must be scalars: lists (e.g. g_hidden) travel as JSON."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return value
-
-
-def decode_choice(param: Choice, value: Any) -> Any:
-    for original in param.values:
-        if encode_choice(original) == value:
-            return original
-    return value
 
 
 def grid_space(study: StudyConfig) -> dict[str, list[Any]]:
