@@ -19,7 +19,12 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gansweep.config.schema import (
-    Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
+    Choice,
+    FloatRange,
+    IntRange,
+    SearchParam,
+    StudyConfig,
+    TrialConfig,
 )
 from gansweep.config.space import decode_choice, encode_choice, resolve_values
 from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
