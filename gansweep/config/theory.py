@@ -65,3 +65,32 @@ def equilibrium(loss: str, alpha: float, smoothing: float = 1.0) -> Equilibrium 
         raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(EQUILIBRIA)}")
     rule = EQUILIBRIA[loss]
     return None if rule is None else rule(alpha, smoothing)
+
+
+# A blind-discriminator equilibrium (THEORY.md; issue 15): the losses sit at the theory's
+# equilibrium, yet only because D stopped telling real from generated (its AUC near 0.5),
+# while a fresh classifier still tells them apart well (C2ST accuracy well above 0.5).
+EQUILIBRIUM_RELATIVE_GAP = 0.05  # |L - L*| within 5% of |L*| counts as "at equilibrium"
+BLIND_AUC_MARGIN = 0.05  # |d_auc - 0.5| within this: D cannot tell
+SEEN_C2ST_ACCURACY = 0.6  # a fresh classifier this accurate (or more) can
+
+
+def blind_discriminator(
+    metrics: dict[str, float],
+    *,
+    relative_gap: float = EQUILIBRIUM_RELATIVE_GAP,
+    auc_margin: float = BLIND_AUC_MARGIN,
+    c2st_seen: float = SEEN_C2ST_ACCURACY,
+) -> bool | None:
+    """Whether an evaluation's metrics show a blind-discriminator equilibrium: both loss gaps
+    small relative to the equilibrium losses, d_auc near 0.5, c2st_accuracy at least
+    `c2st_seen`. None when a metric it needs is missing (no equilibrium for the loss, or
+    d_auc / c2st_accuracy not among the trial's metrics)."""
+    needed = ("d_loss_gap", "g_loss_gap", "d_loss_star", "g_loss_star", "d_auc", "c2st_accuracy")
+    if any(name not in metrics for name in needed):
+        return None
+    at_equilibrium = all(
+        metrics[f"{net}_loss_gap"] <= relative_gap * abs(metrics[f"{net}_loss_star"]) for net in ("d", "g")
+    )
+    blind = abs(metrics["d_auc"] - 0.5) <= auc_margin
+    return at_equilibrium and blind and metrics["c2st_accuracy"] >= c2st_seen

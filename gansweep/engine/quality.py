@@ -1,0 +1,189 @@
+"""Sample-quality metrics in a feature space, as pure functions of two sets of feature rows
+(real, generated); where the features come from is gansweep.engine.features'.
+
+    fid              Frechet distance between Gaussians fitted to the two sets (Heusel et al.
+                     2017); 0 for equal moments, lower is better.
+    kid              the unbiased MMD^2 estimator with the cubic polynomial kernel
+                     k(x, y) = (x.y / d + 1)^3, averaged over random subsets (Binkowski et al.
+                     2018); 0 in expectation for equal distributions, lower is better.
+    precision/recall the k-nearest-neighbour manifolds of Kynkaanniemi et al. 2019: the share
+                     of generated points inside the real manifold (precision) and of real
+                     points inside the generated one (recall); higher is better.
+    c2st_accuracy    the classifier two-sample test (Lopez-Paz and Oquab 2017): a fresh
+                     k-NN classifier, fitted on half of each set, labels the other halves;
+                     its held-out accuracy is 0.5 when the sets are indistinguishable.
+    d_auc            the ROC AUC of scores (a trial's own discriminator) real vs generated:
+                     0.5 when D cannot tell them apart (whether because G is good or D blind).
+
+Everything runs in float64 on the tensors' device; each function reads one result back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+PR_NEIGHBOURS = 3  # Kynkaanniemi et al.'s k
+KID_SUBSETS = 10
+KID_SUBSET_SIZE = 1_000  # Binkowski et al.'s subsets (they use 100 of 1,000)
+CHUNK = 2_048  # rows of a distance matrix computed at once
+
+
+def _rows(x: Tensor, name: str) -> Tensor:
+    if x.dim() < 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must hold at least 2 feature rows (N, D), got {tuple(x.shape)}")
+    return x.flatten(1).double()
+
+
+# ---------------------------------------------------------------------------- FID
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
+
+    tr((S1 S2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the
+    symmetric S1^(1/2) S2 S1^(1/2) (the same spectrum): eigh on symmetric matrices, no
+    complex parts to discard, unlike a general matrix square root."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    values, vectors = np.linalg.eigh(sigma1)
+    root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    middle = root1 @ sigma2 @ root1
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * cross)
+
+
+def moments(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of (N, D) rows, in float64 numpy."""
+    x = _rows(features, "features")
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.T @ centred / (x.shape[0] - 1)
+    return mean.cpu().numpy(), cov.cpu().numpy()
+
+
+def fid(real: Tensor, fake: Tensor) -> float:
+    return frechet_distance(*moments(real), *moments(fake))
+
+
+# ---------------------------------------------------------------------------- KID
+
+
+def mmd2_unbiased(x: Tensor, y: Tensor) -> Tensor:
+    """The unbiased MMD^2 of (m, d) and (n, d) rows under k(a, b) = (a.b / d + 1)^3."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    m, n = x.shape[0], y.shape[0]
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return xx + yy - 2.0 * kxy.mean()
+
+
+def kid(
+    real: Tensor, fake: Tensor, *, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, standard deviation) of the unbiased MMD^2 over `subsets` random subsets of
+    min(subset_size, N) rows of each set, drawn without replacement with `seed`."""
+    x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
+    size = min(subset_size, x.shape[0], y.shape[0])
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        ix = torch.randperm(x.shape[0], generator=generator)[:size].to(x.device)
+        iy = torch.randperm(y.shape[0], generator=generator)[:size].to(y.device)
+        values.append(mmd2_unbiased(x[ix], y[iy]))
+    stacked = torch.stack(values)
+    std = stacked.std() if subsets > 1 else torch.zeros((), dtype=stacked.dtype)
+    mean, spread = torch.stack((stacked.mean(), std.to(stacked.device))).tolist()
+    return mean, spread
+
+
+# ---------------------------------------------------------------------------- precision, recall
+
+
+def _kth_neighbour_radii(x: Tensor, k: int) -> Tensor:
+    """Each row's distance to its k-th nearest other row of x."""
+    radii = []
+    for start in range(0, x.shape[0], CHUNK):
+        dist = torch.cdist(x[start : start + CHUNK], x)
+        # the row itself is at distance 0: the k-th other neighbour is the (k + 1)-th smallest
+        radii.append(dist.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def _inside_share(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
+    """The share of `points` within radii[j] of some centre j."""
+    inside = []
+    for start in range(0, points.shape[0], CHUNK):
+        dist = torch.cdist(points[start : start + CHUNK], centres)
+        inside.append((dist <= radii.unsqueeze(0)).any(1))
+    return torch.cat(inside).double().mean()
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
+    """Kynkaanniemi et al.'s improved precision and recall with k-NN radii."""
+    x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
+    if k >= min(x.shape[0], y.shape[0]):
+        raise ValueError(f"k={k} needs more than k rows in each set, got {x.shape[0]} and {y.shape[0]}")
+    precision = _inside_share(y, x, _kth_neighbour_radii(x, k))
+    recall = _inside_share(x, y, _kth_neighbour_radii(y, k))
+    p, r = torch.stack((precision, recall)).tolist()
+    return p, r
+
+
+# ---------------------------------------------------------------------------- C2ST
+
+
+def c2st_accuracy(real: Tensor, fake: Tensor, *, seed: int = 0, neighbours: int | None = None) -> float:
+    """Held-out accuracy of a k-NN classifier telling real from generated rows.
+
+    Each set is cut to the smaller one's size (balanced classes: chance is 0.5), shuffled with
+    `seed`, and halved; the classifier is fitted on the first halves and labels the second.
+    k defaults to an odd number near sqrt(n_train) / 2, Lopez-Paz and Oquab's choice for their
+    k-NN C2ST; features are standardised by the training half's moments (k-NN is not scale
+    free). Ties cannot happen: k is odd and both classes are counted."""
+    x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
+    n = min(x.shape[0], y.shape[0])
+    if n < 4:
+        raise ValueError(f"C2ST needs at least 4 rows of each set, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    x = x[torch.randperm(x.shape[0], generator=generator)[:n].to(x.device)]
+    y = y[torch.randperm(y.shape[0], generator=generator)[:n].to(y.device)]
+    half = n // 2
+    train = torch.cat((x[:half], y[:half]))
+    test = torch.cat((x[half:], y[half:]))
+    train_labels = torch.cat((torch.ones(half), torch.zeros(half))).to(x.device, torch.bool)
+    test_labels = torch.cat((torch.ones(n - half), torch.zeros(n - half))).to(x.device, torch.bool)
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
+    train, test = (train - mean) / std, (test - mean) / std
+    k = neighbours or max(1, round(math.sqrt(train.shape[0]) / 2))
+    k += 1 - k % 2  # odd: a majority always exists
+    correct = []
+    for start in range(0, test.shape[0], CHUNK):
+        nearest = torch.cdist(test[start : start + CHUNK], train).topk(k, dim=1, largest=False).indices
+        votes = train_labels[nearest].sum(1) * 2 > k
+        correct.append(votes == test_labels[start : start + CHUNK])
+    return float(torch.cat(correct).double().mean())
+
+
+# ---------------------------------------------------------------------------- D's AUC
+
+
+def roc_auc(real_scores: Tensor, fake_scores: Tensor) -> float:
+    """P(score of a real row > score of a generated row) + P(equal) / 2: the ROC AUC as the
+    Mann-Whitney statistic, from the ranks of the pooled scores (ties get their mean rank)."""
+    real, fake = real_scores.flatten().double(), fake_scores.flatten().double().to(real_scores.device)
+    m, n = real.shape[0], fake.shape[0]
+    if m == 0 or n == 0:
+        raise ValueError(f"roc_auc needs scores of both kinds, got {m} real and {n} generated")
+    pooled = torch.cat((real, fake))
+    values, inverse, counts = torch.unique(pooled, return_inverse=True, return_counts=True)
+    del values
+    ends = counts.cumsum(0).double()
+    mean_ranks = ends - (counts.double() - 1.0) / 2.0  # 1-based mean rank of each distinct value
+    real_rank_sum = mean_ranks[inverse[:m]].sum()
+    return float((real_rank_sum - m * (m + 1) / 2.0) / (m * n))

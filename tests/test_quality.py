@@ -1,0 +1,222 @@
+"""Sample-quality metrics (engine/quality.py) against independent references: the Frechet
+distance against scipy.linalg.sqrtm and a closed form, KID against a direct NumPy sum,
+precision and recall against brute force, C2ST on equal and disjoint sets, the AUC against
+scikit-learn; and the blind-discriminator decision (config/theory.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from gansweep.config.theory import blind_discriminator, equilibrium
+from gansweep.engine.quality import (
+    c2st_accuracy,
+    fid,
+    frechet_distance,
+    kid,
+    mmd2_unbiased,
+    precision_recall,
+    roc_auc,
+)
+
+
+def random_spd(d: int, rng: np.random.Generator) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def sqrtm_reference(mu1, s1, mu2, s2) -> float:
+    """The formula as pytorch-fid writes it: scipy's general matrix square root of S1 S2."""
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root))
+
+
+# ---------------------------------------------------------------------------- FID
+
+
+def test_frechet_distance_closed_form_of_diagonal_gaussians() -> None:
+    # diagonal covariances commute: tr(S1 + S2 - 2 (S1 S2)^1/2) = sum (sqrt a - sqrt b)^2
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert expected == pytest.approx(1 + 6.25 + 4 + 1)
+
+
+@pytest.mark.parametrize("d", [2, 16, 64])
+def test_frechet_distance_agrees_with_scipy_sqrtm(d: int) -> None:
+    rng = np.random.default_rng(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = random_spd(d, rng), random_spd(d, rng)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(sqrtm_reference(mu1, s1, mu2, s2), rel=1e-8)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fid_of_samples_uses_their_mean_and_unbiased_covariance() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 5))
+    y = rng.normal(loc=0.5, scale=2.0, size=(400, 5))
+    expected = sqrtm_reference(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert fid(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-8)
+    # and the estimate approaches the populations' closed form: 5 * 0.25 + 5 * (1 - 2)^2
+    big = torch.randn(200_000, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert fid(big[:100_000], big[100_000:] * 2 + 0.5) == pytest.approx(6.25, rel=0.02)
+
+
+# ---------------------------------------------------------------------------- KID
+
+
+def mmd2_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Binkowski et al.'s unbiased estimator, written out as its sums over index pairs."""
+    d = x.shape[1]
+    k = lambda a, b: (a @ b / d + 1.0) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_agrees_with_direct_numpy_sums() -> None:
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(30, 4)), rng.normal(loc=0.3, size=(25, 4))
+    assert float(mmd2_unbiased(torch.tensor(x), torch.tensor(y))) == pytest.approx(mmd2_numpy(x, y), rel=1e-10)
+
+
+def test_kid_one_subset_of_everything_is_the_mmd2_of_the_sets() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 3)), rng.normal(scale=1.5, size=(40, 3))
+    mean, std = kid(torch.tensor(x), torch.tensor(y), subsets=1, subset_size=40)
+    assert mean == pytest.approx(mmd2_numpy(x, y), rel=1e-10)
+    assert std == 0.0
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_large_for_another() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3_000, 8, generator=g), torch.randn(3_000, 8, generator=g)
+    same, spread = kid(x, y, subsets=10, subset_size=1_000)
+    assert same == pytest.approx(0.0, abs=3 * spread + 1e-3)
+    shifted, _ = kid(x, y + 1.0, subsets=10, subset_size=1_000)
+    assert shifted > 0.5
+
+
+# ---------------------------------------------------------------------------- precision, recall
+
+
+def pr_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    def radii(points: np.ndarray) -> np.ndarray:
+        out = []
+        for i, p in enumerate(points):
+            others = sorted(np.linalg.norm(p - q) for j, q in enumerate(points) if j != i)
+            out.append(others[k - 1])
+        return np.array(out)
+
+    def share(points: np.ndarray, centres: np.ndarray, r: np.ndarray) -> float:
+        return float(np.mean([any(np.linalg.norm(p - c) <= rc for c, rc in zip(centres, r)) for p in points]))
+
+    return share(fake, real, radii(real)), share(real, fake, radii(fake))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_precision_recall_agree_with_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    real, fake = rng.normal(size=(60, 3)), rng.normal(loc=0.7, scale=0.6, size=(50, 3))
+    p, r = precision_recall(torch.tensor(real), torch.tensor(fake), k=3)
+    bp, br = pr_brute_force(real, fake, 3)
+    assert (p, r) == (pytest.approx(bp, abs=1e-12), pytest.approx(br, abs=1e-12))
+    assert 0 < p < 1 and 0 < r < 1  # the case is not trivial
+
+
+def test_precision_recall_known_answers() -> None:
+    rng = np.random.default_rng(5)
+    real = rng.uniform(size=(200, 2))
+    # a generator of exactly the data: both manifolds are the same
+    assert precision_recall(torch.tensor(real), torch.tensor(real)) == (1.0, 1.0)
+    # half of its samples on the data, half collapsed far away: precision 1/2; the collapsed
+    # half has a radius of 0 (identical points) and covers no real point, the other half
+    # covers the real points it copies (among them) and maybe a few more
+    fake = np.concatenate([real[:100], np.full((100, 2), 50.0)])
+    p, r = precision_recall(torch.tensor(real), torch.tensor(fake))
+    assert p == pytest.approx(0.5)
+    assert r == pytest.approx(pr_brute_force(real, fake, 3)[1]) and r >= 0.5
+    # disjoint sets: nothing of one lies in the other's manifold
+    assert precision_recall(torch.tensor(real), torch.tensor(real + 10.0)) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------- C2ST
+
+
+def test_c2st_is_chance_for_one_distribution_and_perfect_for_disjoint_ones() -> None:
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(4_000, 2, generator=g), torch.randn(4_000, 2, generator=g)
+    assert c2st_accuracy(x, y) == pytest.approx(0.5, abs=0.03)
+    assert c2st_accuracy(x, y + 20.0) == pytest.approx(1.0)
+    # a ring against a blob of the same mean: the moments agree roughly, the shapes do not
+    angle = torch.rand(4_000, generator=g) * 6.283
+    ring = torch.stack([angle.cos(), angle.sin()], 1) + 0.05 * torch.randn(4_000, 2, generator=g)
+    assert c2st_accuracy(ring, 0.7 * x) > 0.8
+
+
+def test_c2st_balances_the_classes() -> None:
+    g = torch.Generator().manual_seed(7)
+    # 10x more real rows than generated ones: chance stays 0.5, not 10/11
+    assert c2st_accuracy(torch.randn(5_000, 3, generator=g), torch.randn(500, 3, generator=g)) == pytest.approx(
+        0.5, abs=0.06
+    )
+
+
+# ---------------------------------------------------------------------------- D's AUC
+
+
+def test_roc_auc_agrees_with_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(8)
+    real = rng.integers(0, 6, size=300).astype(float)  # many ties, within and across
+    fake = rng.integers(-2, 4, size=200).astype(float)
+    expected = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[real, fake])
+    assert roc_auc(torch.tensor(real), torch.tensor(fake)) == pytest.approx(expected, abs=1e-12)
+    assert roc_auc(torch.zeros(10), torch.zeros(7)) == pytest.approx(0.5)  # a constant D
+    assert roc_auc(torch.ones(10), torch.zeros(7)) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------- blind D
+
+
+def at_equilibrium(loss: str = "non_saturating", alpha: float = 0.5, s: float = 0.534, **changes: float) -> dict:
+    star = equilibrium(loss, alpha, s)
+    assert star is not None
+    metrics = {
+        "d_loss_star": star.d_loss, "g_loss_star": star.g_loss, "d_loss_gap": 0.01 * star.d_loss,
+        "g_loss_gap": 0.01 * abs(star.g_loss), "d_auc": 0.5, "c2st_accuracy": 0.93,
+    }
+    return {**metrics, **changes}
+
+
+def test_blind_discriminator_seed_003s_case() -> None:
+    # D outputs the constant s alpha = 0.267: the losses are the equilibrium's, D's AUC is
+    # 0.5, and a fresh classifier tells the samples from the data
+    assert equilibrium("non_saturating", 0.5, 0.534).d_output == pytest.approx(0.267)
+    assert blind_discriminator(at_equilibrium()) is True
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"c2st_accuracy": 0.52},  # the samples are as good as the equilibrium says
+        {"d_auc": 0.8},  # D still sees the difference: not blind
+        {"d_auc": 0.2},
+        {"d_loss_gap": 0.3},  # away from the equilibrium
+        {"g_loss_gap": 0.5},
+    ],
+)
+def test_not_blind_when_any_sign_is_missing(changes: dict) -> None:
+    assert blind_discriminator(at_equilibrium(**changes)) is False
+
+
+def test_blind_discriminator_unknown_without_its_metrics() -> None:
+    metrics = at_equilibrium()
+    del metrics["d_auc"]
+    assert blind_discriminator(metrics) is None
