@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from gansweep.engine.image_files import CpuSplits, find_root, image_cpu
+from gansweep.engine.image_files import image_labels as image_labels_on_disk
 from gansweep.errors import ConfigError, DataError
 
 # Parzen sigma grids. Images: Goodfellow's logspace(-1, 0, 10) for data in [0, 1]. Toys live
@@ -99,14 +100,24 @@ def load_dataset(
 ) -> Dataset:
     """Load (or generate) dataset `name` with its splits on `device`.
 
-    `seed` only affects the 2D toy sets (image splits are fixed). `n_train` sets the number of
+    `name` may also be the path of a researcher's own data (gansweep.engine.userdata).
+    `seed` only affects the 2D toy sets and the splits of a file (image splits are fixed). `n_train` sets the number of
     training points of a toy set and caps an image training split at its first `n_train`
     examples. Raises DataError for an unknown name or data that cannot be found.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if n_train is not None and n_train < 1:
         raise DataError(f"n_train must be at least 1, got {n_train}")
+    if name not in DATASETS:
+        from pathlib import Path
+
+        from gansweep.engine.userdata import load_file_dataset  # (it imports this module)
+
+        if not Path(name).exists():
+            raise DataError(
+                f"unknown dataset {name!r}: no such file or folder, and valid names of the "
+                f"built-in sets are {', '.join(DATASETS)}"
+            )
+        return load_file_dataset(name, seed=seed, device=resolve_device(device), n_train=n_train)
     loader = DATASETS[name]
     return loader(data_dir=data_dir, seed=seed, device=resolve_device(device), n_train=n_train)
 
@@ -254,6 +265,22 @@ def _digits_cpu() -> CpuSplits:
     images = images[order]
     n_train, n_valid = DIGITS_SIZES["train"], DIGITS_SIZES["valid"]
     return images[:n_train], images[n_train : n_train + n_valid], images[n_train + n_valid :]
+
+
+def image_labels(name: str, data_dir: str | None = None) -> CpuSplits:
+    """The class labels (int64, on the CPU) of an image set's (train, valid, test) splits,
+    aligned with load_dataset's images: what gansweep.engine.features trains its domain
+    classifier on. Raises DataError for a 2D set (it has no labels) or missing files."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        labels = torch.as_tensor(load_digits().target, dtype=torch.long)
+        labels = labels[torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))]
+        n_train, n_valid = DIGITS_SIZES["train"], DIGITS_SIZES["valid"]
+        return labels[:n_train], labels[n_train : n_train + n_valid], labels[n_train + n_valid :]
+    if name not in DATASETS or name in ("line", "circle", "ring8", "grid25"):
+        raise DataError(f"dataset {name!r} has no class labels; only image sets do")
+    return image_labels_on_disk(name, find_root(name, data_dir).resolve())
 
 
 def _load_digits(

@@ -207,3 +207,17 @@ def image_cpu(name: str, root: Path) -> CpuSplits:
         return images.contiguous().to(torch.float32).div_(255.0)
 
     return scale(train_all[:n_train]), scale(train_all[n_train:]), scale(test)
+
+
+@functools.lru_cache(maxsize=4)
+def image_labels(name: str, root: Path) -> CpuSplits:
+    """The class labels (int64) of image_cpu's (train, valid, test) splits, in their order."""
+    import torchvision.datasets
+
+    tv_class = getattr(torchvision.datasets, _SOURCES[name].tv_class)
+    try:
+        train_all, test = (torch.as_tensor(tv_class(root=str(root), train=t, download=False).targets) for t in (True, False))
+    except Exception as err:  # corrupt or truncated files
+        raise DataError(f"dataset {name!r}: cannot read the labels under {root}: {err}") from None
+    n_train = CIFAR_TRAIN if name == "cifar10" else MNIST_TRAIN
+    return train_all[:n_train].long(), train_all[n_train:].long(), test.long()

@@ -1,0 +1,152 @@
+"""Feature spaces (engine/features.py, engine/inception.py): the domain classifier trained,
+cached with its checksum and read back, deterministic; the Inception-v3 path with randomly
+initialised weights of the right architecture (no download): shapes, the checksum check,
+the error naming where it looked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gansweep.engine import features, inception
+from gansweep.engine.data import load_dataset
+from gansweep.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the module: digits' classifier is trained once, by the first test."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GANSWEEP_CACHE", str(folder))
+        features.domain_model.cache_clear()
+        yield folder
+    features.domain_model.cache_clear()
+
+
+def test_domain_classifier_of_digits_is_trained_cached_and_read_back(cache: Path) -> None:
+    model = features.domain_model("digits")
+    weights, record = features.domain_paths("digits")
+    assert weights.is_relative_to(cache) and weights.is_file() and record.is_file()
+    info = json.loads(record.read_text())
+    assert info["sha256"] == features.sha256_of(weights) == model.sha256
+    assert model.name == f"domain:digits:{model.sha256[:8]}"
+    assert 0.9 <= model.test_accuracy <= 1.0  # 8x8 digits: a small CNN gets ~97%
+    assert info["test_accuracy"] == model.test_accuracy
+    features.domain_model.cache_clear()
+    again = features.domain_model("digits")  # from the file this time
+    assert again.sha256 == model.sha256 and again.test_accuracy == model.test_accuracy
+    data = load_dataset("digits")
+    space = features.feature_space("domain", data)
+    embedded = space.embed(data.test.flatten(1))  # flat rows, as an MLP generator gives them
+    assert embedded.shape == (data.test.shape[0], features.DOMAIN_FEATURES)
+    with torch.no_grad():
+        assert torch.equal(embedded, again.network.features(data.test))
+
+
+def test_domain_classifier_training_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gansweep.engine.data import image_labels
+
+    monkeypatch.setattr(features, "DOMAIN_STEPS", 30)  # the first steps decide it: cheaper
+    data = load_dataset("digits")
+    labels = image_labels("digits")[0]
+    first = features.train_domain_classifier(data.train, labels, 10).state_dict()
+    torch.manual_seed(123)  # the global stream does not matter
+    second = features.train_domain_classifier(data.train, labels, 10).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = features.train_domain_classifier(data.train[1:], labels[1:], 10).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)  # the data decide it
+
+
+def test_a_tampered_cache_file_is_refused(cache: Path) -> None:
+    features.domain_model("digits")
+    weights, _ = features.domain_paths("digits")
+    original = weights.read_bytes()
+    middle = len(original) // 2
+    weights.write_bytes(original[:middle] + bytes([original[middle] ^ 0xFF]) + original[middle + 1 :])
+    features.domain_model.cache_clear()
+    try:
+        with pytest.raises(DataError, match="SHA-256.*delete both files"):
+            features.domain_model("digits")
+    finally:
+        weights.write_bytes(original)
+        features.domain_model.cache_clear()
+
+
+def test_points_space_of_a_2d_set() -> None:
+    data = load_dataset("circle", n_train=100)
+    space = features.feature_space("domain", data)
+    assert space.name == "points:circle"
+    assert torch.equal(space.embed(data.test), data.test)
+
+
+# ---------------------------------------------------------------------------- Inception
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    plain = tmp_path_factory.mktemp("inception") / "weights.pth"
+    torch.save(inception.inception_network().state_dict(), plain)
+    named = plain.with_name(f"inception_random-{features.sha256_of(plain)[:8]}.pth")
+    plain.rename(named)
+    return named
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GANSWEEP_OFFLINE", "1")
+    monkeypatch.delenv(inception.ENV_WEIGHTS, raising=False)
+    monkeypatch.delenv(inception.ENV_SHA256, raising=False)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    inception._cached.cache_clear()
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+    inception._cached.cache_clear()
+
+
+def test_inception_pool3_features_of_small_grey_images(random_weights: Path, hub: Path, monkeypatch) -> None:
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(random_weights))
+    space = inception.inception_space(torch.device("cpu"), (1, 28, 28))
+    assert space.name == f"inception:{features.sha256_of(random_weights)[:8]}"
+    out = space.embed(torch.rand(2, 784))
+    assert out.shape == (2, 2048) and bool(torch.isfinite(out).all())
+    assert bool((out >= 0).all())  # the average of ReLU outputs
+
+
+def test_inception_checksum_mismatch_is_an_error(random_weights: Path, hub: Path, monkeypatch) -> None:
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(random_weights))
+    monkeypatch.setenv(inception.ENV_SHA256, "0" * 64)
+    with pytest.raises(DataError, match="does not match the expected 0000"):
+        inception.inception_space(torch.device("cpu"))
+    # the hub's file name carries the digest's start; a wrong one is refused too
+    wrong = hub / "checkpoints" / inception.HUB_FILE
+    wrong.parent.mkdir(parents=True)
+    wrong.write_bytes(random_weights.read_bytes())
+    monkeypatch.delenv(inception.ENV_WEIGHTS)
+    monkeypatch.delenv(inception.ENV_SHA256)
+    with pytest.raises(DataError, match=f"{wrong}: SHA-256 .* expected 0cc3c7bd"):
+        inception.inception_space(torch.device("cpu"))
+
+
+def test_inception_weights_without_a_checksum_are_refused(random_weights: Path, hub: Path, tmp_path, monkeypatch) -> None:
+    bare = tmp_path / "weights.pth"
+    bare.write_bytes(random_weights.read_bytes())
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(bare))
+    with pytest.raises(ConfigError, match="no checksum"):
+        inception.inception_space(torch.device("cpu"))
+
+
+def test_missing_inception_offline_names_every_place_looked(hub: Path, monkeypatch) -> None:
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(hub / "nowhere.pth"))
+    with pytest.raises(DataError) as caught:
+        inception.inception_space(torch.device("cpu"))
+    text = str(caught.value)
+    assert f"{hub / 'nowhere.pth'} (no such file)" in text
+    assert str(hub / "checkpoints" / inception.HUB_FILE) in text
+    assert "download skipped: GANSWEEP_OFFLINE is set" in text
+    assert not (hub / "checkpoints" / inception.HUB_FILE).exists()  # nothing was fetched
