@@ -57,8 +57,8 @@ class ModuleAutograd:
         self.params_of = params_of  # id(flat row tensor) -> the module parameters viewing it
         self.flat = flat
 
-    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
-        loss, aux = objective(params)
+    def grad(self, objective: Objective, params: Tensor, buffers: object) -> tuple[Tensor, object]:
+        loss, aux = objective(params, buffers)
         grads = torch.autograd.grad(loss, self.params_of[id(params)])
         if self.flat:
             return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0), aux
@@ -76,9 +76,9 @@ class LeafAutograd(ModuleAutograd):
     def __init__(self) -> None:
         super().__init__({})
 
-    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
+    def grad(self, objective: Objective, params: Tensor, buffers: object) -> tuple[Tensor, object]:
         leaf = params.detach().requires_grad_(True)
-        loss, aux = objective(leaf)
+        loss, aux = objective(leaf, buffers)
         (grad,) = torch.autograd.grad(loss, leaf)
         return grad, aux
 
@@ -86,8 +86,9 @@ class LeafAutograd(ModuleAutograd):
 class FuncAutodiff:
     """torch.func's transforms: what torch.compile traces into one graph."""
 
-    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
-        return torch.func.grad(objective, has_aux=True)(params)
+    def grad(self, objective: Objective, params: Tensor, buffers: object) -> tuple[Tensor, object]:
+        # buffers an input, not a capture: the forwards may update them in place
+        return torch.func.grad(objective, argnums=0, has_aux=True)(params, buffers)
 
     def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         return torch.func.grad(scalar_of)(x)
@@ -126,6 +127,7 @@ def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tup
             return functional_call(structure, tensors, (x,), tie_weights=False)
 
         if vectorised:
+            batch_norm_in_float32(structure)
             forwards.append(vmap(one_trial, randomness="different"))
         else:
 
@@ -134,6 +136,15 @@ def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tup
 
             forwards.append(row0)
     return Nets(*forwards)
+
+
+def batch_norm_in_float32(structure: nn.Module) -> None:
+    """Batch norm fed float32 under vmap: vmap's batch norm refuses a bf16 input (autocast's
+    convolution output) beside float32 statistics, which the unbatched CPU kernel accepts and
+    computes in float32 anyway; the next layer casts back under autocast."""
+    for module in structure.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(lambda _module, args: (args[0].float(), *args[1:]))
 
 
 # ---------------------------------------------------------------------------- steps

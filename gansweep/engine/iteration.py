@@ -12,7 +12,9 @@ the optimiser's update: a loss, alpha mode or optimiser added here is in all fou
 Shapes: P trials, m = batch size, n_real / n_fake the D minibatch's real and fake counts.
 Every per-trial value is (P, 1) so that it broadcasts over samples and over flat parameters.
 Batch-norm running statistics (buffers) are updated in place by the forward passes, as
-nn.BatchNorm does; everything else is returned new.
+nn.BatchNorm does; everything else is returned new. An objective takes the buffers it updates
+as an input beside the parameters it is differentiated by: torch.func's transforms refuse an
+in-place update of a tensor the function captured, and allow one of its inputs.
 """
 
 from __future__ import annotations
@@ -110,14 +112,16 @@ class Nets(NamedTuple):
     d: Forward
 
 
-Objective = Callable[[Tensor], tuple[Tensor, object]]
+# (params, buffers) -> (scalar, aux): differentiated by params; buffers are the running
+# statistics its forwards update in place, any pytree of tensors.
+Objective = Callable[[Tensor, object], tuple[Tensor, object]]
 
 
 class Autodiff(Protocol):
     """How an execution differentiates: autograd on leaves (eager) or torch.func (compiled)."""
 
-    def grad(self, objective: Objective, params: Tensor) -> tuple[Tensor, object]:
-        """(d objective / d params, its aux output); objective returns (scalar, aux)."""
+    def grad(self, objective: Objective, params: Tensor, buffers: object) -> tuple[Tensor, object]:
+        """(d objective / d params, its aux output) of objective(params, buffers) -> (scalar, aux)."""
 
     def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """d scalar_of(x) / d x, differentiable again (the gradient penalty)."""
@@ -265,16 +269,16 @@ def iteration(
         w_real, w_fake = ALPHA_WEIGHTS[spec.alpha_mode](hyper.alpha, draws.coins[j], spec.n_real, spec.n_fake)
         mix = draws.mixes[j]
 
-        def d_objective(params: Tensor, real: Tensor = real, fake: Tensor = fake,
+        def d_objective(params: Tensor, buffers: tuple[Tensor, ...], real: Tensor = real, fake: Tensor = fake,
                         w_real: Tensor = w_real, w_fake: Tensor = w_fake, mix: Tensor = mix) -> tuple[Tensor, object]:
-            current = d._replace(params=params)
+            current = d._replace(params=params, buffers=buffers)
             with autocast():
                 if spec.joint_discriminator:
-                    logits = nets.d(params, d.buffers, torch.cat((real, fake), dim=1)).float()
+                    logits = nets.d(params, buffers, torch.cat((real, fake), dim=1)).float()
                     real_logits, fake_logits = logits[:, : spec.n_real], logits[:, spec.n_real :]
                 else:
-                    real_logits = nets.d(params, d.buffers, real).float()
-                    fake_logits = nets.d(params, d.buffers, fake).float()
+                    real_logits = nets.d(params, buffers, real).float()
+                    fake_logits = nets.d(params, buffers, fake).float()
             value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P,)
             total = value
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
@@ -283,18 +287,19 @@ def iteration(
             outputs = (d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper))
             return total.sum(), torch.stack((value, *outputs)).detach()
 
-        grad, stats = diff.grad(d_objective, d.params)
+        grad, stats = diff.grad(d_objective, d.params, d.buffers)
         d = update(d, grad, hyper.lr_d, hyper)
         stats_d.append(stats)
 
-    def g_objective(params: Tensor) -> tuple[Tensor, object]:
+    def g_objective(params: Tensor, buffers: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]) -> tuple[Tensor, object]:
+        g_buffers, d_buffers = buffers  # D's forward, in training mode, updates its statistics too
         with autocast():
-            samples = nets.g(params, g.buffers, draws.g_noise)
-            logits = nets.d(d.params, d.buffers, samples).float()  # D's params need no gradient
+            samples = nets.g(params, g_buffers, draws.g_noise)
+            logits = nets.d(d.params, d_buffers, samples).float()  # D's params need no gradient
         value = g_losses(spec, logits, hyper)
         return value.sum(), value.detach()
 
-    grad, g_value = diff.grad(g_objective, g.params)
+    grad, g_value = diff.grad(g_objective, g.params, (g.buffers, d.buffers))
     g = update(g, grad, hyper.lr_g, hyper)
     d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (3, P)
     stats = torch.stack((d_stats[0], g_value, d_stats[1], d_stats[2]), dim=1)  # type: ignore[arg-type]
