@@ -235,7 +235,7 @@ def test_each_attempt_is_recorded_with_its_node(tmp_path: Path) -> None:
 def test_the_configs_of_the_old_protocol_read_as_units() -> None:
     lone = p.read_unit_config({"number": 4, "values": {"alpha": 0.5}, "resume": "/c", "threads": 2})
     assert lone == {"numbers": [4], "values": [{"alpha": 0.5}], "resume": "/c", "threads": 2, "packed": False,
-                    "board": None}
+                    "board": None, "select": None}
     pack = p.read_unit_config({"numbers": [1, 2], "values": [{}, {}], "resume": None, "threads": 1, "board": "b"})
     assert pack["numbers"] == [1, 2] and pack["packed"] and pack["board"] == "b"
     with pytest.raises(p.UnreadableConfig, match="needs 'numbers'"):

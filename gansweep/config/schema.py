@@ -181,6 +181,9 @@ class ObjectiveConfig(ObjectiveSpec):
 
 class TrackingConfig(Frozen):
     experiment: str | None = None  # None: the study's name
+    # Seeds each configuration trains with (seed, seed + 1, ...): Optuna sees, and the results
+    # rank, their mean (service/replicates.py). 1: one seed, as before replicates existed.
+    replicates: PositiveInt = 1
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or a local store in output/
 
 
@@ -205,6 +208,9 @@ class StudyConfig(Frozen):
     def _inside_working_directory(cls, value: str | None) -> str | None:
         # A study file is shared and re-run by others: it may only name a folder below the
         # working directory. Writing elsewhere is the caller's explicit choice (--output).
+    # last: the final evaluation's value; best: the best evaluation's (by `direction`), whose
+    # generator is kept and logged to MLflow as a model with the epoch it came from.
+    select: Literal["last", "best"] = "last"
         if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
             raise ValueError(
                 f"output must be a relative path below the working directory (use --output "

@@ -29,6 +29,17 @@ def resolve_values(study: StudyConfig, pick: Callable[[str, SearchParam], Any]) 
     return values
 
 
+# The fields whose value changes the objective's scale: Parzen nats, or a FID, on one data
+# set are not comparable with another's. Where a study searches them, the results table, the
+# live progress and the report rank and plot per value of these fields, never on one axis.
+SCALE_FIELDS: tuple[str, ...] = ("dataset",)
+
+
+def scale_fields(study: StudyConfig) -> list[str]:
+    """The searched fields among SCALE_FIELDS: what a study's rankings are grouped by."""
+    return [name for name in SCALE_FIELDS if name in study.search]
+
+
 def trial_from_study(study: StudyConfig) -> TrialConfig:
     """The single trial `gansweep train` runs: fixed values, then the first value of each
     searched parameter (the middle of a range, geometric for log ranges) whose condition holds."""

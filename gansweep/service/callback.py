@@ -1,6 +1,8 @@
 """Tune's callback over the ledger: the driver's MLflow writer. Each Tune event is handed to
 the ledger, and the actions it returns are carried out here: epochs logged, nodes tagged,
-samples and generators copied out of checkpoints (local or S3), runs ended."""
+samples and generators copied out of checkpoints (local or S3), runs ended. With seed
+replicates a configuration's run holds its replicates' means, and each replicate's run
+(under it) its own samples, generator and figure (artifacts/<number>/replicate_<r>/)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from ray.tune.experiment import Trial
 from gansweep.service.progress import SweepProgress
 from gansweep.service.search import OptunaStudy
 from gansweep.service import protocol as p
-from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of
+from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of, replicate_closing
+from gansweep.service.replicates import RunKey
 from gansweep.config.schema import TrialConfig
-from gansweep.service.tracking import TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name
+from gansweep.service.tracking import TAG_BEST_EPOCH, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name
 
 # Draws a member's figure from its MLflow history (metric -> [(epoch, value)]) into a file;
 # handed in by the CLI (the reporting's losses-vs-theory plot): the service draws nothing.
@@ -37,12 +40,29 @@ def close_tags(close: Close) -> dict[str, str]:
 def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
     """A driver killed between telling Optuna and ending the MLflow run leaves the run
     RUNNING for a finished trial: end it now, as Optuna (the source of truth) says."""
-    for number, run_id in tracker.open_children().items():
-        frozen = study.frozen(number)
+    replicates = study.config.budget.replicates
+    for key, run_id in tracker.open_children().items():
+        frozen = study.frozen(key if isinstance(key, int) else key[0])
         if frozen.state.is_finished():
-            tracker.run_ids[number] = run_id
-            close = closing_of(frozen)
-            tracker.finish_child(number, close.state, close_tags(close))
+            tracker.run_ids[key] = run_id
+            if isinstance(key, int):
+                close = closing_of(frozen, replicates=replicates)
+            else:
+                close = replicate_closing(frozen, key[1], replicates, checkpoint=False)
+            tracker.finish_child(key, close.state, close_tags(close))
+
+
+def artifacts_of(layout: p.OutputLayout, key: RunKey) -> Path:
+    """artifacts/<number>/ of a configuration, artifacts/<number>/replicate_<r>/ of a replicate."""
+    if isinstance(key, int):
+        return layout.artifacts(key)
+    return layout.artifacts(key[0]) / f"replicate_{key[1]}"
+
+
+def replicate_run_name(key: RunKey, values: dict[str, Any], search_names: list[str]) -> str:
+    """`003 alpha=0.3`, and a replicate's `003 alpha=0.3 replicate=1 seed=1`."""
+    name = run_name(key if isinstance(key, int) else key[0], values, search_names)
+    return name if isinstance(key, int) else f"{name} replicate={key[1]} seed={values['seed']}"
 
 
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
@@ -69,9 +89,10 @@ class TrackingCallback(tune.Callback):
         return {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        for number, values in self.ledger.members(trial.trial_id).items():
-            self.tracker.start_child(number, run_name(number, values, self.search_names), values)
-            self.progress.started(number)
+        for key, values in self.ledger.runs_to_start(trial.trial_id):
+            self.tracker.start_child(key, replicate_run_name(key, values, self.search_names), values)
+            if isinstance(key, int):
+                self.progress.started(key, values)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
         follows = bool(result.get("should_checkpoint"))  # Tune's flag: this epoch's checkpoint follows
@@ -94,23 +115,29 @@ class TrackingCallback(tune.Callback):
             elif isinstance(action, TagNodes):
                 self.tracker.set_child_tags(action.number, {TAG_NODES: action.nodes})
             elif isinstance(action, FetchSamples) and checkpoint is not None:
-                target = self.layout.artifacts(action.number) / p.ARTIFACT_SAMPLES
-                self.fetch(checkpoint, p.member_path(action.number, p.SAMPLES_DIR), target, action.number)
+                member = action.number if action.member is None else action.member
+                target = artifacts_of(self.layout, action.number) / p.ARTIFACT_SAMPLES
+                self.fetch(checkpoint, p.member_path(member, p.SAMPLES_DIR), target, action.number)
             elif isinstance(action, Close):
                 self.close(action, checkpoint if action.checkpoint else trial.checkpoint)
 
     def close(self, close: Close, checkpoint: tune.Checkpoint | None) -> None:
         """A member's end as Optuna has it (told already, or still RUNNING when interrupted):
         its last checkpoint's generator and its figure logged, its MLflow run ended."""
-        number = close.number
-        if checkpoint is not None:
-            target = self.layout.artifacts(number) / p.ARTIFACT_CHECKPOINT
-            self.fetch(checkpoint, p.member_path(number, p.GENERATOR_FILE), target, number)
-        self.log_figure(number, self.ledger.values[number])
-        self.tracker.finish_child(number, close.state, close_tags(close))
-        self.progress.finished(number, close.state, close.objective)
+        key = close.number
+        member = key if close.member is None else close.member
+        if checkpoint is not None and close.files:
+            folder = artifacts_of(self.layout, key)
+            self.fetch(checkpoint, p.member_path(member, p.GENERATOR_FILE), folder / p.ARTIFACT_CHECKPOINT, key)
+            if close.best_epoch is not None:  # objective.select: best: that epoch's generator as a model
+                self.fetch(checkpoint, p.member_path(member, p.BEST_MODEL_DIR), folder / p.BEST_MODEL_DIR, key)
+                self.tracker.set_child_tags(key, {TAG_BEST_EPOCH: str(close.best_epoch)})
+        self.log_figure(key, self.ledger.values_of_run(key))
+        self.tracker.finish_child(key, close.state, close_tags(close))
+        if isinstance(key, int):
+            self.progress.finished(key, close.state, close.objective, close.stderr)
 
-    def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: int) -> None:
+    def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: RunKey) -> None:
         """Copy a file or folder out of a checkpoint (local or S3) and log it to the run."""
         source = f"{checkpoint.path}/{name}"
         info = checkpoint.filesystem.get_file_info(source)
@@ -121,14 +148,14 @@ class TrackingCallback(tune.Callback):
             pyarrow.fs.copy_files(source, str(target / Path(name).name), source_filesystem=checkpoint.filesystem)
         else:
             pyarrow.fs.copy_files(source, str(target), source_filesystem=checkpoint.filesystem)
-        self.tracker.log_artifacts(number, target, target.name if target.name != str(number) else None)
+        self.tracker.log_artifacts(number, target, target.name)
 
-    def log_figure(self, number: int, values: dict[str, Any]) -> None:
+    def log_figure(self, number: RunKey, values: dict[str, Any]) -> None:
         """The member's figure, drawn from the run's own history once it is delivered."""
         if self.figure is None:
             return
         figure = self.figure
-        folder = self.layout.artifacts(number) / p.ARTIFACT_PLOTS
+        folder = artifacts_of(self.layout, number) / p.ARTIFACT_PLOTS
         trial = TrialConfig.model_validate(values)
 
         def draw(history: dict[str, list[tuple[int, float]]]) -> Path | None:

@@ -17,97 +17,31 @@ The Tune adapters (searcher.py, pruner.py, callback.py) only translate Tune's ca
 into these and carry out the actions; tests drive the ledger with plain result dicts and a
 real Optuna study, without Ray (tests/test_ledger.py), as Ray Tune tests its schedulers.
 Every unit, a lone trial or a pack, goes through the same steps.
+
+With budget.replicates = R > 1 (service/replicates.py) a unit's members are the R seeds of
+each of its configurations (Optuna trials): the pruner hears the replicates' mean at each
+evaluation, each replicate's end is recorded on its configuration, and Optuna is told the
+configuration's outcome once every replicate has one. Actions then name MLflow runs by
+RunKey: a configuration's run by its number, a replicate's by (number, r).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from gansweep.service import protocol as p
+from gansweep.service import replicates as rep
+from gansweep.service.actions import (  # noqa: F401 (the adapters and tests read them here)
+    TUNE_KEYS, Action, Assignment, Close, FetchSamples, LogEpoch, TagNodes, Verdict, closing_of, final_state,
+    numeric_metrics, replicate_closing,
+)
+from gansweep.service.replicates import RunKey
 from gansweep.service.search import OptunaStudy
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What a unit trains: suggest's answer."""
-
-    numbers: list[int]
-    values: list[dict[str, Any]]
-    resume: str | None
-    packed: bool
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The pruner's answer to a result: members leaving their unit, and whether it stops."""
-
-    leaving: tuple[int, ...]
-    stop: bool
-
-
-@dataclass(frozen=True)
-class LogEpoch:
-    number: int
-    metrics: dict[str, float]
-    epoch: int
-
-
-@dataclass(frozen=True)
-class TagNodes:
-    number: int
-    nodes: str  # the node of each attempt, in order, comma-separated
-
-
-@dataclass(frozen=True)
-class FetchSamples:
-    number: int  # copy members/<number>/samples out of the checkpoint into the run
-
-
-@dataclass(frozen=True)
-class Close:
-    """End the member's run as Optuna has it: fetch its generator (from `checkpoint`, or the
-    unit's latest), draw its losses figure, end the MLflow run."""
-
-    number: int
-    state: str  # COMPLETE, PRUNED, FAIL or INTERRUPTED
-    pruned_at: int | None
-    reason: str | None
-    objective: float | None  # COMPLETE members only (Optuna gives a pruned one its last report)
-    checkpoint: bool  # the checkpoint that carried this decision holds the member's last files
-
-
-Action = LogEpoch | TagNodes | FetchSamples | Close
-
-# Keys Tune adds to every result; they are not ours to log.
-TUNE_KEYS = frozenset({
-    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "hostname",
-    "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-    "done", "trial_id", "date", "config", "experiment_tag", "should_checkpoint",
-})
-
-
-def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v) for k, v in result.items()
-        if k not in TUNE_KEYS and k not in p.ATTEMPT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def final_state(frozen: FrozenTrial) -> str:
-    return frozen.state.name if frozen.state.is_finished() else "INTERRUPTED"
-
-
-def closing_of(frozen: FrozenTrial, checkpoint: bool = False) -> Close:
-    pruned_at = frozen.user_attrs.get(p.ATTR_PRUNED_AT)
-    return Close(
-        frozen.number, final_state(frozen), None if pruned_at is None else int(pruned_at),
-        frozen.user_attrs.get(p.ATTR_FAILURE_REASON) or None,
-        frozen.values[0] if frozen.values and frozen.state == TrialState.COMPLETE else None, checkpoint,
-    )
 
 
 def unit_of(frozen: FrozenTrial) -> list[int] | None:
@@ -137,6 +71,7 @@ class Ledger:
     pruned: set[int] = field(default_factory=set)  # judged, not yet settled
     closing: set[int] = field(default_factory=set)  # settled, run closed with the next checkpoint
     ended: set[int] = field(default_factory=set)  # settled and closed
+    configs_ended: set[int] = field(default_factory=set)  # replicates: configuration runs closed
 
     def __post_init__(self) -> None:
         self.resumable = resumable_groups(self.optuna)
@@ -150,8 +85,48 @@ class Ledger:
         self.fresh_left = max(0, to_run - sum(len(group) for group in self.resumable))
         return len(self.resumable) + math.ceil(self.fresh_left / self.pack_size)
 
+    @property
+    def replicates(self) -> int:
+        return self.optuna.config.budget.replicates
+
+    def configuration(self, member: int) -> int:
+        return rep.replicate_of(member, self.replicates)[0]
+
+    def key(self, member: int) -> RunKey:
+        return rep.run_key(member, self.replicates)
+
+    def member_ref(self, member: int) -> int | None:
+        """An action's member: None where it is the run's number (one seed)."""
+        return None if self.replicates == 1 else member
+
     def members(self, trial_id: str) -> dict[int, dict[str, Any]]:
         return {n: self.values[n] for n in self.units.get(trial_id, [])}
+
+    def runs_to_start(self, trial_id: str) -> list[tuple[RunKey, dict[str, Any]]]:
+        """The MLflow runs a unit opens, parents first: each configuration's, then (with
+        replicates) each replicate's under it."""
+        runs: list[tuple[RunKey, dict[str, Any]]] = []
+        for member in self.units.get(trial_id, []):
+            number, replicate = rep.replicate_of(member, self.replicates)
+            if self.replicates > 1 and replicate == 0:
+                runs.append((number, self.values[member]))  # replicate 0 has the configuration's seed
+            runs.append((self.key(member), self.values[member]))
+        return runs
+
+    def values_of_run(self, key: RunKey) -> dict[str, Any]:
+        number, replicate = (key, 0) if isinstance(key, int) else key
+        return self.values[rep.member_id(number, replicate, self.replicates)]
+
+    def selection(self) -> p.Selection | None:
+        """What a worker needs for objective.select: best (None for last)."""
+        objective = self.optuna.config.objective
+        if objective.select != "best":
+            return None
+        return p.Selection(metric=objective.metric, direction=objective.direction, metrics=self.objective_names())
+
+    def objective_names(self) -> list[str]:
+        objective = self.optuna.config.objective
+        return [objective.metric] + ([objective.second.metric] if objective.second else [])
 
     # -- the searcher ------------------------------------------------------------------------
     def hand_out(self, trial_id: str) -> Assignment | None:
@@ -167,32 +142,43 @@ class Ledger:
             resume = None
         else:
             return None
+        members, member_values = [], []
         for number, value in zip(numbers, values, strict=True):
             self.optuna.set_attrs(number, {p.ATTR_TUNE_TRIAL_ID: trial_id, p.ATTR_UNIT: numbers})
-            self.values[number] = value
-        self.units[trial_id] = numbers
-        return Assignment(numbers, values, resume, packed=self.pack_size > 1 or len(numbers) > 1)
+            for replicate in range(self.replicates):  # a configuration's seeds train as one pack
+                member = rep.member_id(number, replicate, self.replicates)
+                self.values[member] = rep.replicate_values(value, replicate)
+                members.append(member)
+                member_values.append(self.values[member])
+        self.units[trial_id] = members
+        return Assignment(members, member_values, resume, packed=self.pack_size > 1 or len(members) > 1)
 
     # -- the pruner --------------------------------------------------------------------------
     def judge(self, trial_id: str, result: dict[str, Any]) -> Verdict:
-        """Each member still training is reported to Optuna's pruner."""
+        """Each configuration still training is reported to Optuna's pruner: the mean of its
+        replicates reported at this epoch (one seed: its value); pruned, they all leave."""
         leaving, alive = [], 0
-        for number, part in p.member_results(self.units.get(trial_id, []), result).items():
-            if number in self.ended or number in self.pruned or p.FAILURE_REASON in part:
+        training: dict[int, dict[int, dict[str, Any]]] = {}
+        for member, part in p.member_results(self.units.get(trial_id, []), result).items():
+            if member in self.ended or member in self.pruned or p.FAILURE_REASON in part:
                 continue
-            if self.prunes(number, part):
-                self.pruned.add(number)
-                leaving.append(number)
+            training.setdefault(self.configuration(member), {})[member] = dict(part)
+        for number, parts in training.items():
+            if self.prunes(number, list(parts.values())):
+                self.pruned.update(parts)
+                leaving.extend(parts)
             else:
-                alive += 1
+                alive += len(parts)
         return Verdict(tuple(leaving), stop=alive == 0)
 
-    def prunes(self, number: int, part: dict[str, Any]) -> bool:
-        value = part.get(self.optuna.config.objective.metric)
-        if value is None or p.EPOCH not in part:
+    def prunes(self, number: int, parts: list[dict[str, Any]]) -> bool:
+        metric = self.optuna.config.objective.metric
+        reported = [float(part[metric]) for part in parts if part.get(metric) is not None]
+        if not reported or p.EPOCH not in parts[0]:
             return False
-        epoch = int(part[p.EPOCH])
-        if epoch < int(self.values[number]["epochs"]) and self.optuna.report(number, float(value), epoch):
+        epoch = int(parts[0][p.EPOCH])
+        epochs = int(self.values[rep.member_id(number, 0, self.replicates)]["epochs"])
+        if epoch < epochs and self.optuna.report(number, statistics.fmean(reported), epoch):
             self.optuna.set_attrs(number, {p.ATTR_PRUNED_AT: epoch})
             return True
         return False
@@ -202,22 +188,31 @@ class Ledger:
         """A result's epochs to log and attempts to tag; a member pruned or failed is settled
         now (its mates train on) and closed now, or with the checkpoint that follows."""
         actions: list[Action] = []
-        for number, part in p.member_results(self.units.get(trial_id, []), result).items():
-            if number in self.ended or number in self.closing:
-                continue
-            if p.NODE_ID in result:
+        parts = {m: part for m, part in p.member_results(self.units.get(trial_id, []), result).items()
+                 if m not in self.ended and m not in self.closing}
+        healthy: dict[int, list[dict[str, float]]] = {}  # configuration -> its replicates' epoch
+        epochs: dict[int, int] = {}
+        for member, part in parts.items():
+            number = self.configuration(member)
+            if p.NODE_ID in result and number not in epochs:  # an attempt is its configuration's
                 actions.append(self.record_attempt(number, result))
             metrics = numeric_metrics(part)
-            epoch = int(metrics.pop(p.EPOCH, result.get("training_iteration", 0)))
+            epochs[number] = int(metrics.pop(p.EPOCH, result.get("training_iteration", 0)))
             if p.FAILURE_REASON not in part:
-                actions.append(LogEpoch(number, metrics, epoch))
-            if p.FAILURE_REASON in part or number in self.pruned:
-                self.settle(number, part)
-                self.pruned.discard(number)
+                actions.append(LogEpoch(self.key(member), metrics, epochs[number]))
+                healthy.setdefault(number, []).append(metrics)
+        if self.replicates > 1:  # the configuration's run: its replicates' means
+            for number, metrics in healthy.items():
+                mean = rep.mean_metrics(metrics, tuple(self.objective_names()))
+                actions.append(LogEpoch(number, mean, epochs[number]))
+        for member, part in parts.items():
+            if p.FAILURE_REASON in part or member in self.pruned:
+                self.settle(member, part)
+                self.pruned.discard(member)
                 if checkpoint_follows:
-                    self.closing.add(number)
+                    self.closing.add(member)
                 else:
-                    actions.append(self.close(number, checkpoint=False))
+                    actions.extend(self.close(member, checkpoint=False))
         return actions
 
     def record_attempt(self, number: int, result: dict[str, Any]) -> TagNodes:
@@ -234,22 +229,35 @@ class Ledger:
 
     def checkpointed(self, trial_id: str, uri: str) -> list[Action]:
         actions: list[Action] = []
-        for number in self.units.get(trial_id, []):
-            if number in self.ended:
+        marked: set[int] = set()
+        for member in self.units.get(trial_id, []):
+            if member in self.ended:
                 continue
-            if number not in self.closing:
+            number = self.configuration(member)
+            if member not in self.closing and number not in marked:
                 self.optuna.set_attrs(number, {p.ATTR_CHECKPOINT: uri})
-            actions.append(FetchSamples(number))
-            if number in self.closing:
-                actions.append(self.close(number, checkpoint=True))
+                marked.add(number)
+            actions.append(FetchSamples(self.key(member), self.member_ref(member)))
+            if member in self.closing:
+                actions.extend(self.close(member, checkpoint=True))
         return actions
 
-    def close(self, number: int, checkpoint: bool) -> Close:
+    def close(self, member: int, checkpoint: bool) -> list[Close]:
+        """The member's run's close; with replicates, also its configuration's once told."""
+        number, replicate = rep.replicate_of(member, self.replicates)
         frozen = self.optuna.frozen(number)
-        self.closing.discard(number)
-        if frozen.state.is_finished():
-            self.ended.add(number)
-        return closing_of(frozen, checkpoint)
+        self.closing.discard(member)
+        if self.replicates == 1:
+            if frozen.state.is_finished():
+                self.ended.add(member)
+            return [closing_of(frozen, checkpoint)]
+        closes = [replicate_closing(frozen, replicate, self.replicates, checkpoint)]
+        if closes[0].state != "INTERRUPTED":
+            self.ended.add(member)
+        if frozen.state.is_finished() and number not in self.configs_ended:
+            self.configs_ended.add(number)
+            closes.append(closing_of(frozen, replicates=self.replicates))
+        return closes
 
     def complete(self, trial_id: str, result: dict[str, Any] | None) -> None:
         """The searcher's end of a unit: settle each member from its last result. No result:
@@ -261,50 +269,82 @@ class Ledger:
                 self.settle(number, parts[number])
 
     def closes(self, trial_id: str) -> list[Close]:
-        """The callback's end of a unit: every member not closed yet."""
-        return [self.close(n, checkpoint=False) for n in self.units.get(trial_id, []) if n not in self.ended]
+        """The callback's end of a unit: every member not closed yet (and, with replicates,
+        each configuration left unfinished: interrupted)."""
+        closes = [c for m in self.units.get(trial_id, []) if m not in self.ended for c in self.close(m, checkpoint=False)]
+        if self.replicates > 1:
+            for number in dict.fromkeys(self.configuration(m) for m in self.units.get(trial_id, [])):
+                if number not in self.configs_ended:
+                    closes.append(closing_of(self.optuna.frozen(number), replicates=self.replicates))
+        return closes
 
     def errored(self, trial_id: str, reason: str) -> list[Close]:
         closes = []
-        for number in self.units.get(trial_id, []):
-            if number in self.ended:
+        for member in self.units.get(trial_id, []):
+            if member in self.ended:
                 continue
+            number, replicate = rep.replicate_of(member, self.replicates)
+            if self.replicates > 1:
+                record = {"state": "FAIL", "seed": int(self.values[member]["seed"]), "objective": None,
+                          p.FAILURE_REASON: reason}
+                self.optuna.set_attrs(number, {rep.record_attr(replicate): record})
             self.optuna.set_attrs(number, {p.ATTR_FAILURE_REASON: reason})
             self.optuna.tell(number, TrialState.FAIL)
-            closes.append(self.close(number, checkpoint=False))
+            closes.extend(self.close(member, checkpoint=False))
         return closes
 
     # -- telling Optuna ----------------------------------------------------------------------
-    def state_of(self, number: int, part: dict[str, Any]) -> TrialState | None:
+    def state_of(self, member: int, part: dict[str, Any]) -> TrialState | None:
         """How a member ended; None when it was interrupted midway (Ctrl-C stops running
         trials the same way as completion), so it stays RUNNING for a resume."""
         if p.FAILURE_REASON in part:
             return TrialState.FAIL
-        if self.optuna.frozen(number).user_attrs.get(p.ATTR_PRUNED_AT) is not None:
+        if self.optuna.frozen(self.configuration(member)).user_attrs.get(p.ATTR_PRUNED_AT) is not None:
             return TrialState.PRUNED
-        if int(part.get(p.EPOCH, 0)) >= int(self.values[number]["epochs"]):
+        if int(part.get(p.EPOCH, 0)) >= int(self.values[member]["epochs"]):
             return TrialState.COMPLETE
         return None
 
     def objective_values(self, part: dict[str, Any]) -> list[float] | None:
-        objective = self.optuna.config.objective
-        specs = [objective] + ([objective.second] if objective.second else [])
-        values = [part.get(spec.metric) for spec in specs]
+        """The objectives of a member's last result: its last evaluation's, or with
+        objective.select: best its best evaluation's (the worker's best_<metric>)."""
+        best = self.optuna.config.objective.select == "best" and p.BEST_EPOCH in part
+        names = [p.BEST_PREFIX + name if best else name for name in self.objective_names()]
+        values = [part.get(name) for name in names]
         if any(v is None for v in values):
             return None
         return [float(v) for v in values]
 
-    def settle(self, number: int, part: dict[str, Any]) -> bool:
-        """Tell Optuna how a member ended, from its last result; False: interrupted midway."""
-        state = self.state_of(number, part)
+    def settle(self, member: int, part: dict[str, Any]) -> bool:
+        """Record how a member ended, from its last result, and tell Optuna once its
+        configuration has ended (one seed: at once); False: interrupted midway."""
+        state = self.state_of(member, part)
         if state is None:
             return False
+        number, replicate = rep.replicate_of(member, self.replicates)
         values = self.objective_values(part) if state == TrialState.COMPLETE else None
+        summary: dict[str, Any] = {k: part[k] for k in p.SUMMARY_KEYS if k in part}  # type: ignore[literal-required]
         if state == TrialState.COMPLETE and values is None:
             state = TrialState.FAIL  # finished without the objective: nothing to compare
-            self.optuna.set_attrs(number, {p.ATTR_FAILURE_REASON: "objective metric missing from final result"})
-        summary: dict[str, Any] = {k: part[k] for k in p.SUMMARY_KEYS if k in part}  # type: ignore[literal-required]
+            summary[p.FAILURE_REASON] = "objective metric missing from final result"
         summary[p.ATTR_EPOCH] = int(part.get(p.EPOCH, 0))
-        self.optuna.set_attrs(number, summary)
-        self.optuna.tell(number, state, values)
+        if p.BEST_EPOCH in part and self.optuna.config.objective.select == "best":
+            summary[rep.ATTR_BEST_EPOCH] = int(part[p.BEST_EPOCH])  # type: ignore[literal-required]
+        if self.replicates == 1:
+            self.optuna.set_attrs(number, summary)
+            self.optuna.tell(number, state, values)
+            return True
+        record = {"state": state.name, "seed": int(self.values[member]["seed"]), "objective": values, **summary}
+        self.optuna.set_attrs(number, {rep.record_attr(replicate): record})
+        self.tell_if_settled(number)
         return True
+
+    def tell_if_settled(self, number: int) -> None:
+        """Tell Optuna the configuration's outcome once each replicate has its record."""
+        frozen = self.optuna.frozen(number)
+        records = rep.records_of(frozen.user_attrs, self.replicates)
+        if frozen.state.is_finished() or len(records) < self.replicates:
+            return
+        state, values, summary = rep.outcome(records, pruned=frozen.user_attrs.get(p.ATTR_PRUNED_AT) is not None)
+        self.optuna.set_attrs(number, summary)
+        self.optuna.tell(number, TrialState[state], values)

@@ -33,12 +33,17 @@ PACK_SIZE = "pack_size"  # how many members shared the epoch's step
 NODE_ID = "node_id"  # the attempt's Ray node (first report of an attempt)
 RESUMED_FROM = "resumed_from"  # the epoch of the checkpoint the attempt loaded, 0 for none
 ATTEMPT_KEYS = (NODE_ID, RESUMED_FROM)
+# objective.select: best: each member's best evaluation so far, by the objective's direction
+BEST_EPOCH = "best_epoch"  # its epoch
+BEST_PREFIX = "best_"  # best_<metric>: the objectives' values at that epoch
 
 # -- checkpoint files -------------------------------------------------------------------------
 STATE_FILE = "state.pt"  # CheckpointState (torch.save)
 MEMBERS_DIR = "members"  # members/<number>/ per member
 GENERATOR_FILE = "generator.pt"  # a member's generator weights and trial config
 SAMPLES_DIR = "samples"  # a member's sample image of the checkpoint's epoch
+BEST_FILE = "best.pt"  # objective.select: best: the best epoch's generator weights, epoch, metrics
+BEST_MODEL_DIR = "best_model"  # ... and that generator as an MLflow model (mlflow.pytorch.save_model)
 CHECKPOINT_PROTOCOL = 2  # 1 (absent): a lone trial's state at the top, or a pack's "pack" key
 
 # -- Optuna user attributes (the study is the sweep's source of truth) --------------------------
@@ -54,6 +59,15 @@ ATTR_EXCLUDED = "excluded"  # an invalid sampled combination, never run
 SUMMARY_KEYS = ("d_loss", "g_loss", "wall_time", FAILURE_REASON)  # copied to attrs when settled
 
 
+class Selection(TypedDict):
+    """objective.select: best, as the worker needs it: which metric, which way is better, and
+    the metrics (the objectives) to report from the best epoch."""
+
+    metric: str
+    direction: str
+    metrics: list[str]
+
+
 class UnitConfig(TypedDict):
     numbers: list[int]  # Optuna trial numbers of the members, in row order
     values: list[dict[str, Any]]  # each member's trial fields
@@ -61,6 +75,7 @@ class UnitConfig(TypedDict):
     threads: int  # torch CPU threads
     packed: bool  # the packed execution (vmap), even for one member
     board: str | None  # name of the PruneBoard actor the unit reads, None when nothing prunes
+    select: Selection | None  # objective.select: best (the worker keeps each member's best), else None
 
 
 class MemberResult(TypedDict, total=False):
@@ -80,9 +95,9 @@ class CheckpointState(TypedDict):
 
 
 def unit_config(numbers: list[int], values: list[dict[str, Any]], *, resume: str | None, threads: int,
-                packed: bool, board: str | None) -> UnitConfig:
+                packed: bool, board: str | None, select: Selection | None = None) -> UnitConfig:
     return UnitConfig(numbers=[int(n) for n in numbers], values=values, resume=resume, threads=threads,
-                      packed=packed, board=board)
+                      packed=packed, board=board, select=select)
 
 
 class UnreadableConfig(ValueError):

@@ -1,41 +1,104 @@
-"""results.csv: one row per trial, built from the Optuna study (the sweep's source of truth)."""
+"""results.csv: one row per trial, built from the Optuna study (the sweep's source of truth).
+
+With seed replicates (budget.replicates > 1) each configuration's row (its replicates' mean,
+`objective_stderr`, `replicates_completed`; `replicate` empty) is followed by a row per
+replicate (`replicate` = r, its `seed`, its own objective). Where the study searches a field
+that changes the objective's scale (config.space.SCALE_FIELDS: the data set), the rows are
+ranked within each of its values, never across them.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from gansweep.config.space import scale_fields
 from gansweep.files import write_csv_atomically
 from gansweep.service import protocol as p
+from gansweep.service import replicates as rep
 from gansweep.service.search import OptunaStudy
 
 SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", p.ATTR_PRUNED_AT, p.ATTR_FAILURE_REASON, p.ATTR_TUNE_TRIAL_ID)
+REPLICATE_COLUMN = "replicate"  # empty on a configuration's row, r on its replicates' rows
 
 
 def results_table(study: OptunaStudy) -> pd.DataFrame:
     config = study.config
-    rows = []
+    replicates = config.budget.replicates
+    rows, replicate_rows = [], []
     for frozen in study.trials():
         if frozen.user_attrs.get(p.ATTR_EXCLUDED):
             continue  # an invalid sampled combination, never run
         values = study.values_of(frozen.number)
         objectives = frozen.values or []
-        row = {"trial": frozen.number, "state": frozen.state.name}
+        row: dict[str, Any] = {"trial": frozen.number, "state": frozen.state.name}
         row.update({name: values.get(name) for name in config.search})
         row["objective"] = objectives[0] if objectives else _last_intermediate(frozen)
         if config.objective.second is not None:
             row["objective_2"] = objectives[1] if len(objectives) > 1 else math.nan
+        if replicates > 1:
+            row[rep.ATTR_OBJECTIVE_STDERR] = frozen.user_attrs.get(rep.ATTR_OBJECTIVE_STDERR)
+            row[rep.ATTR_REPLICATES_COMPLETED] = frozen.user_attrs.get(rep.ATTR_REPLICATES_COMPLETED)
+            row[REPLICATE_COLUMN] = None
+            row["seed"] = values["seed"]
+        if config.objective.select == "best":
+            row[rep.ATTR_BEST_EPOCH] = frozen.user_attrs.get(rep.ATTR_BEST_EPOCH)
         row["epochs"] = frozen.user_attrs.get(p.ATTR_EPOCH, max(frozen.intermediate_values, default=0))
         row.update({attr: frozen.user_attrs.get(attr) for attr in SUMMARY_ATTRS})
         rows.append(row)
+        for replicate, record in sorted(rep.records_of(frozen.user_attrs, replicates).items()):
+            replicate_rows.append(replicate_row(row, replicate, record, config.objective.second is not None))
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table = table.astype({"epochs": "Int64", "pruned_at": "Int64"})
-    ascending = config.objective.direction == "minimize"
-    return table.sort_values("objective", ascending=ascending, na_position="last").reset_index(drop=True)
+    table = ranked(table, scale_fields(config), config.objective.direction == "minimize")
+    if replicate_rows:
+        table = with_replicates(table, pd.DataFrame(replicate_rows, columns=table.columns))
+    integer = {"epochs": "Int64", "pruned_at": "Int64"}
+    integer.update({c: "Int64" for c in (REPLICATE_COLUMN, rep.ATTR_BEST_EPOCH, rep.ATTR_REPLICATES_COMPLETED)
+                    if c in table.columns})
+    return table.astype(integer)
+
+
+def replicate_row(configuration: dict[str, Any], replicate: int, record: dict[str, Any], second: bool) -> dict[str, Any]:
+    """A replicate's row: its configuration's swept values, its own state, seed and objective."""
+    objective = record.get("objective") or []
+    row = dict(configuration)
+    row.update({
+        "state": record["state"], "objective": objective[0] if objective else math.nan,
+        rep.ATTR_OBJECTIVE_STDERR: None, rep.ATTR_REPLICATES_COMPLETED: None,
+        REPLICATE_COLUMN: replicate, "seed": record.get("seed"), "epochs": record.get("epoch"),
+        p.ATTR_PRUNED_AT: configuration.get(p.ATTR_PRUNED_AT) if record["state"] == "PRUNED" else None,
+    })
+    if second:
+        row["objective_2"] = objective[1] if len(objective) > 1 else math.nan
+    if rep.ATTR_BEST_EPOCH in row:
+        row[rep.ATTR_BEST_EPOCH] = record.get(rep.ATTR_BEST_EPOCH)
+    row.update({name: record.get(name) for name in ("d_loss", "g_loss", "wall_time", p.ATTR_FAILURE_REASON)})
+    return row
+
+
+def ranked(table: pd.DataFrame, groups: list[str], ascending: bool) -> pd.DataFrame:
+    """Best first within each value of the scale fields (the groups in the order first seen
+    in the study), never across them."""
+    by = [*groups, "objective"]
+    order = {name: {value: i for i, value in enumerate(dict.fromkeys(table[name].astype(str)))} for name in groups}
+    keys = {name: (lambda column, name=name: column.astype(str).map(order[name])) for name in groups}
+    return table.sort_values(
+        by, ascending=[True] * len(groups) + [ascending], na_position="last",
+        key=lambda column: keys[column.name](column) if column.name in keys else column,
+    ).reset_index(drop=True)
+
+
+def with_replicates(configurations: pd.DataFrame, replicate_rows: pd.DataFrame) -> pd.DataFrame:
+    """Each configuration's row followed by its replicates' rows, in replicate order."""
+    rank = {trial: index for index, trial in enumerate(configurations["trial"])}
+    table = pd.concat([configurations, replicate_rows.astype({"objective": float})], ignore_index=True)
+    order = pd.DataFrame({"rank": table["trial"].map(rank), "replicate": table[REPLICATE_COLUMN].fillna(-1)})
+    return table.loc[order.sort_values(["rank", "replicate"], kind="mergesort").index].reset_index(drop=True)
 
 
 def _last_intermediate(frozen) -> float:

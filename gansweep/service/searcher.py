@@ -22,7 +22,7 @@ class LedgerSearcher(Searcher):
         if given is None:
             return None
         return p.unit_config(given.numbers, given.values, resume=given.resume, threads=self.threads,
-                             packed=given.packed, board=self.board)
+                             packed=given.packed, board=self.board, select=self.ledger.selection())
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not error:  # errors are recorded by the callback's on_trial_error

@@ -47,6 +47,7 @@ from gansweep.service.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
 )
 from gansweep.config.schema import StudyConfig
+from gansweep.config.space import scale_fields
 from gansweep.service.tracking import Tracker, resolve_tracking_uri
 from gansweep.service.trainable import PruneBoard, run_unit
 
@@ -175,7 +176,8 @@ def run_as_the_driver(
     )
     total = requested_trials(study)
     to_run = total - optuna_study.finished_count()
-    progress = SweepProgress(total=total, done=optuna_study.finished_count(), metric=study.objective.metric, direction=study.objective.direction)
+    progress = SweepProgress(total=total, done=optuna_study.finished_count(), metric=study.objective.metric,
+                             direction=study.objective.direction, groups=tuple(scale_fields(study)))
     status = "FINISHED"
     try:
         if to_run > 0:
@@ -233,10 +235,11 @@ def check_resumable(study: OptunaStudy, output: Path) -> None:
 
 def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
     """Trials still RUNNING in Optuna after Tune stopped (Ctrl-C) are resumed by the next
-    run; their MLflow runs end KILLED meanwhile, never left RUNNING."""
-    for frozen in study.unfinished():
-        if frozen.number in tracker.started and frozen.number not in tracker.closed:
-            tracker.finish_child(frozen.number, "INTERRUPTED", {})
+    run; their MLflow runs (and their replicates') end KILLED meanwhile, never left RUNNING."""
+    unfinished = {frozen.number for frozen in study.unfinished()}
+    for key in sorted(tracker.started - tracker.closed, key=str):
+        if (key if isinstance(key, int) else key[0]) in unfinished:
+            tracker.finish_child(key, "INTERRUPTED", {})
 
 
 def tune_loggers() -> list[tune.Callback]:

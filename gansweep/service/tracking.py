@@ -1,4 +1,8 @@
 """MLflow: one parent run per study, one child run per trial, written by the driver alone.
+With seed replicates (budget.replicates > 1) three levels: the study's run, a run per
+configuration (the Optuna trial: its replicates' mean per epoch) and under it a run per
+replicate (its own seed's epochs, samples and generator). Child runs are named by RunKey:
+a configuration's by its trial number, a replicate's by (number, r).
 
 Workers never talk to MLflow: the driver receives every result through Ray Tune and logs it
 here. One writer means no lock contention on a SQLite store, credentials only on the driver,
@@ -22,6 +26,7 @@ from typing import Any
 from gansweep.errors import GansweepError
 from gansweep.service.outbox import Outbox
 from gansweep.service.protocol import OutputLayout
+from gansweep.service.replicates import RunKey
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -35,6 +40,9 @@ TAG_STATE = "gansweep.state"
 TAG_PRUNED_AT = "gansweep.pruned_at"
 TAG_REASON = "gansweep.failure_reason"
 TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
+TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is the param `seed`)
+TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)
+TAG_BEST_EPOCH = "gansweep.best_epoch"  # objective.select: best: the epoch of the model logged
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -91,10 +99,10 @@ class Tracker:
     client: MlflowClient = field(init=False)
     experiment_id: str = field(init=False)
     parent_id: str = field(init=False)
-    last_step: dict[int, int] = field(default_factory=dict, init=False)  # trial -> epoch logged
-    run_ids: dict[int, str] = field(default_factory=dict, init=False)  # trial -> MLflow run
-    closed: set[int] = field(default_factory=set, init=False)  # trials whose run was ended
-    started: set[int] = field(default_factory=set, init=False)  # trials whose run was asked for
+    last_step: dict[RunKey, int] = field(default_factory=dict, init=False)  # run -> epoch logged
+    run_ids: dict[RunKey, str] = field(default_factory=dict, init=False)  # run -> MLflow run id
+    closed: set[RunKey] = field(default_factory=set, init=False)  # runs that were ended
+    started: set[RunKey] = field(default_factory=set, init=False)  # runs that were asked for
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,15 +169,23 @@ class Tracker:
     # -- children -------------------------------------------------------------------------
     # Child operations are keyed by trial number and resolve the run id when they run, so
     # that even a run's creation can wait in the queue while the server is away.
-    def start_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
+    def start_child(self, number: RunKey, run_name: str, params: dict[str, Any]) -> None:
+        """A configuration's run (number), or a replicate's ((number, r)) after its configuration's."""
         self.started.add(number)
         self.call_later(f"start trial {number}", lambda: self._open_child(number, run_name, params))
 
-    def _open_child(self, number: int, run_name: str, params: dict[str, Any]) -> None:
+    def _run_tags(self, key: RunKey) -> dict[str, str]:
+        if isinstance(key, int):
+            return {PARENT_TAG: self.parent_id, TAG_TRIAL: str(key)}
+        return {PARENT_TAG: self.run_ids[key[0]], TAG_TRIAL: str(key[0]), TAG_REPLICATE: str(key[1]),
+                TAG_STUDY_RUN: self.parent_id}
+
+    def _open_child(self, number: RunKey, run_name: str, params: dict[str, Any]) -> None:
         """The trial's run: found again when a trial resumes, created otherwise."""
+        tags = self._run_tags(number)
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL}` = '{number}'",
+            filter_string=" and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items() if k != TAG_STUDY_RUN),
             max_results=1,
         )
         if found:
@@ -184,7 +200,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={PARENT_TAG: self.parent_id, TAG_TRIAL: str(number), TAG_STUDY: self.study_name, TAG_STATE: "RUNNING"},
+            tags={**tags, TAG_STUDY: self.study_name, TAG_STATE: "RUNNING"},
         )
         batch = [Param(k, param_text(v)) for k, v in params.items()]
         for start in range(0, len(batch), 100):  # MLflow takes 100 params per batch
@@ -192,7 +208,7 @@ class Tracker:
         self.last_step[number] = 0
         self.run_ids[number] = run.info.run_id
 
-    def log_epoch(self, number: int, metrics: dict[str, float], epoch: int) -> None:
+    def log_epoch(self, number: RunKey, metrics: dict[str, float], epoch: int) -> None:
         """Metrics with step = epoch; an epoch already logged (a resumed trial) is skipped."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
@@ -205,11 +221,11 @@ class Tracker:
 
         self.call_later(f"trial {number} epoch {epoch} metrics", log)
 
-    def set_child_tags(self, number: int, tags: dict[str, str]) -> None:
+    def set_child_tags(self, number: RunKey, tags: dict[str, str]) -> None:
         batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         self.call_later(f"trial {number} tags", lambda: self.client.log_batch(self.run_ids[number], tags=batch))
 
-    def log_artifacts(self, number: int, folder: Path, artifact_path: str | None = None) -> None:
+    def log_artifacts(self, number: RunKey, folder: Path, artifact_path: str | None = None) -> None:
         """Log a folder's files; the folder must stay until the queue has delivered them."""
         self.call_later(
             f"trial {number} artifacts {artifact_path}",
@@ -217,7 +233,7 @@ class Tracker:
         )
 
     def log_from_history(
-        self, number: int, names: tuple[str, ...], draw: Callable[[dict[str, list[tuple[int, float]]]], Path | None],
+        self, number: RunKey, names: tuple[str, ...], draw: Callable[[dict[str, list[tuple[int, float]]]], Path | None],
         artifact_path: str,
     ) -> None:
         """Queue: read the run's metric history back (so after every queued epoch has been
@@ -234,7 +250,7 @@ class Tracker:
 
         self.call_later(f"trial {number} {artifact_path} from history", log)
 
-    def finish_child(self, number: int, state: str, tags: dict[str, str]) -> None:
+    def finish_child(self, number: RunKey, state: str, tags: dict[str, str]) -> None:
         """state: COMPLETE, PRUNED, FAIL or INTERRUPTED -> MLflow FINISHED, KILLED, FAILED, KILLED."""
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
         all_tags = [RunTag(TAG_STATE, state)] + [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
@@ -246,11 +262,17 @@ class Tracker:
         self.closed.add(number)
         self.call_later(f"trial {number} end {state}", finish)
 
-    def open_children(self) -> dict[int, str]:
-        """Trial number -> run id of this study's child runs still marked RUNNING."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and attributes.status = 'RUNNING'",
-            max_results=10_000,
-        )
-        return {int(run.data.tags[TAG_TRIAL]): run.info.run_id for run in runs}
+    def open_children(self) -> dict[RunKey, str]:
+        """RunKey -> run id of this study's child runs (configurations', replicates') still
+        marked RUNNING."""
+        open_runs: dict[RunKey, str] = {}
+        for tag in (PARENT_TAG, TAG_STUDY_RUN):
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{tag}` = '{self.parent_id}' and attributes.status = 'RUNNING'",
+                max_results=10_000,
+            )
+            for run in runs:
+                number, replicate = int(run.data.tags[TAG_TRIAL]), run.data.tags.get(TAG_REPLICATE)
+                open_runs[number if replicate is None else (number, int(replicate))] = run.info.run_id
+        return open_runs

@@ -9,6 +9,10 @@ checkpoints are gansweep.service.protocol's; a checkpoint folder holds:
                                     optimisers, RNG, each member's epoch and last metrics)
     members/<number>/generator.pt   the member's generator weights and trial config
     members/<number>/samples/       its sample image of this epoch, when it drew one
+    members/<number>/best.pt        objective.select: best: the best evaluation's generator
+                                    weights, epoch and objectives (read back on a resume)
+    members/<number>/best_model/    ... and that generator as an MLflow model folder
+                                    (mlflow.pytorch.save_model; the driver logs it to the run)
 
 A lone trial is a unit of one, run with the engine's eager execution (compiled with
 `compile: true`); a pack (budget.pack_size > 1) runs packed (vmap), even when one member is
@@ -20,8 +24,11 @@ each epoch to drop them from its step.
 
 from __future__ import annotations
 
+import copy
+import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -46,18 +53,74 @@ def cached_dataset(name: str, data_dir: str | None, seed: int, device: str, n_tr
     return load_dataset(name, data_dir=data_dir, seed=seed, device=device, n_train=n_train)
 
 
-def load_resume_state(config: p.UnitConfig, seed: int) -> p.CheckpointState | None:
+@dataclass
+class Best:
+    """objective.select: best: a member's best evaluation so far and its generator."""
+
+    value: float
+    epoch: int
+    objectives: dict[str, float]  # the selected metrics at that epoch
+    generator: dict[str, Any]  # its state_dict on the CPU
+    model: Path | None = None  # its MLflow model folder, once written (rewritten when it changes)
+
+
+def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointState | None, dict[int, Best]]:
     """Tune's own checkpoint (a retry after a worker died) wins over the one recorded in the
-    Optuna study (a unit resumed by a new `gansweep run` after the driver stopped)."""
+    Optuna study (a unit resumed by a new `gansweep run` after the driver stopped). Also each
+    member's best evaluation kept there (objective.select: best)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and config["resume"]:
         uri = config["resume"]
         checkpoint = tune.Checkpoint(strip_scheme(uri), filesystem=storage_filesystem(uri))
     if checkpoint is None:
-        return None
+        return None, {}
+    best: dict[int, Best] = {}
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / p.STATE_FILE, map_location="cpu", weights_only=False)
-    return p.read_checkpoint_state(saved, config["numbers"], seed)
+        for number in config["numbers"]:
+            path = Path(folder) / p.member_path(number, p.BEST_FILE)
+            if path.is_file():
+                kept = torch.load(path, map_location="cpu", weights_only=False)
+                best[number] = Best(kept["value"], kept["epoch"], kept["objectives"], kept["generator"])
+    return p.read_checkpoint_state(saved, config["numbers"], seed), best
+
+
+def is_better(value: float, best: Best | None, direction: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best.value if direction == "maximize" else value < best.value)
+
+
+def note_best(best: dict[int, Best], select: p.Selection, unit: Unit, row: int, number: int, metrics: dict[str, float]) -> None:
+    """Keep the member's generator when this evaluation is its best, and report its best so
+    far (best_epoch, best_<metric>) with every result."""
+    value = metrics.get(select["metric"])
+    if value is not None and is_better(float(value), best.get(number), select["direction"]):
+        objectives = {name: float(metrics[name]) for name in select["metrics"] if name in metrics}
+        best[number] = Best(float(value), unit.epochs[row], objectives, run.member_generator_state(unit, row))
+    if number in best:
+        metrics[p.BEST_EPOCH] = float(best[number].epoch)
+        metrics.update({p.BEST_PREFIX + name: v for name, v in best[number].objectives.items()})
+
+
+def write_best(folder: Path, kept: Best, unit: Unit, row: int, scratch: Path) -> None:
+    """best.pt and best_model/ (an MLflow model: mlflow.pytorch.load_model reads it back)
+    into a member's checkpoint folder; the model folder is written once per new best and
+    copied into later checkpoints."""
+    import mlflow.pytorch  # only units that keep their best pay for MLflow's import
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"generator": kept.generator, "trial": unit.trials[row].model_dump(mode="json"), "epoch": kept.epoch,
+                "value": kept.value, "objectives": kept.objectives}, folder / p.BEST_FILE)
+    if kept.model is None or not kept.model.is_dir():
+        model = copy.deepcopy(run.member_generator(unit, row)).cpu().eval()
+        model.load_state_dict(kept.generator)
+        kept.model = scratch / f"epoch_{kept.epoch:04d}"
+        shutil.rmtree(kept.model, ignore_errors=True)
+        kept.model.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.pytorch.save_model(model, str(kept.model), serialization_format="pickle",
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    shutil.copytree(kept.model, folder / p.BEST_MODEL_DIR)
 
 
 def write_member_files(folder: Path, generator: dict[str, Any], trial: TrialConfig, sample: Path | None) -> None:
@@ -85,7 +148,7 @@ def run_unit(raw_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     numbers = list(config["numbers"])
     trials = [TrialConfig.model_validate(v) for v in config["values"]]
-    resume = load_resume_state(config, trials[0].seed)
+    resume, best = load_resume_state(config, trials[0].seed)
     attempt: dict[str, Any] = {
         p.NODE_ID: ray.get_runtime_context().get_node_id(),
         p.RESUMED_FROM: int(resume["epoch"]) if resume else 0,
@@ -122,12 +185,15 @@ def run_unit(raw_config: dict[str, Any]) -> None:
         return
     board = ray.get_actor(config["board"]) if config["board"] else None
     with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples_dir:
-        train_unit(unit, numbers, data_seed, attempt, board, Path(samples_dir))
+        train_unit(unit, numbers, data_seed, attempt, board, Path(samples_dir), (config.get("select"), best))
 
 
-def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str, Any], board: Any, samples: Path) -> None:
+def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str, Any], board: Any, samples: Path,
+               keep_best: tuple[p.Selection | None, dict[int, Best]] = (None, {})) -> None:
     """The unit's epochs, each reported (with a checkpoint at evaluation epochs), until its
-    last epoch or until no member is left."""
+    last epoch or until no member is left. keep_best: objective.select: best's selection and
+    the members' best evaluations so far."""
+    select, best = keep_best
     first = unit.trials[0]
     while unit.size and unit.epoch < first.epochs:
         if board is not None:
@@ -156,6 +222,8 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
             metrics[p.PACK_SIZE] = float(size)
             if is_sample_epoch(unit.trials[row], epoch):
                 run.save_member_samples(unit, row, samples / str(number))
+            if select is not None:
+                note_best(best, select, unit, row, number, metrics)
             members[number] = metrics  # type: ignore[assignment]
         unit, numbers = keep(unit, numbers, run.healthy_rows(results))  # the diverged leave
         result = p.unit_result(epoch, members, attempt)
@@ -165,6 +233,9 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
                                       data_seed=data_seed, unit=run.unit_state(unit), last={})
             with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
                 write_checkpoint(Path(folder), state, unit, numbers, samples)
+                for row, number in enumerate(numbers):
+                    if number in best:
+                        write_best(Path(folder) / p.MEMBERS_DIR / str(number), best[number], unit, row, samples / "best" / str(number))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
             tune.report(result)
