@@ -254,8 +254,9 @@ class Ledger:
         closes = [replicate_closing(frozen, replicate, self.replicates, checkpoint)]
         if closes[0].state != "INTERRUPTED":
             self.ended.add(member)
-        if frozen.state.is_finished() and number not in self.configs_ended:
-            self.configs_ended.add(number)
+        every = all(rep.member_id(number, r, self.replicates) in self.ended for r in range(self.replicates))
+        if frozen.state.is_finished() and every and number not in self.configs_ended:
+            self.configs_ended.add(number)  # after the last of its replicates' runs
             closes.append(closing_of(frozen, replicates=self.replicates))
         return closes
 

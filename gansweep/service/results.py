@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from gansweep.config.schema import Choice
 from gansweep.config.space import scale_fields
 from gansweep.files import write_csv_atomically
 from gansweep.service import protocol as p
@@ -54,7 +55,7 @@ def results_table(study: OptunaStudy) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table = ranked(table, scale_fields(config), config.objective.direction == "minimize")
+    table = ranked(table, group_orders(config), config.objective.direction == "minimize")
     if replicate_rows:
         table = with_replicates(table, pd.DataFrame(replicate_rows, columns=table.columns))
     integer = {"epochs": "Int64", "pruned_at": "Int64"}
@@ -81,16 +82,27 @@ def replicate_row(configuration: dict[str, Any], replicate: int, record: dict[st
     return row
 
 
-def ranked(table: pd.DataFrame, groups: list[str], ascending: bool) -> pd.DataFrame:
-    """Best first within each value of the scale fields (the groups in the order first seen
-    in the study), never across them."""
+def group_orders(config: Any) -> dict[str, list[str]]:
+    """Each searched scale field and its values in the study file's order (a range: sorted)."""
+    orders = {}
+    for name in scale_fields(config):
+        param = config.search[name]
+        orders[name] = [str(v) for v in param.values] if isinstance(param, Choice) else []
+    return orders
+
+
+def ranked(table: pd.DataFrame, groups: dict[str, list[str]], ascending: bool) -> pd.DataFrame:
+    """Best first within each value of the scale fields (in the order the study lists them),
+    never across them."""
+    def order(column: pd.Series) -> pd.Series:
+        if column.name not in groups:
+            return column
+        listed = {value: index for index, value in enumerate(groups[str(column.name)])}
+        return column.astype(str).map(lambda value: listed.get(value, len(listed)))
+
     by = [*groups, "objective"]
-    order = {name: {value: i for i, value in enumerate(dict.fromkeys(table[name].astype(str)))} for name in groups}
-    keys = {name: (lambda column, name=name: column.astype(str).map(order[name])) for name in groups}
-    return table.sort_values(
-        by, ascending=[True] * len(groups) + [ascending], na_position="last",
-        key=lambda column: keys[column.name](column) if column.name in keys else column,
-    ).reset_index(drop=True)
+    return table.sort_values(by, ascending=[True] * len(groups) + [ascending], na_position="last",
+                             key=order, kind="mergesort").reset_index(drop=True)
 
 
 def with_replicates(configurations: pd.DataFrame, replicate_rows: pd.DataFrame) -> pd.DataFrame:
