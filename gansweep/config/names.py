@@ -23,9 +23,28 @@ Activation = Literal["relu", "leaky_relu", "elu", "tanh", "gelu"]
 GeneratorOutput = Literal["auto", "tanh", "sigmoid", "identity"]
 # Losses whose discriminator is trained against a real target, so smoothing means something.
 SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares")
+# Losses that penalise the norm of D's gradient at each input (WGAN-GP), and the architectures
+# whose discriminator has batch norm: the two do not go together (config.rules).
+PENALISED_LOSSES = ("wasserstein_gp",)
+BATCH_NORM_CRITICS = ("dcgan",)
 
 # Optuna's samplers and pruners, by the names the service's registries give them.
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]
 PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 PRUNERS: tuple[str, ...] = get_args(PrunerName)
+
+# Sample-quality metrics a trial may compute at each evaluation beside Parzen (trial.metrics;
+# gansweep.engine.quality), in the feature space trial.features names (images; a 2D set's own
+# points otherwise).
+QualityMetric = Literal["fid", "kid", "precision", "recall", "c2st_accuracy", "d_auc"]
+QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
+FeatureKind = Literal["domain", "inception"]
+# The direction of an objective on each metric; a study file that names one of the quality
+# metrics gets its direction unless it gives one, and may not give the other. c2st_accuracy
+# and d_auc are 0.5 when real and generated cannot be told apart and 1 when they are told
+# apart perfectly: lower is better (values below 0.5 are chance fluctuations around it).
+METRIC_DIRECTIONS: dict[str, str] = {
+    "parzen_ll": "maximize", "fid": "minimize", "kid": "minimize", "precision": "maximize",
+    "recall": "maximize", "c2st_accuracy": "minimize", "d_auc": "minimize",
+}

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gansweep.config.names import SMOOTHABLE_LOSSES, TOY_DATASETS
+from gansweep.config.names import BATCH_NORM_CRITICS, PENALISED_LOSSES, SMOOTHABLE_LOSSES, TOY_DATASETS
+from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
 from gansweep.errors import ConfigError
 
 if TYPE_CHECKING:  # config.schema runs these rules in its validators
-    from gansweep.config.schema import StudyConfig, TrialConfig
+    from gansweep.config.schema import ObjectiveSpec, StudyConfig, TrialConfig
 
 
 class RuleBroken(ValueError):
@@ -47,7 +48,7 @@ def compose_leaves_both_kinds(trial: TrialConfig) -> str | None:
 
 
 def dcgan_needs_images(trial: TrialConfig) -> str | None:
-    if trial.architecture == "dcgan" and trial.dataset in TOY_DATASETS:
+    if trial.architecture == "dcgan" and trial.is_toy:  # a built-in 2D set or a file of points
         return f"architecture 'dcgan' needs an image dataset, got dataset={trial.dataset!r}"
     return None
 
@@ -61,10 +62,24 @@ def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
     )
 
 
+def penalty_needs_a_per_sample_critic(trial: TrialConfig) -> str | None:
+    # The penalty holds each input's gradient norm near 1; with batch norm D's output for one
+    # sample depends on the rest of its batch, so that gradient is not the critic's
+    # (Gulrajani et al. 2017, section 4: "no critic batch normalization").
+    if trial.loss in PENALISED_LOSSES and trial.architecture in BATCH_NORM_CRITICS:
+        return (
+            f"loss={trial.loss!r} penalises D's gradient per sample, and architecture="
+            f"{trial.architecture!r} has batch norm in D, which mixes the samples of a batch; "
+            "use mlp or maxout with this loss"
+        )
+    return None
+
+
 TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the field it names
     compose_leaves_both_kinds: "alpha",
     dcgan_needs_images: "architecture",
     smoothing_needs_a_real_target: "label_smoothing",
+    penalty_needs_a_per_sample_critic: "loss",
 }
 
 
@@ -91,8 +106,48 @@ def pruning_needs_one_objective(study: StudyConfig) -> str | None:
     )
 
 
+def _objectives(study: StudyConfig, second: bool) -> list[tuple[str, ObjectiveSpec]]:
+    if second:
+        return [("objective.second", study.objective.second)] if study.objective.second else []
+    return [("objective", study.objective)]
+
+
+def quality_objective_is_computed(study: StudyConfig, second: bool = False) -> str | None:
+    # a quality metric is computed only when trial.metrics lists it (it costs an evaluation)
+    for where, spec in _objectives(study, second):
+        if spec.metric in QUALITY_METRICS and spec.metric not in study.trial.metrics and "metrics" not in study.search:
+            return (
+                f"{where}.metric={spec.metric!r} is computed only when trial.metrics lists it "
+                f"(trial.metrics: {list(study.trial.metrics)}); add it there"
+            )
+    return None
+
+
+def quality_objective_has_its_direction(study: StudyConfig, second: bool = False) -> str | None:
+    for where, spec in _objectives(study, second):
+        expected = METRIC_DIRECTIONS.get(spec.metric)
+        if spec.metric in QUALITY_METRICS and spec.direction != expected:
+            return (
+                f"{where}.direction={spec.direction!r}, but {spec.metric} is better {expected[:3]}imised "
+                f"({'lower' if expected == 'minimize' else 'higher'} is better): direction: {expected}, or leave it out"
+            )
+    return None
+
+
+def second_quality_objective_is_computed(study: StudyConfig) -> str | None:
+    return quality_objective_is_computed(study, second=True)
+
+
+def second_quality_objective_has_its_direction(study: StudyConfig) -> str | None:
+    return quality_objective_has_its_direction(study, second=True)
+
+
 STUDY_RULES: dict[Callable[[StudyConfig], str | None], tuple[str, ...]] = {
     pruning_needs_one_objective: ("pruner", "name"),
+    quality_objective_is_computed: ("objective", "metric"),
+    quality_objective_has_its_direction: ("objective", "direction"),
+    second_quality_objective_is_computed: ("objective", "second", "metric"),
+    second_quality_objective_has_its_direction: ("objective", "second", "direction"),
 }
 
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gansweep.config.names import (
-    TOY_DATASETS, Activation, ArchitectureName, DatasetName, GeneratorOutput, LossName,
-    PrunerName, SamplerName,
+    METRIC_DIRECTIONS, TOY_DATASETS, Activation, ArchitectureName, DatasetName, FeatureKind,
+    GeneratorOutput, LossName, PrunerName, QualityMetric, SamplerName,
 )
+from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -35,7 +36,9 @@ class TrialConfig(Frozen):
     parameter and an MLflow param under the same name."""
 
     # data
-    dataset: DatasetName = "circle"
+    # a built-in name, or a path to the researcher's own data (config.datafile: .npy, .csv,
+    # .npz, a folder of images), made absolute against the study file's folder on loading
+    dataset: DatasetName | Annotated[str, Field(min_length=1)] = "circle"
     data_dir: str | None = None
     n_train: PositiveInt | None = None  # cap on training examples (None: the protocol's size)
     # architecture
@@ -83,6 +86,12 @@ class TrialConfig(Frozen):
     eval_test: PositiveInt | None = None  # None: the whole test split
     parzen_sigmas: tuple[PositiveFloat, ...] | None = None  # None: the dataset's default grid
     sample_epochs: tuple[PositiveInt, ...] | None = None  # None: every evaluation epoch
+    # Sample-quality metrics computed at each evaluation beside Parzen (engine/quality.py):
+    # fid, kid, precision, recall, c2st_accuracy, d_auc. None by default: today's cost.
+    metrics: tuple[QualityMetric, ...] = ()
+    # Their feature space on images: domain (a CNN gansweep trains on the set's own labels,
+    # offline) or inception (Inception-v3 weights on disk). 2D sets use their points.
+    features: FeatureKind = "domain"
 
     @property
     def effective_lr_g(self) -> float:
@@ -90,7 +99,10 @@ class TrialConfig(Frozen):
 
     @property
     def is_toy(self) -> bool:
-        return self.dataset in TOY_DATASETS
+        """Points rather than images: a built-in 2D set or a file of points."""
+        return self.dataset in TOY_DATASETS or (
+            not is_built_in(self.dataset) and data_kind(self.dataset) == "points"
+        )
 
     @property
     def generator_output(self) -> str:
@@ -99,6 +111,14 @@ class TrialConfig(Frozen):
         if self.is_toy:
             return "identity"
         return "sigmoid" if self.architecture == "maxout" else "tanh"
+
+    @field_validator("metrics")
+    @classmethod
+    def _each_metric_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({m for m in value if value.count(m) > 1})
+        if repeated:
+            raise ValueError(f"each metric once, got {', '.join(repeated)} more than once")
+        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrialConfig:
@@ -161,6 +181,9 @@ class BudgetConfig(Frozen):
     # Trials trained together in one vectorised step (the engine's packed execution) on one
     # worker's cpus: for small networks, which leave a core mostly idle. 1: a worker per trial.
     pack_size: PositiveInt = 1
+    # Seeds each configuration trains with (seed, seed + 1, ...): Optuna sees, and the results
+    # rank, their mean (service/replicates.py). 1: one seed, as before replicates existed.
+    replicates: PositiveInt = 1
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -172,18 +195,26 @@ class BudgetConfig(Frozen):
 
 class ObjectiveSpec(Frozen):
     metric: str = "parzen_ll"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Literal["maximize", "minimize"] = "maximize"  # unset: the metric's (METRIC_DIRECTIONS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_of_the_metric(cls, data: Any) -> Any:
+        # `objective: {metric: fid}` minimises; config.rules refuses the other direction
+        if isinstance(data, dict) and "direction" not in data and data.get("metric") in METRIC_DIRECTIONS:
+            return {**data, "direction": METRIC_DIRECTIONS[data["metric"]]}
+        return data
 
 
 class ObjectiveConfig(ObjectiveSpec):
     second: ObjectiveSpec | None = None  # a second objective makes the study multi-objective
+    # last: the final evaluation's value; best: the best evaluation's (by `direction`), whose
+    # generator is kept and logged to MLflow as a model with the epoch it came from.
+    select: Literal["last", "best"] = "last"
 
 
 class TrackingConfig(Frozen):
     experiment: str | None = None  # None: the study's name
-    # Seeds each configuration trains with (seed, seed + 1, ...): Optuna sees, and the results
-    # rank, their mean (service/replicates.py). 1: one seed, as before replicates existed.
-    replicates: PositiveInt = 1
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or a local store in output/
 
 
@@ -208,9 +239,6 @@ class StudyConfig(Frozen):
     def _inside_working_directory(cls, value: str | None) -> str | None:
         # A study file is shared and re-run by others: it may only name a folder below the
         # working directory. Writing elsewhere is the caller's explicit choice (--output).
-    # last: the final evaluation's value; best: the best evaluation's (by `direction`), whose
-    # generator is kept and logged to MLflow as a model with the epoch it came from.
-    select: Literal["last", "best"] = "last"
         if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
             raise ValueError(
                 f"output must be a relative path below the working directory (use --output "

@@ -18,6 +18,7 @@ from gansweep.engine.data import Dataset
 from gansweep.engine.draws import noise
 from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
 from gansweep.engine.parzen import evaluate as parzen_evaluate
+from gansweep.engine.scoring import quality_scores
 from gansweep.errors import ConfigError
 
 Metrics = dict[str, float]
@@ -71,9 +72,12 @@ def generate(trial: TrialConfig, data: Dataset, generator: nn.Module, n: int, ch
     return torch.cat(parts)
 
 
-def evaluate(trial: TrialConfig, data: Dataset, generator: nn.Module, epoch: int) -> tuple[Metrics, Tensor]:
-    """Parzen (and mode coverage on ring8 and grid25) of `eval_samples` samples; also returns
-    the samples. Evaluation draws its noise from its own seeded stream so that scoring does
+def evaluate(
+    trial: TrialConfig, data: Dataset, generator: nn.Module, epoch: int, discriminator: nn.Module | None = None,
+) -> tuple[Metrics, Tensor]:
+    """Parzen (and mode coverage on ring8 and grid25) of `eval_samples` samples, and the
+    quality metrics trial.metrics lists (engine/scoring.py; d_auc needs the discriminator);
+    also returns the samples. Evaluation draws its noise from its own seeded stream so that scoring does
     not shift the training stream: the same seed gives the same losses whatever eval_every."""
     device = data.device
     rng_state = torch.get_rng_state()
@@ -91,6 +95,7 @@ def evaluate(trial: TrialConfig, data: Dataset, generator: nn.Module, epoch: int
         covered, quality = mode_coverage(samples, data.modes, data.mode_std)
         metrics["modes_covered"] = float(covered)
         metrics["high_quality_share"] = quality
+    metrics.update(quality_scores(trial, data, samples, discriminator, epoch))  # type: ignore[arg-type]
     return metrics, samples
 
 

@@ -1,0 +1,93 @@
+"""A trial's sample-quality metrics at an evaluation (trial.metrics), and the same metrics of
+the data as its own model (`gansweep baseline`, the report's reference lines).
+
+Real rows: the test split (capped at eval_test) for the feature metrics, the validation
+split (capped at eval_valid, never trained on) for D's AUC; generated rows: the evaluation's
+samples. Every evaluation with a feature metric also returns `features`, the name of the
+space it was computed in (engine/features.py), which metrics.csv and the MLflow run keep.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gansweep.config.schema import TrialConfig
+from gansweep.config.theory import blind_discriminator
+from gansweep.engine.data import Dataset
+from gansweep.engine.features import feature_space
+from gansweep.engine.quality import c2st_accuracy, fid, kid, precision_recall, roc_auc
+
+Scores = dict[str, float | str]
+FEATURE_METRICS = ("fid", "kid", "precision", "recall", "c2st_accuracy")
+FEATURES = "features"  # the result key of the feature space's name
+BLIND = "blind_discriminator"  # 1.0 where config.theory.blind_discriminator says so, else 0.0
+
+
+def real_test(trial: TrialConfig, data: Dataset) -> Tensor:
+    return data.test if trial.eval_test is None else data.test[: trial.eval_test]
+
+
+def feature_scores(trial: TrialConfig, data: Dataset, real: Tensor, fake: Tensor, seed: int) -> Scores:
+    """The feature metrics of trial.metrics, of `fake` rows against `real` rows."""
+    wanted = [m for m in FEATURE_METRICS if m in trial.metrics]
+    if not wanted:
+        return {}
+    space = feature_space(trial.features, data, trial.data_dir)
+    real_f, fake_f = space.embed(real), space.embed(fake)
+    scores: Scores = {FEATURES: space.name}
+    if "fid" in wanted:
+        scores["fid"] = fid(real_f, fake_f)
+    if "kid" in wanted:
+        scores["kid"], scores["kid_std"] = kid(real_f, fake_f, seed=seed)
+    if "precision" in wanted or "recall" in wanted:
+        precision, recall = precision_recall(real_f, fake_f)
+        scores.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in wanted})
+    if "c2st_accuracy" in wanted:
+        scores["c2st_accuracy"] = c2st_accuracy(real_f, fake_f, seed=seed)
+    return scores
+
+
+@torch.no_grad()
+def discriminator_auc(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> float:
+    """ROC AUC of D's scores, held-out real vs generated, in eval mode (batch norm's running
+    statistics, no dropout); inputs in the generator's scale, as D was trained."""
+    from gansweep.engine.evaluate import to_model_scale
+
+    real = data.valid[: trial.eval_valid]
+    fake = fake[: max(real.shape[0], 1)].reshape(-1, *data.shape)
+    was_training = discriminator.training
+    discriminator.eval()
+    try:
+        scores = [discriminator(to_model_scale(trial, data, x)).float().flatten() for x in (real, fake)]
+    finally:
+        discriminator.train(was_training)
+    return roc_auc(*scores)
+
+
+def quality_scores(
+    trial: TrialConfig, data: Dataset, samples: Tensor, discriminator: nn.Module | None, epoch: int
+) -> Scores:
+    """trial.metrics of an evaluation's samples (data scale); {} when it lists none."""
+    scores = feature_scores(trial, data, real_test(trial, data), samples, seed=trial.seed + epoch)
+    if "d_auc" in trial.metrics:
+        if discriminator is None:
+            raise ValueError("d_auc needs the trial's discriminator")
+        scores["d_auc"] = discriminator_auc(trial, data, discriminator, samples)
+    return scores
+
+
+def blind_flag(metrics: dict[str, float]) -> dict[str, float]:
+    """{BLIND: 1.0 or 0.0} for an evaluation whose metrics decide it, else {}."""
+    verdict = blind_discriminator(metrics)
+    return {} if verdict is None else {BLIND: float(verdict)}
+
+
+def data_as_model_scores(trial: TrialConfig, data: Dataset, metrics: tuple[str, ...]) -> Scores:
+    """The feature metrics of real training rows (eval_samples of them, a fixed subset) scored
+    as a model's samples against the test split: what a perfect generator gets with these
+    sizes (fid and kid near 0, c2st near 0.5; precision and recall below 1 by the k-NN
+    manifolds' own sampling). d_auc has no such value: a perfect generator gives 0.5."""
+    pick = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(0))[: trial.eval_samples]
+    as_model = trial.model_copy(update={"metrics": tuple(m for m in metrics if m in FEATURE_METRICS)})
+    return feature_scores(as_model, data, real_test(trial, data), data.train[pick.to(data.device)], seed=0)
