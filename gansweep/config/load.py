@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from gansweep.config import datafile
 from gansweep.config.rules import RuleBroken, check_study
 from gansweep.config.schema import (
     TRIAL_FIELDS, Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
@@ -23,9 +24,53 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     text = _read_text(path)
     raw, line_of = _parse_yaml(text, path)
+    # A data file named in the study is found beside it; one given with --set, from where
+    # the command runs (a path already absolute stays as it is).
+    raw = resolve_datasets(raw, path.parent.resolve())
     for override in overrides:
         raw = apply_override(raw, override, path)
+    raw = resolve_datasets(raw, Path.cwd())
+    check_data_files(raw, path, line_of)
     return _validate(raw, path, line_of)
+
+
+def resolve_datasets(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """trial.dataset and the values search.dataset chooses from, each a built-in name as it
+    is or a path made absolute against `folder` (config.datafile.resolve)."""
+    raw = _deep_copy(raw)
+    trial, search = raw.get("trial"), raw.get("search")
+    if isinstance(trial, dict) and isinstance(trial.get("dataset"), str):
+        trial["dataset"] = datafile.resolve(trial["dataset"], folder)
+    choice = search.get("dataset") if isinstance(search, dict) else None
+    values = choice.get("values") if isinstance(choice, dict) else choice
+    if isinstance(values, list):
+        values[:] = [datafile.resolve(v, folder) if isinstance(v, str) else v for v in values]
+    return raw
+
+
+def check_data_files(raw: dict[str, Any], path: Path, line_of: dict[tuple, int]) -> None:
+    """Each data file the study names is read and checked before anything else (and before
+    any output is written): ConfigError naming the study's line, the field, the data file
+    and what is wrong with it."""
+    trial, search = raw.get("trial"), raw.get("search")
+    named: list[tuple[tuple, Any]] = []
+    if isinstance(trial, dict) and "dataset" in trial:
+        named.append((("trial", "dataset"), trial["dataset"]))
+    choice = search.get("dataset") if isinstance(search, dict) else None
+    values = choice.get("values") if isinstance(choice, dict) else choice
+    for index, value in enumerate(values if isinstance(values, list) else []):
+        named.append((("search", "dataset", index), value))
+    for loc, value in named:
+        if not isinstance(value, str) or not value or datafile.is_built_in(value):
+            continue  # the schema names what is wrong with a non-string
+        try:
+            datafile.inspect(value)
+        except datafile.DataFileProblem as err:
+            field = ".".join(str(part) for part in loc)
+            missing = "" if Path(value).exists() else (
+                f" (nor is it a built-in data set: {', '.join(datafile.BUILT_IN)})"
+            )
+            raise ConfigError(f"{_at(path, line_of, loc)}: {field}: {err}{missing}") from None
 
 
 def apply_override(raw: dict[str, Any], override: str, path: Path) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def compose_leaves_both_kinds(trial: TrialConfig) -> str | None:
 
 
 def dcgan_needs_images(trial: TrialConfig) -> str | None:
-    if trial.architecture == "dcgan" and trial.dataset in TOY_DATASETS:
+    if trial.architecture == "dcgan" and trial.is_toy:  # a built-in 2D set or a file of points
         return f"architecture 'dcgan' needs an image dataset, got dataset={trial.dataset!r}"
     return None
 

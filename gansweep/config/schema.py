@@ -17,6 +17,7 @@ from gansweep.config.names import (
     METRIC_DIRECTIONS, TOY_DATASETS, Activation, ArchitectureName, DatasetName, FeatureKind,
     GeneratorOutput, LossName, PrunerName, QualityMetric, SamplerName,
 )
+from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -35,7 +36,9 @@ class TrialConfig(Frozen):
     parameter and an MLflow param under the same name."""
 
     # data
-    dataset: DatasetName = "circle"
+    # a built-in name, or a path to the researcher's own data (config.datafile: .npy, .csv,
+    # .npz, a folder of images), made absolute against the study file's folder on loading
+    dataset: DatasetName | Annotated[str, Field(min_length=1)] = "circle"
     data_dir: str | None = None
     n_train: PositiveInt | None = None  # cap on training examples (None: the protocol's size)
     # architecture
@@ -96,7 +99,10 @@ class TrialConfig(Frozen):
 
     @property
     def is_toy(self) -> bool:
-        return self.dataset in TOY_DATASETS
+        """Points rather than images: a built-in 2D set or a file of points."""
+        return self.dataset in TOY_DATASETS or (
+            not is_built_in(self.dataset) and data_kind(self.dataset) == "points"
+        )
 
     @property
     def generator_output(self) -> str:

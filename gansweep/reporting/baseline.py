@@ -11,19 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
+from gansweep.config.datafile import DataFileProblem, inspect, is_built_in
 from gansweep.config.names import TOY_DATASETS
 from gansweep.config.schema import TrialConfig
 from gansweep.reporting.view import StudyView, first_line
 
 
 def baseline_key(trial: TrialConfig) -> str:
-    """What the data-as-model score depends on (a toy set's points depend on the seed)."""
+    """What the data-as-model score depends on (a toy set's points and a file's splits
+    depend on the seed; a file's score on its content, by hash, not on its path's name)."""
+    own = not is_built_in(trial.dataset)
     return json.dumps({
-        "dataset": trial.dataset, "data_dir": trial.data_dir, "n_train": trial.n_train,
-        "seed": trial.seed if trial.dataset in TOY_DATASETS else 0,
+        "dataset": _content_of(trial.dataset) if own else trial.dataset,
+        "data_dir": trial.data_dir, "n_train": trial.n_train,
+        "seed": trial.seed if own or trial.dataset in TOY_DATASETS else 0,
         "eval_samples": trial.eval_samples, "eval_valid": trial.eval_valid, "eval_test": trial.eval_test,
         "sigmas": list(trial.parzen_sigmas) if trial.parzen_sigmas else None,
     }, sort_keys=True)
+
+
+def _content_of(path: str) -> str:
+    """'sha256:<hex>' of a data file (datafile.inspect caches it); its path where the file
+    cannot be read here (compute_baseline then notes why)."""
+    try:
+        return f"sha256:{inspect(path).digest}"
+    except (DataFileProblem, OSError):
+        return path
 
 
 def compute_baseline(trial: TrialConfig) -> dict[str, float]:
