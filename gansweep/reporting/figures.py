@@ -39,19 +39,29 @@ def figure_losses(view: StudyView) -> Any:
 
 
 def final_stderr(trial: TrialView) -> float | None:
+    """The objective's standard error: over seed replicates where it has them, else Parzen's own."""
+    if trial.row.get("objective_stderr") is not None:
+        return float(trial.row["objective_stderr"])
     points = trial.history.get("parzen_stderr")
     return points[-1][1] if points else None
 
 
-def figure_objective_vs_params(view: StudyView, baselines: dict[str, float]) -> Any:
+def of_group(baselines: dict[str, float], trials: list[TrialView]) -> dict[str, float]:
+    """The baselines of the data sets these trials train on (all of them when unknown)."""
+    datasets = {t.config.dataset for t in trials if t.config is not None}
+    return {name: value for name, value in baselines.items() if not datasets or name in datasets}
+
+
+def figure_objective_vs_params(view: StudyView, baselines: dict[str, float], trials: list[TrialView] | None = None) -> Any:
+    trials = view.trials if trials is None else trials
     points = [
         plots.ObjectivePoint(t.label, t.state, t.row, float(t.row["objective"]), final_stderr(t))
-        for t in view.trials if t.row.get("objective") is not None
+        for t in trials if t.row.get("objective") is not None
     ]
     if not points:
         return None
-    axes = [plots.ParamAxis(name, log=_is_log(view, name)) for name in view.search]
-    return plots.plot_objective_vs_params(points, axes, view.metric, baselines)
+    axes = [plots.ParamAxis(name, log=_is_log(view, name)) for name in view.search if name not in view.groups]
+    return plots.plot_objective_vs_params(points, axes, view.metric, of_group(baselines, trials))
 
 
 def _is_log(view: StudyView, name: str) -> bool:
@@ -63,9 +73,10 @@ def _is_log(view: StudyView, name: str) -> bool:
     return False
 
 
-def figure_objective_vs_epoch(view: StudyView, baselines: dict[str, float]) -> Any:
+def figure_objective_vs_epoch(view: StudyView, baselines: dict[str, float], trials: list[TrialView] | None = None) -> Any:
+    trials = view.trials if trials is None else trials
     curves = []
-    for trial in view.trials:  # best first
+    for trial in trials:  # best first
         points = trial.history.get(view.metric) or []
         if not points:
             continue
@@ -77,7 +88,18 @@ def figure_objective_vs_epoch(view: StudyView, baselines: dict[str, float]) -> A
         ))
         if len(curves) == BEST_CURVES:
             break
-    return plots.plot_objective_vs_epoch(curves, view.metric, baselines) if curves else None
+    return plots.plot_objective_vs_epoch(curves, view.metric, of_group(baselines, trials)) if curves else None
+
+
+def grouped_figures(view: StudyView, baselines: dict[str, float]) -> dict[str, Any]:
+    """The objective's figures, one of each per value of the scale fields (never one axis for
+    objectives of different scales): objective_vs_params.png, or objective_vs_params.<group>.png."""
+    drawn = {}
+    for label, trials in view.grouped():
+        suffix = f".{label.replace(' ', '_')}" if label else ""
+        drawn[f"objective_vs_params{suffix}.png"] = figure_objective_vs_params(view, baselines, trials)
+        drawn[f"objective_vs_epoch{suffix}.png"] = figure_objective_vs_epoch(view, baselines, trials)
+    return drawn
 
 
 def mosaic_epochs(available: set[int], columns: int = MOSAIC_COLS) -> list[int]:

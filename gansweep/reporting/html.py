@@ -18,8 +18,7 @@ from typing import Any
 from gansweep.reporting import plots
 from gansweep.reporting.baseline import data_baselines
 from gansweep.reporting.figures import (
-    FIGURES, figure_losses, figure_objective_vs_epoch, figure_objective_vs_params, figure_samples,
-    final_stderr,
+    FIGURES, figure_losses, figure_samples, final_stderr, grouped_figures,
 )
 from gansweep.reporting.view import (
     REPORT_DIR, StudyView, first_line, load_view, open_client, param_importances, resolve_output,
@@ -50,12 +49,13 @@ def write_report(
         importances = param_importances(view)
         drawn = {
             "losses.png": figure_losses(view),
-            "objective_vs_params.png": figure_objective_vs_params(view, baselines),
-            "objective_vs_epoch.png": figure_objective_vs_epoch(view, baselines),
+            **grouped_figures(view, baselines),
             "samples.png": figure_samples(view),
             "importances.png": plots.plot_importances(importances, f"importance for {view.metric}") if importances else None,
         }
         figures = {}
+        for stale in folder.glob("objective_vs_*.png"):
+            stale.unlink()  # no stale figure from an earlier report
         for name, figure in drawn.items():
             (folder / name).unlink(missing_ok=True)  # no stale figure from an earlier report
             if figure is not None:
@@ -148,11 +148,13 @@ def render_html(view: StudyView, figures: dict[str, Path], baselines: dict[str, 
         + ", ".join(f"{n} {e(str(s)).lower()}" for s, n in sorted(counts.items()))
         + f". Objective: <b>{e(view.metric)}</b> ({e(view.direction)}).</p>",
     ]
-    best = next((t for t in view.trials if t.row.get("objective") is not None), None)
-    if best is not None:
-        stderr = final_stderr(best)
-        parts.append(f"<p>Best: <b>{e(best.label)}</b> ({e(best.state.lower())}), {e(view.metric)} "
-                     f"{_cell(best.row['objective'])}" + (f" ± {_cell(stderr, 2)}" if stderr is not None else "") + ".</p>")
+    for group, trials in view.grouped():  # one best per value of the scale fields
+        best = next((t for t in trials if t.row.get("objective") is not None), None)
+        if best is not None:
+            stderr = final_stderr(best)
+            parts.append(f"<p>Best{' of ' + e(group) if group else ''}: <b>{e(best.label)}</b> ({e(best.state.lower())}), "
+                         f"{e(view.metric)} {_cell(best.row['objective'])}"
+                         + (f" ± {_cell(stderr, 2)}" if stderr is not None else "") + ".</p>")
     link = _mlflow_url(view)
     if view.parent_run_id:
         where = f"<a href='{e(link)}'>{e(view.tracking_uri)}</a>" if link else f"<code>{e(view.tracking_uri)}</code>"
@@ -166,10 +168,13 @@ def render_html(view: StudyView, figures: dict[str, Path], baselines: dict[str, 
     sections = [("figures", "Figures"), ("trials", "Trials")] + ([("importances", "Parameter importances")] if importances else [])
     parts.append("<nav>" + " · ".join(f"<a href='#{key}'>{title}</a>" for key, title in sections) + "</nav>")
     parts.append("<h2 id='figures'>Figures</h2>")
-    for name, caption in FIGURES.items():
-        if name in figures:
+    for kind, caption in FIGURES.items():
+        stem = kind.removesuffix(".png")
+        for name in [n for n in figures if n == kind or (n.startswith(stem + ".") and n.endswith(".png"))]:
+            group = name.removeprefix(stem).removesuffix(".png").lstrip(".").replace("_", " ")
+            shown = f"{caption} ({group})" if group else caption
             parts.append(f"<figure><img src='{_data_uri(figures[name])}' alt='{e(name)}'>"
-                         f"<figcaption>{e(caption)} <a href='{e(name)}'>{e(name)}</a></figcaption></figure>")
+                         f"<figcaption>{e(shown)} <a href='{e(name)}'>{e(name)}</a></figcaption></figure>")
     parts.append("<h2 id='trials'>Trials</h2>" + trial_table(view))
     if importances:
         parts.append("<h2 id='importances'>Parameter importances</h2>"

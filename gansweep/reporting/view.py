@@ -24,9 +24,11 @@ import yaml
 
 from gansweep.config.load import load_study
 from gansweep.config.schema import StudyConfig, TrialConfig
+from gansweep.config.space import SCALE_FIELDS
 from gansweep.errors import GansweepError
 from gansweep.service.protocol import (
-    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, GENERATOR_FILE, OutputLayout, optuna_storage_url,
+    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, OutputLayout,
+    optuna_storage_url,
 )
 from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
 
@@ -62,6 +64,18 @@ class StudyView:
     parent_run_id: str | None = None
     optuna_study: Any = None  # optuna.Study: the sweep's record of its trials
     notes: list[str] = field(default_factory=list)
+    # The searched fields that change the objective's scale (config.space.SCALE_FIELDS):
+    # rankings and objective figures are per value of them, never on one axis.
+    groups: list[str] = field(default_factory=list)
+
+    def grouped(self) -> list[tuple[str, list[TrialView]]]:
+        """(label, trials best first) per value of the scale fields; one ("", all) without."""
+        if not self.groups:
+            return [("", self.trials)]
+        parts: dict[str, list[TrialView]] = {}
+        for trial in self.trials:  # results.csv ranks within each group
+            parts.setdefault(" ".join(f"{g}={trial.row.get(g)}" for g in self.groups), []).append(trial)
+        return list(parts.items())
 
 
 # ---------------------------------------------------------------------------- finding things
@@ -159,9 +173,10 @@ def infer_metric(view: StudyView, runs: dict[int, Any], configured: str | None) 
         matching = {k for k, v in run.data.metrics.items() if math.isclose(v, value, rel_tol=1e-12, abs_tol=1e-300)}
         candidates = matching if candidates is None else candidates & matching
     for name in (configured, "parzen_ll"):
-        if name and (candidates is None or name in candidates):
+        if name and (candidates is None or name in candidates or BEST_PREFIX + name in candidates):
             return name
-    return sorted(candidates)[0] if candidates else configured or "parzen_ll"
+    found = sorted(candidates)[0] if candidates else configured or "parzen_ll"
+    return found.removeprefix(BEST_PREFIX)  # objective.select: best: the metric, not its running best
 
 
 def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id: str | None, scratch: Path) -> StudyView:
@@ -171,9 +186,12 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
         raise GansweepError(f"{OutputLayout(output).results_csv} lists no trials") from None
     columns = list(table.columns)
     search = columns[columns.index("state") + 1 : columns.index("objective")]
+    if REPLICATE_COLUMN in table.columns:  # seed replicates: the configurations' rows are the trials
+        table = table[table[REPLICATE_COLUMN].isna()].reset_index(drop=True)
     table = table.astype(object).where(table.notna(), None)
     rows = table.to_dict("records")
-    view = StudyView(output, output.name, table, search, [], "parzen_ll", "maximize", uri, client)
+    view = StudyView(output, output.name, table, search, [], "parzen_ll", "maximize", uri, client,
+                     groups=[name for name in SCALE_FIELDS if name in search])
     for row in rows:
         number = int(row["trial"])
         view.trials.append(TrialView(number, str(row["state"]), row, run_name(number, row, search)))

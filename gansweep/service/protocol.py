@@ -211,6 +211,8 @@ class OutputLayout:
         return folder if number is None else folder / str(number)
 
 
+REPLICATE_COLUMN = "replicate"  # results.csv: r on a seed replicate's row, empty on its configuration's
+
 ARTIFACT_SAMPLES = "samples"
 ARTIFACT_CHECKPOINT = "checkpoint"
 ARTIFACT_PLOTS = "plots"

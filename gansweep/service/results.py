@@ -23,7 +23,7 @@ from gansweep.service import replicates as rep
 from gansweep.service.search import OptunaStudy
 
 SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", p.ATTR_PRUNED_AT, p.ATTR_FAILURE_REASON, p.ATTR_TUNE_TRIAL_ID)
-REPLICATE_COLUMN = "replicate"  # empty on a configuration's row, r on its replicates' rows
+REPLICATE_COLUMN = p.REPLICATE_COLUMN  # empty on a configuration's row, r on its replicates' rows
 
 
 def results_table(study: OptunaStudy) -> pd.DataFrame:
