@@ -18,6 +18,7 @@ BENCHMARKS = {
     "pruning": "benchmarks.pruning_bench",  # epochs and best value, pruned vs not
     "pack": "benchmarks.pack_bench",  # packed (vmapped) trials vs one trial at a time
     "pack-sweep": "benchmarks.sweep_bench --pack 16 32",  # packs in `gansweep run` vs one per worker
+    "metrics": "benchmarks.metrics_bench",  # each quality metric's cost vs Parzen's; the domain classifier
 }
 
 
