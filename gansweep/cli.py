@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data-dir", help="folder holding the dataset")
     baseline.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     baseline.add_argument("--seed", type=int, default=0)
+    baseline.add_argument("--features", default="domain", choices=("domain", "inception"),
+                          help="feature space of the quality metrics on images")
     return parser
 
 
@@ -163,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from gansweep.single import print_baseline
 
-    return print_baseline(args.dataset, args.samples, args.data_dir, args.device, args.seed)
+    return print_baseline(args.dataset, args.samples, args.data_dir, args.device, args.seed, args.features)
 
 
 COMMANDS = {

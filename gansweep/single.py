@@ -25,6 +25,13 @@ SUMMARY_METRICS = (
     "parzen_sigma",
     "modes_covered",
     "high_quality_share",
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "c2st_accuracy",
+    "d_auc",
+    "blind_discriminator",
     "wall_time",
 )
 
@@ -93,10 +100,17 @@ def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], 
         if name in last:
             table.add_row(name, f"{last[name]:.4f}")
     console.print(table)
+    if "features" in last:
+        console.print(f"quality metrics in the feature space {last['features']}")
+    if last.get("blind_discriminator") == 1.0:
+        console.print("[yellow]blind discriminator equilibrium: the losses sit at the equilibrium, D's AUC is "
+                      "near 0.5, yet a fresh classifier tells the samples from the data (c2st_accuracy)[/yellow]")
     console.print(f"metrics: {output / 'metrics.csv'}   samples: {output / 'samples'}")
 
 
-def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: str, seed: int) -> int:
+def print_baseline(
+    dataset: str, n_samples: int, data_dir: str | None, device: str, seed: int, features: str = "domain"
+) -> int:
     from gansweep.engine.data import load_dataset
     from gansweep.errors import ConfigError
     from gansweep.engine.parzen import data_as_model_baseline
@@ -118,4 +132,20 @@ def print_baseline(dataset: str, n_samples: int, data_dir: str | None, device: s
         f"(sigma {result.sigma:.4g}, {result.n_samples} training examples as kernel centres, "
         f"{result.n_test} test examples)"
     )
+    print_quality_baseline(dataset, data, n_samples, data_dir, features)
     return 0
+
+
+def print_quality_baseline(dataset: str, data: object, n_samples: int, data_dir: str | None, features: str) -> None:
+    """The quality metrics of n_samples training examples as a model's samples: what a
+    perfect generator scores with these sizes (engine.scoring.data_as_model_scores)."""
+    from gansweep.engine.scoring import FEATURE_METRICS, FEATURES, data_as_model_scores
+
+    trial = TrialConfig(dataset=dataset, data_dir=data_dir, eval_samples=n_samples, features=features)  # type: ignore[arg-type]
+    scores = data_as_model_scores(trial, data, FEATURE_METRICS)  # type: ignore[arg-type]
+    shown = ", ".join(
+        f"{name} {scores[name]:.4g}" + (f" +- {scores['kid_std']:.2g}" if name == "kid" else "")
+        for name in FEATURE_METRICS
+    )
+    print(f"{dataset}: data as its own model, in {scores[FEATURES]}: {shown}; d_auc 0.5 (a discriminator cannot "
+          "tell a perfect generator's samples from the data)")
