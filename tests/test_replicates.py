@@ -218,3 +218,29 @@ def test_rankings_are_per_data_set_never_on_one_axis(tmp_path: Path) -> None:
     assert list(table["objective"]) == pytest.approx([-1.8, -1.9, -2.8, -2.9])  # best first within each
     assert progress.bests == {"dataset=circle": (pytest.approx(-1.8), None), "dataset=ring8": (pytest.approx(-2.8), None)}
     assert "dataset=circle: -1.8" in progress._best_text() and "dataset=ring8: -2.8" in progress._best_text()
+
+
+WILCOXON = STUDY.replace("pruner: {name: median, startup_trials: 1, warmup_epochs: 0}", "pruner: {name: wilcoxon, p_threshold: 0.1}") \
+    .replace("epochs: 3", "epochs: 8").replace("replicates: 3", "replicates: 2")
+
+
+def test_the_wilcoxon_pruner_pairs_the_replicates_means_with_the_best_trials_at_each_epoch(tmp_path: Path) -> None:
+    ledger = Ledger(make_study(tmp_path, WILCOXON))
+    ledger.plan(2)
+    ledger.hand_out("best")
+    best = [-1.0, -0.9, -1.1, -0.8, -1.0, -0.95, -0.85, -0.9]
+    for epoch, value in enumerate(best, start=1):
+        ledger.judge("best", result(epoch, {0: good(epoch, value - 0.1), 1: good(epoch, value + 0.1)}))
+    ledger.complete("best", result(8, {0: good(8, best[-1] - 0.1), 1: good(8, best[-1] + 0.1)}))
+    reported = {e: pytest.approx(v) for e, v in enumerate(best[:-1], start=1)}  # the last epoch is the objective
+    assert ledger.optuna.frozen(0).intermediate_values == reported
+    ledger.hand_out("worse")
+    stops = []
+    for epoch in range(1, 9):  # every epoch's mean below the best trial's at that epoch
+        verdict = ledger.judge("worse", result(epoch, {2: good(epoch, best[epoch - 1] - 0.3), 3: good(epoch, best[epoch - 1] - 0.5)}))
+        stops.append(verdict.stop)
+        if verdict.stop:
+            break
+    # one-sided signed-rank p-value of n pairs all worse: 2^-n; below 0.1 from n = 4
+    assert stops == [False, False, False, True]
+    assert ledger.optuna.frozen(1).user_attrs[p.ATTR_PRUNED_AT] == 4

@@ -26,7 +26,7 @@ SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squar
 
 # Optuna's samplers and pruners, by the names the service's registries give them.
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]
-PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
+PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 PRUNERS: tuple[str, ...] = get_args(PrunerName)
 

@@ -170,6 +170,9 @@ class PrunerConfig(Frozen):
     min_resource: PositiveInt = 1
     reduction_factor: Annotated[int, Field(ge=2)] = 3
     patience: PositiveInt | None = None  # wrap in PatientPruner: tolerate this many bad reports
+    # wilcoxon: prune when a signed-rank test of the trial's evaluations against the best
+    # trial's at the same epochs gives a p-value below this (service/search.py)
+    p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
 
 
 class BudgetConfig(Frozen):

@@ -77,6 +77,13 @@ PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = 
         reduction_factor=s.pruner.reduction_factor,
     ),
 }
+    # Optuna's paired test: the trial's reports against the best complete trial's at the same
+    # steps. gansweep's steps are evaluation epochs and each report is the mean of the
+    # configuration's replicates, so the pairs are epochs (not Optuna's intended problem
+    # instances: the replicates train together as one pack, so none reports before the end).
+    "wilcoxon": lambda s: optuna.pruners.WilcoxonPruner(
+        p_threshold=s.pruner.p_threshold, n_startup_steps=max(s.pruner.warmup_epochs, 2)
+    ),
 
 
 def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
