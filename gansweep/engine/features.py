@@ -34,14 +34,14 @@ from gansweep.engine.data import Dataset, image_labels
 from gansweep.engine.image_files import cache_dir
 from gansweep.errors import DataError
 
-DOMAIN_VERSION = 1  # bump when the network or its training changes: a new cache file
+DOMAIN_VERSION = 2  # bump when the network or its training changes: a new cache file
 DOMAIN_SEED = 20_251_203
 DOMAIN_WIDTHS = (16, 32, 64)  # channels of the three convolutions
 DOMAIN_FEATURES = 128
 DOMAIN_STEPS = 1_200  # Adam steps of DOMAIN_BATCH images...
 DOMAIN_MAX_EPOCHS = 20  # ...or this many passes over a small set (digits), whichever is fewer
 DOMAIN_BATCH = 128
-DOMAIN_LR = 1e-3
+DOMAIN_LR = 3e-3  # 1e-3 reached 78% on Fashion-MNIST in the same steps, 3e-3 84%
 EMBED_CHUNK = 1_000
 
 
