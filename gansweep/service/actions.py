@@ -4,7 +4,7 @@ samples, close a run); and how a configuration's or a replicate's close reads fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -37,6 +37,7 @@ class LogEpoch:
     number: RunKey
     metrics: dict[str, float]
     epoch: int
+    texts: dict[str, str] = field(default_factory=dict)  # the result's text values the run tags (features)
 
 
 @dataclass(frozen=True)

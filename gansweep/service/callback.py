@@ -20,12 +20,25 @@ from gansweep.service import protocol as p
 from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of, replicate_closing
 from gansweep.service.replicates import RunKey
 from gansweep.config.schema import TrialConfig
-from gansweep.service.tracking import TAG_BEST_EPOCH, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name
+from gansweep.service.tracking import (
+    TAG_BEST_EPOCH, TAG_BLIND, TAG_FEATURES, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name,
+)
 
 # Draws a member's figure from its MLflow history (metric -> [(epoch, value)]) into a file;
 # handed in by the CLI (the reporting's losses-vs-theory plot): the service draws nothing.
 MemberFigure = Callable[[dict[str, list[tuple[int, float]]], TrialConfig, Path], Any]
 FIGURE_METRICS = ("d_loss", "g_loss", "d_loss_star", "g_loss_star")
+
+
+def quality_tags(epoch: LogEpoch) -> dict[str, str]:
+    """The run's tags of an evaluation with quality metrics: their feature space, and whether
+    it showed a blind-discriminator equilibrium (the last evaluation's verdict wins)."""
+    tags = {}
+    if p.FEATURES in epoch.texts:
+        tags[TAG_FEATURES] = epoch.texts[p.FEATURES]
+    if p.BLIND_DISCRIMINATOR in epoch.metrics:
+        tags[TAG_BLIND] = "true" if epoch.metrics[p.BLIND_DISCRIMINATOR] == 1.0 else "false"
+    return tags
 
 
 def close_tags(close: Close) -> dict[str, str]:
@@ -112,6 +125,9 @@ class TrackingCallback(tune.Callback):
         for action in actions:
             if isinstance(action, LogEpoch):
                 self.tracker.log_epoch(action.number, action.metrics, action.epoch)
+                tags = quality_tags(action)
+                if tags:
+                    self.tracker.set_child_tags(action.number, tags)
             elif isinstance(action, TagNodes):
                 self.tracker.set_child_tags(action.number, {TAG_NODES: action.nodes})
             elif isinstance(action, FetchSamples) and checkpoint is not None:

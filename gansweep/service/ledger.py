@@ -199,7 +199,8 @@ class Ledger:
             metrics = numeric_metrics(part)
             epochs[number] = int(metrics.pop(p.EPOCH, result.get("training_iteration", 0)))
             if p.FAILURE_REASON not in part:
-                actions.append(LogEpoch(self.key(member), metrics, epochs[number]))
+                texts = {p.FEATURES: str(part[p.FEATURES])} if p.FEATURES in part else {}  # type: ignore[literal-required]
+                actions.append(LogEpoch(self.key(member), metrics, epochs[number], texts))
                 healthy.setdefault(number, []).append(metrics)
         if self.replicates > 1:  # the configuration's run: its replicates' means
             for number, metrics in healthy.items():

@@ -30,6 +30,10 @@ MEMBERS = "members"
 FAILURE_REASON = "failure_reason"  # a member failed: diverged, out of memory, bad data
 DIVERGED = "diverged"  # set by the engine on a NaN or infinite loss (not logged)
 PACK_SIZE = "pack_size"  # how many members shared the epoch's step
+# set by the engine at evaluations with trial.metrics (engine/scoring.py): the name of the
+# feature space the quality metrics were computed in (text), and the blind-discriminator flag
+FEATURES = "features"
+BLIND_DISCRIMINATOR = "blind_discriminator"
 NODE_ID = "node_id"  # the attempt's Ray node (first report of an attempt)
 RESUMED_FROM = "resumed_from"  # the epoch of the checkpoint the attempt loaded, 0 for none
 ATTEMPT_KEYS = (NODE_ID, RESUMED_FROM)

@@ -40,6 +40,9 @@ TAG_STATE = "gansweep.state"
 TAG_PRUNED_AT = "gansweep.pruned_at"
 TAG_REASON = "gansweep.failure_reason"
 TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
+TAG_FEATURES = "gansweep.features"  # the feature space of the quality metrics (domain:<set>:<sha8>, ...)
+# "true" when the last evaluation showed a blind-discriminator equilibrium (config.theory)
+TAG_BLIND = "gansweep.blind_discriminator"
 TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is the param `seed`)
 TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)
 TAG_BEST_EPOCH = "gansweep.best_epoch"  # objective.select: best: the epoch of the model logged

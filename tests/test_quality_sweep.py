@@ -1,0 +1,39 @@
+"""Quality metrics through `gansweep run`: each trial's MLflow run holds them per evaluation,
+tagged with their feature space and the blind-discriminator verdict, and one of them is the
+objective Optuna is told, in its direction (slow: real Ray, Optuna and MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import STUDIES, gansweep, mlflow_runs
+
+
+@pytest.mark.slow
+def test_quality_metrics_reach_mlflow_and_optuna(tmp_path: Path) -> None:
+    done = gansweep(
+        "run", str(STUDIES / "smoke.yaml"), "--output", "out", "--set", "budget.trials=2",
+        "--set", "trial.metrics=[c2st_accuracy, d_auc, fid]", "--set", "objective.metric=c2st_accuracy",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE"]  # c2st_accuracy's own direction
+    client = MlflowClient(uri)
+    runs = [r for r in mlflow_runs(uri, "smoke") if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 2
+    by_number = {t.number: t for t in study.trials}
+    for run in runs:
+        assert {"c2st_accuracy", "d_auc", "fid", "blind_discriminator"} <= set(run.data.metrics)
+        assert run.data.tags["gansweep.features"] == "points:circle"
+        assert run.data.tags["gansweep.blind_discriminator"] in ("true", "false")
+        history = client.get_metric_history(run.info.run_id, "c2st_accuracy")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        last = max(history, key=lambda m: m.step).value
+        assert 0.0 <= last <= 1.0
+        assert by_number[int(run.data.tags["gansweep.trial"])].values[0] == pytest.approx(last)
