@@ -80,7 +80,7 @@ def figure_objective_vs_epoch(view: StudyView, baselines: dict[str, float], tria
         points = trial.history.get(view.metric) or []
         if not points:
             continue
-        stderr = dict(trial.history.get("parzen_stderr") or [])
+        stderr = dict(trial.history.get(view.stderr_metric or "") or [])
         epochs = [e for e, _ in points]
         curves.append(plots.ObjectiveCurve(
             trial.label, epochs, [v for _, v in points],

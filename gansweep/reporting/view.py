@@ -27,7 +27,8 @@ from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import SCALE_FIELDS
 from gansweep.errors import GansweepError
 from gansweep.service.protocol import (
-    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, OutputLayout,
+    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, REPLICATES_STDERR_SUFFIX,
+    OutputLayout,
     optuna_storage_url,
 )
 from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
@@ -69,6 +70,7 @@ class StudyView:
     groups: list[str] = field(default_factory=list)
 
     def grouped(self) -> list[tuple[str, list[TrialView]]]:
+    stderr_metric: str | None = "parzen_stderr"  # the history of the objective's standard error
         """(label, trials best first) per value of the scale fields; one ("", all) without."""
         if not self.groups:
             return [("", self.trials)]
@@ -226,6 +228,9 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
     stderr_metric = "parzen_stderr" if view.metric == "parzen_ll" else None
     for trial in view.trials:
         run = runs.get(trial.number)
+    if REPLICATE_COLUMN in columns:  # seed replicates: the error bars are the replicates' spread
+        stderr_metric = view.metric + REPLICATES_STDERR_SUFFIX
+    view.stderr_metric = stderr_metric
         if run is not None:
             trial.run_id = run.info.run_id
             trial.label = run.info.run_name or trial.label

@@ -216,6 +216,7 @@ class OutputLayout:
 
 
 REPLICATE_COLUMN = "replicate"  # results.csv: r on a seed replicate's row, empty on its configuration's
+REPLICATES_STDERR_SUFFIX = "_replicates_stderr"  # a configuration run's per-epoch stderr of an objective
 
 ARTIFACT_SAMPLES = "samples"
 ARTIFACT_CHECKPOINT = "checkpoint"

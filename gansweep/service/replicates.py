@@ -22,13 +22,15 @@ import math
 import statistics
 from typing import Any
 
+from gansweep.service.protocol import REPLICATES_STDERR_SUFFIX
+
 RunKey = int | tuple[int, int]  # a configuration's MLflow run (its number), or a replicate's (number, r)
 
 ATTR_REPLICATE = "replicate_{}"  # the Optuna attr of replicate r's record, on its configuration
 ATTR_OBJECTIVE_STDERR = "objective_stderr"  # the standard error of the replicates' mean
 ATTR_REPLICATES_COMPLETED = "replicates_completed"
 ATTR_BEST_EPOCH = "best_epoch"  # objective.select: best: the epoch whose generator is kept
-STDERR_SUFFIX = "_replicates_stderr"  # the configuration run's per-epoch stderr of a metric
+STDERR_SUFFIX = REPLICATES_STDERR_SUFFIX  # the configuration run's per-epoch stderr of a metric
 
 
 def member_id(number: int, replicate: int, replicates: int) -> int:
