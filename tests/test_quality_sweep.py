@@ -4,6 +4,7 @@ objective Optuna is told, in its direction (slow: real Ray, Optuna and MLflow)."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -37,3 +38,14 @@ def test_quality_metrics_reach_mlflow_and_optuna(tmp_path: Path) -> None:
         last = max(history, key=lambda m: m.step).value
         assert 0.0 <= last <= 1.0
         assert by_number[int(run.data.tags["gansweep.trial"])].values[0] == pytest.approx(last)
+
+    # the report: the data as its own model as the reference, a blind discriminator flagged
+    flagged = next(r for r in runs if r.data.tags["gansweep.trial"] == "0")
+    client.set_tag(flagged.info.run_id, "gansweep.blind_discriminator", "true")  # as an evaluation would
+    report = gansweep("report", str(tmp_path / "out"), "--tracking-uri", uri, cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "Data-as-model c2st_accuracy baseline" in page
+    assert re.search(r"baseline \(real training points[^<]*\): circle 0\.[45]\d*\.</p>", page)  # near 0.5
+    assert "trial 0 (" in page and "blind discriminator equilibrium" in page
+    assert page.count("blind discriminator equilibrium") == 1  # trial 1 is not flagged

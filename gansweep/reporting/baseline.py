@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from gansweep.config.datafile import DataFileProblem, inspect, is_built_in
-from gansweep.config.names import TOY_DATASETS
+from gansweep.config.names import QUALITY_METRICS, TOY_DATASETS
 from gansweep.config.schema import TrialConfig
 from gansweep.reporting.view import StudyView, first_line
 
@@ -39,6 +39,13 @@ def _content_of(path: str) -> str:
         return path
 
 
+def _key_of(trial: TrialConfig, metric: str) -> str:
+    """Parzen's key as before (old caches stay valid); a quality metric's adds it and its features."""
+    if metric == "parzen_ll":
+        return baseline_key(trial)
+    return json.dumps({"base": baseline_key(trial), "metric": metric, "features": trial.features}, sort_keys=True)
+
+
 def compute_baseline(trial: TrialConfig) -> dict[str, float]:
     """parzen.data_as_model_baseline with the study's evaluation sizes: eval_samples real
     training points as the kernel centres, scored like a trial's samples."""
@@ -53,12 +60,28 @@ def compute_baseline(trial: TrialConfig) -> dict[str, float]:
             "n_samples": result.n_samples, "n_test": result.n_test}
 
 
+def compute_quality_baseline(trial: TrialConfig, metric: str) -> dict[str, float]:
+    """A quality metric of the data as its own model (engine.scoring.data_as_model_scores):
+    eval_samples real training points scored as a trial's samples; d_auc is 0.5 by definition
+    (no discriminator tells a perfect generator's samples from the data)."""
+    if metric == "d_auc":
+        return {"dataset": trial.dataset, "mean": 0.5}  # type: ignore[dict-item]
+    from gansweep.engine.data import load_dataset
+    from gansweep.engine.scoring import FEATURES, data_as_model_scores
+
+    data = load_dataset(trial.dataset, data_dir=trial.data_dir, seed=trial.seed, device="auto", n_train=trial.n_train)
+    scores = data_as_model_scores(trial, data, (metric,))
+    return {"dataset": trial.dataset, "mean": float(scores[metric]), "features": scores[FEATURES]}  # type: ignore[dict-item]
+
+
 def data_baselines(view: StudyView, cache: Path) -> dict[str, float]:
-    """dataset -> data-as-model Parzen score (the mean over seeds of a toy set), cached."""
-    if view.metric != "parzen_ll":
-        view.notes.append(f"No data-as-model baseline: the objective is {view.metric}, not parzen_ll.")
+    """dataset -> data-as-model score of the objective (the mean over seeds of a toy set),
+    cached: Parzen's, or a quality metric's (fid, kid near 0; c2st_accuracy, d_auc near 0.5)."""
+    quality = view.metric in QUALITY_METRICS
+    if view.metric != "parzen_ll" and not quality:
+        view.notes.append(f"No data-as-model baseline: the objective is {view.metric}, not parzen_ll or a quality metric.")
         return {}
-    configs = {baseline_key(t.config): t.config for t in view.trials if t.config is not None}
+    configs = {_key_of(t.config, view.metric): t.config for t in view.trials if t.config is not None}
     if not configs:
         view.notes.append("No data-as-model baseline: the trials' fields are unknown (no MLflow params, no checkpoints).")
         return {}
@@ -67,7 +90,7 @@ def data_baselines(view: StudyView, cache: Path) -> dict[str, float]:
     for key, config in configs.items():
         if key not in stored:
             try:
-                stored[key] = compute_baseline(config)
+                stored[key] = compute_quality_baseline(config, view.metric) if quality else compute_baseline(config)
             except Exception as err:  # data not on this machine, out of memory, ...
                 view.notes.append(f"No data-as-model baseline for {config.dataset}: {first_line(err)}")
                 continue

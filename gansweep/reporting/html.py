@@ -161,8 +161,9 @@ def render_html(view: StudyView, figures: dict[str, Path], baselines: dict[str, 
         parts.append(f"<p>MLflow: {where}, parent run <code>{e(view.parent_run_id)}</code>.</p>")
     if baselines:
         shown = ", ".join(f"{e(k)} {v:.4g}" for k, v in sorted(baselines.items()))
-        parts.append(f"<p>Data-as-model Parzen baseline (real training points as the model's samples, "
-                     f"the study's evaluation sizes): {shown} nats.</p>")
+        what, unit = ("Parzen", " nats") if view.metric == "parzen_ll" else (view.metric, "")
+        parts.append(f"<p>Data-as-model {e(what)} baseline (real training points as the model's samples, "
+                     f"the study's evaluation sizes): {shown}{unit}.</p>")
     if view.notes:
         parts.append("<ul class='notes'>" + "".join(f"<li>{e(n)}</li>" for n in dict.fromkeys(view.notes)) + "</ul>")
     sections = [("figures", "Figures"), ("trials", "Trials")] + ([("importances", "Parameter importances")] if importances else [])

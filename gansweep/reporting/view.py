@@ -27,11 +27,12 @@ from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import SCALE_FIELDS
 from gansweep.errors import GansweepError
 from gansweep.service.protocol import (
-    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, REPLICATES_STDERR_SUFFIX,
-    OutputLayout,
+    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, OutputLayout,
     optuna_storage_url,
 )
-from gansweep.service.tracking import PARENT_TAG, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name
+from gansweep.service.tracking import (
+    PARENT_TAG, TAG_BLIND, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name,
+)
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch
 MIN_COMPLETE_FOR_IMPORTANCE = 4
@@ -70,7 +71,6 @@ class StudyView:
     groups: list[str] = field(default_factory=list)
 
     def grouped(self) -> list[tuple[str, list[TrialView]]]:
-    stderr_metric: str | None = "parzen_stderr"  # the history of the objective's standard error
         """(label, trials best first) per value of the scale fields; one ("", all) without."""
         if not self.groups:
             return [("", self.trials)]
@@ -228,12 +228,15 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
     stderr_metric = "parzen_stderr" if view.metric == "parzen_ll" else None
     for trial in view.trials:
         run = runs.get(trial.number)
-    if REPLICATE_COLUMN in columns:  # seed replicates: the error bars are the replicates' spread
-        stderr_metric = view.metric + REPLICATES_STDERR_SUFFIX
-    view.stderr_metric = stderr_metric
         if run is not None:
             trial.run_id = run.info.run_id
             trial.label = run.info.run_name or trial.label
+            if run.data.tags.get(TAG_BLIND) == "true":
+                view.notes.append(
+                    f"trial {trial.number} ({trial.label}): blind discriminator equilibrium at its last evaluation: "
+                    "its losses sit at the theory's equilibrium and its D's AUC is near 0.5, yet a fresh "
+                    "classifier tells its samples from the data (c2st_accuracy); the equilibrium is not p_g = p_data."
+                )
         trial.config = trial_config(run.data.params if run else None, output, trial.number)
         if run is not None:
             names = ["d_loss", "g_loss", view.metric] + ([stderr_metric] if stderr_metric else [])

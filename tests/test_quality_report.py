@@ -1,0 +1,40 @@
+"""The report's reference lines for a quality objective: the data as its own model scores
+fid near 0, c2st_accuracy near 0.5, d_auc 0.5 (reporting/baseline.py), cached like Parzen's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gansweep.config.schema import TrialConfig
+from gansweep.reporting.baseline import data_baselines
+from gansweep.reporting.view import StudyView, TrialView
+
+TRIAL = TrialConfig(dataset="ring8", eval_samples=2_000, eval_test=2_000, device="cpu")
+
+
+def view_of(metric: str, tmp_path: Path) -> StudyView:
+    trials = [TrialView(number=0, state="COMPLETE", row={}, label="0", config=TRIAL)]
+    return StudyView(tmp_path, "q", pd.DataFrame(), [], trials, metric, "minimize", "sqlite:///none.db")
+
+
+@pytest.mark.parametrize(("metric", "expected", "tolerance"), [
+    ("c2st_accuracy", 0.5, 0.04), ("fid", 0.0, 0.01), ("d_auc", 0.5, 0.0),
+])
+def test_data_as_its_own_model_is_the_reference(metric: str, expected: float, tolerance: float, tmp_path: Path) -> None:
+    cache = tmp_path / "baseline.json"
+    baselines = data_baselines(view_of(metric, tmp_path), cache)
+    assert baselines == {"ring8": pytest.approx(expected, abs=tolerance)}
+    stored = json.loads(cache.read_text())
+    assert [json.loads(key)["metric"] for key in stored] == [metric]
+    cache.write_text(json.dumps({k: {**v, "mean": 42.0} for k, v in stored.items()}))
+    assert data_baselines(view_of(metric, tmp_path), cache) == {"ring8": 42.0}  # read from the cache
+
+
+def test_no_baseline_for_another_metric(tmp_path: Path) -> None:
+    view = view_of("wall_time", tmp_path)
+    assert data_baselines(view, tmp_path / "baseline.json") == {}
+    assert "not parzen_ll or a quality metric" in view.notes[0]
