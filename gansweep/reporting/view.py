@@ -27,7 +27,8 @@ from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import SCALE_FIELDS
 from gansweep.errors import GansweepError
 from gansweep.service.protocol import (
-    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, OutputLayout,
+    ARTIFACT_CHECKPOINT, ARTIFACT_SAMPLES, BEST_PREFIX, GENERATOR_FILE, REPLICATE_COLUMN, REPLICATES_STDERR_SUFFIX,
+    OutputLayout,
     optuna_storage_url,
 )
 from gansweep.service.tracking import (
@@ -69,6 +70,7 @@ class StudyView:
     # The searched fields that change the objective's scale (config.space.SCALE_FIELDS):
     # rankings and objective figures are per value of them, never on one axis.
     groups: list[str] = field(default_factory=list)
+    stderr_metric: str | None = "parzen_stderr"  # the history of the objective's standard error
 
     def grouped(self) -> list[tuple[str, list[TrialView]]]:
         """(label, trials best first) per value of the scale fields; one ("", all) without."""
@@ -226,6 +228,9 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
         view.direction = study_config.objective.direction
     view.metric = infer_metric(view, runs, study_config.objective.metric if study_config else None)
     stderr_metric = "parzen_stderr" if view.metric == "parzen_ll" else None
+    if REPLICATE_COLUMN in columns:  # seed replicates: the error bars are the replicates' spread
+        stderr_metric = view.metric + REPLICATES_STDERR_SUFFIX
+    view.stderr_metric = stderr_metric
     for trial in view.trials:
         run = runs.get(trial.number)
         if run is not None:
