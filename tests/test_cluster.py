@@ -340,6 +340,7 @@ def test_a_worker_node_killed_mid_sweep_its_trial_resumes_on_the_other(
 OUTAGE_S = 10
 
 
+@pytest.mark.slow  # a minute of sweeping: in CI's slow step, so the default suite stays under 15 min
 def test_mlflow_server_down_mid_sweep_then_back_loses_no_metric(tmp_path: Path, server: MlflowServer) -> None:
     write_study(tmp_path, LONG_STUDY, "outage")
     log = tmp_path / "driver.log"
@@ -438,6 +439,7 @@ def test_an_output_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path
 MIB = 2**20
 
 
+@pytest.mark.slow  # a minute of sweeping: in CI's slow step, so the default suite stays under 15 min
 def test_a_disk_running_short_stops_the_sweep_cleanly_and_the_rerun_finishes(tmp_path: Path) -> None:
     """The free-space floor is set 300 MiB below what is free now; once the first evaluation
     is in, a 600 MiB ballast file takes the disk below it, as a filling disk would."""

@@ -308,6 +308,7 @@ def epoch_of(checkpoint_uri: str) -> int:
     return int(checkpoint_uri.rsplit("_", 1)[1]) + 1
 
 
+@pytest.mark.slow  # a minute of sweeping: in CI's slow step, so the default suite stays under 15 min
 def test_a_killed_sweep_resumes_from_its_checkpoints_in_s3(
     tmp_path: Path, s3_server: S3Server, bucket: str, ray_tmp: Path
 ) -> None:
