@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import STUDIES, gansweep
+from conftest import STUDIES, clean_env, gansweep
 from gansweep.engine.data import load_dataset
 from gansweep.engine.losses import equilibrium
 from gansweep.engine.parzen import data_as_model_baseline
@@ -65,12 +66,18 @@ def test_train_resolves_a_condition_listed_before_its_field(tmp_path: Path) -> N
 
 
 def test_baseline_prints_the_data_as_model_score(tmp_path: Path) -> None:
-    done = gansweep("baseline", "digits", "--samples", "500", cwd=tmp_path)
+    # a fresh cache: the quality metrics' domain classifier of digits is trained there
+    done = gansweep("baseline", "digits", "--samples", "500", cwd=tmp_path, env=clean_env(GANSWEEP_CACHE=str(tmp_path)))
     assert done.returncode == 0, done.stderr
     data = load_dataset("digits")
     want = data_as_model_baseline(data.train, data.valid[:1_000], data.test, data.default_sigmas, n_samples=500)
     assert f"{want.mean:.2f} +- {want.stderr:.2f}" in done.stdout
     assert math.isfinite(want.mean)
+    # and the quality metrics of the data as its own model: c2st at chance, d_auc 0.5
+    quality = re.search(r"in domain:digits:[0-9a-f]{8}: fid (\S+), kid (\S+) .* c2st_accuracy ([0-9.]+); d_auc 0.5", done.stdout)
+    assert quality, done.stdout
+    assert float(quality.group(3)) == pytest.approx(0.5, abs=0.1)
+    assert float(quality.group(1)) >= 0 and math.isfinite(float(quality.group(2)))
 
 
 def test_baseline_of_an_unknown_dataset_exits_2(tmp_path: Path) -> None:
