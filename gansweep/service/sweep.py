@@ -198,6 +198,7 @@ def run_as_the_driver(
         tracker.flush_with_retries()
     unfinished = len(optuna_study.unfinished())
     if unfinished:
+        print(f"MLflow runs: {tracker.ui_link(study.objective.metric, study.objective.direction == 'minimize')}")
         print(f"gansweep: interrupted with {unfinished} trial(s) unfinished; run the same command to resume")
         return 1
     return 0

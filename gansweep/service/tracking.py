@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gansweep.errors import GansweepError
+from gansweep.service.mlflow_data import data_params, dataset_input
 from gansweep.service.outbox import Outbox
 from gansweep.service.protocol import OutputLayout
 from gansweep.service.replicates import RunKey
@@ -47,6 +49,15 @@ TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is t
 TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)
 TAG_BEST_EPOCH = "gansweep.best_epoch"  # objective.select: best: the epoch of the model logged
 PARENT_TAG = "mlflow.parentRunId"
+# The experiment's kind as MLflow 3 records it (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT in
+# its UI bundle, shown as "Machine learning"): without it MLflow guesses from the runs' traces,
+# and UIs that open an experiment by its kind open this one on the runs table.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = {EXPERIMENT_KIND: "custom_model_development"}
+# MLflow 3.17's UI takes the view from its GenAI / Model training switch (remembered in the
+# browser, GenAI until switched) rather than from the tag; this query opens model training.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -78,6 +89,8 @@ def shown_value(value: Any) -> str:
     """A value as a run name shows it: floats to 4 significant digits (0.3, 1.245e-07)."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, str) and os.sep in value:  # a data file's path: its name says enough
+        return Path(value).name
     return str(value)
 
 
@@ -115,8 +128,11 @@ class Tracker:
         try:
             found = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(self.experiment)
+                found.experiment_id if found
+                else self.client.create_experiment(self.experiment, tags=MODEL_TRAINING)
             )
+            if found and EXPERIMENT_KIND not in found.tags:  # made before gansweep tagged it
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING[EXPERIMENT_KIND])
             self.parent_id = self._find_or_create_parent()
         except Exception as err:  # any failure here: we have not started a single trial yet
             raise GansweepError(
@@ -124,6 +140,17 @@ class Tracker:
                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
                 "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
             ) from None
+
+    def ui_link(self, metric: str | None = None, ascending: bool = False) -> str:
+        """Where the experiment's runs table is, on the tracking server or on `mlflow ui`
+        started on a local store; sorted by `metric` (the objective), which also lists the
+        trials flat instead of folded under the study's run."""
+        page = f"#/experiments/{self.experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+        if metric:
+            page += f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc={str(ascending).lower()}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{page}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}, then {LOCAL_UI}/{page}"
 
     # -- delivery (outbox.py) ----------------------------------------------------------------
     def call_later(self, what: str, fn: Callable[[], Any]) -> None:
@@ -205,9 +232,12 @@ class Tracker:
             run_name=run_name,
             tags={**tags, TAG_STUDY: self.study_name, TAG_STATE: "RUNNING"},
         )
-        batch = [Param(k, param_text(v)) for k, v in params.items()]
+        batch = [Param(k, param_text(v)) for k, v in {**params, **data_params(params)}.items()]
         for start in range(0, len(batch), 100):  # MLflow takes 100 params per batch
             self.client.log_batch(run.info.run_id, params=batch[start : start + 100])
+        data = dataset_input(params)
+        if data is not None:
+            self.client.log_inputs(run.info.run_id, datasets=[data])
         self.last_step[number] = 0
         self.run_ids[number] = run.info.run_id
 

@@ -44,6 +44,7 @@ from gansweep.engine.train import out_of_memory
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
 from gansweep.service.storage import storage_filesystem, strip_scheme
+from gansweep.service.sysmetrics import SystemSampler
 from gansweep.config.schema import TrialConfig
 
 
@@ -195,6 +196,8 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
     the members' best evaluations so far."""
     select, best = keep_best
     first = unit.trials[0]
+    device = resolve_device(first.device)
+    system = SystemSampler(cuda_index=(device.index or 0) if device.type == "cuda" else None)
     while unit.size and unit.epoch < first.epochs:
         if board is not None:
             pruned = set(ray.get(board.pruned.remote(numbers)))
@@ -213,6 +216,7 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
             tune.report(p.failed_unit(numbers, unit.epoch + 1, str(err), attempt))
             return
         epoch = unit.epoch
+        usage = system.sample()  # this epoch's cost, shared by the unit's members
         members: dict[int, p.MemberResult] = {}
         for row, (number, metrics) in enumerate(zip(numbers, results, strict=True)):
             diverged = divergence(metrics, epoch)
@@ -220,6 +224,7 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
                 members[number] = p.MemberResult(epoch=float(epoch), failure_reason=str(diverged))
                 continue
             metrics[p.PACK_SIZE] = float(size)
+            metrics.update(usage)
             if is_sample_epoch(unit.trials[row], epoch):
                 run.save_member_samples(unit, row, samples / str(number))
             if select is not None:
