@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   dataset-fashion-mnist  # the real Fashion-MNIST, found in /usr/share/datasets
-  chromium               # headless browser for the MLflow UI test
+  chromium               # headless browser for the MLflow UI and Optuna dashboard tests
+  make                   # the quick start's two commands (Makefile)
 )
 if command -v apt-get >/dev/null; then
   SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
