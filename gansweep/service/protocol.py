@@ -228,7 +228,20 @@ OPTUNA_STORAGE_ENV = "GANSWEEP_OPTUNA_STORAGE"
 
 def optuna_storage_url(configured: str | None, output: Path) -> str:
     """The study file's `storage`, else GANSWEEP_OPTUNA_STORAGE, else SQLite in output/."""
-    return configured or os.environ.get(OPTUNA_STORAGE_ENV) or local_optuna_storage_url(output)
+    return with_postgres_driver(configured or os.environ.get(OPTUNA_STORAGE_ENV) or local_optuna_storage_url(output))
+
+
+# A URL naming no driver: SQLAlchemy 2.1 maps bare postgresql:// to psycopg (3), which the
+# cluster extras do not install; they install psycopg2, which the compose and k8s URLs name.
+BARE_POSTGRES = ("postgresql://", "postgres://")
+
+
+def with_postgres_driver(url: str) -> str:
+    """postgresql:// (and postgres://) as postgresql+psycopg2://; any other URL as it is."""
+    for bare in BARE_POSTGRES:
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url.removeprefix(bare)
+    return url
 
 
 def local_optuna_storage_url(output: Path) -> str:

@@ -27,6 +27,7 @@ from gansweep.config.schema import (
     TrialConfig,
 )
 from gansweep.config.space import decode_choice, encode_choice, resolve_values
+from gansweep.service.optuna_storage import RetryingRDBStorage
 from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
 
 
@@ -76,7 +77,6 @@ PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = 
         max_resource=s.trial.epochs,
         reduction_factor=s.pruner.reduction_factor,
     ),
-}
     # Optuna's paired test: the trial's reports against the best complete trial's at the same
     # steps. gansweep's steps are evaluation epochs and each report is the mean of the
     # configuration's replicates, so the pairs are epochs (not Optuna's intended problem
@@ -84,6 +84,7 @@ PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = 
     "wilcoxon": lambda s: optuna.pruners.WilcoxonPruner(
         p_threshold=s.pruner.p_threshold, n_startup_steps=max(s.pruner.warmup_epochs, 2)
     ),
+}
 
 
 def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
@@ -167,7 +168,9 @@ class OptunaStudy:
     @property
     def storage(self) -> optuna.storages.RDBStorage:
         if self._storage is None:
-            self._storage = optuna.storages.RDBStorage(self.storage_url)
+            # Its calls ride out a database restart (optuna_storage.py); opening it waits
+            # a few seconds at most, then names the storage that does not answer.
+            self._storage = RetryingRDBStorage(self.storage_url)
         return self._storage
 
     @property

@@ -123,10 +123,12 @@ def run_study_on_ray(
     short = short_of_space([output], floor)  # before anything is created or tracked
     if short is not None:
         raise disk_full_error(short, floor)
-    created = next((p for p in (*reversed(output.parents), output) if not p.exists()), None)
-    prepare_output(output)
     storage_url = optuna_storage_url(study.storage, output)
     optuna_study = OptunaStudy(study, storage_url)
+    if storage_url != local_optuna_storage_url(output):
+        _ = optuna_study.study  # a database: reached, or named (exit 2) before anything is written
+    created = next((p for p in (*reversed(output.parents), output) if not p.exists()), None)
+    prepare_output(output)
     # Drivers with other output folders reach a shared storage: a lease there, too.
     shared = lease_in(optuna_study) if storage_url != local_optuna_storage_url(output) else None
     try:
