@@ -9,6 +9,7 @@ APT_PACKAGES=(
   dataset-fashion-mnist  # the real Fashion-MNIST, found in /usr/share/datasets
   chromium               # headless browser for the MLflow UI and Optuna dashboard tests
   make                   # the quick start's two commands (Makefile)
+  postgresql             # a private PostgreSQL on loopback for the storage and stack tests (tests/pgserver.py)
 )
 if command -v apt-get >/dev/null; then
   SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
