@@ -118,9 +118,20 @@ def print_baseline(
     from gansweep.engine.run import resolve_device
 
     if dataset not in TOY_DATASETS + IMAGE_DATASETS:
-        raise ConfigError(
-            f"baseline: unknown dataset {dataset!r}; valid: {', '.join(TOY_DATASETS + IMAGE_DATASETS)}"
-        )
+        from pathlib import Path
+
+        from gansweep.config import datafile
+
+        if not Path(dataset).exists():
+            raise ConfigError(
+                f"baseline: unknown dataset {dataset!r}: not a file or folder, nor a built-in "
+                f"set ({', '.join(TOY_DATASETS + IMAGE_DATASETS)})"
+            )
+        try:  # a researcher's own file: checked as a study's would be
+            datafile.inspect(dataset)
+        except datafile.DataFileProblem as err:
+            raise ConfigError(f"baseline: {err}") from None
+        dataset = str(Path(dataset).resolve())
     if n_samples < 1:
         raise ConfigError(f"baseline: --samples must be at least 1, got {n_samples}")
     data = load_dataset(dataset, data_dir=data_dir, seed=seed, device=resolve_device(device))

@@ -116,6 +116,7 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "inf npz": (folder / "inf.npz", "NaN or infinite"),
         "text csv": (folder / "text.csv", "line 3, column 2: 'abc' is not a number"),
         "ragged csv": (folder / "ragged.csv", "line 2 has 3 values"),
+        "nan csv": (folder / "nan.csv", "the file holds 1 NaN or infinite values"),
         "empty csv": (folder / "empty.csv", "empty file"),
         "header-only csv": (folder / "header.csv", "empty file"),
         "empty npy": (folder / "zero.npy", "empty file"),
@@ -135,6 +136,7 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     np.savez(folder / "inf.npz", x=inf)
     (folder / "text.csv").write_text("1,2\n3,4\n5,abc\n")
     (folder / "ragged.csv").write_text("1,2\n3,4,5\n")
+    (folder / "nan.csv").write_text("1,2\nnan,3\n")
     (folder / "empty.csv").write_text("")
     (folder / "header.csv").write_text("x,y\n")
     (folder / "zero.npy").write_bytes(b"")
@@ -268,3 +270,19 @@ def test_each_kind_of_file_trains_through_gansweep_run(tmp_path: Path) -> None:
     assert set(table["state"]) == {"COMPLETE"} and len(table) == 4
     assert sorted(table["dataset"]) == sorted(str(f.resolve()) for f in files)
     assert table["objective"].notna().all()
+
+
+def test_gansweep_baseline_scores_a_file_as_the_engine_does(tmp_path: Path, capsys) -> None:
+    from gansweep.engine.parzen import data_as_model_baseline
+    from gansweep.engine.userdata import load_file_dataset
+    import torch
+
+    path = write_points_npy(tmp_path / "data", n=300)
+    assert main(["baseline", str(path), "--samples", "100", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    data = load_file_dataset(str(path), seed=0, device=torch.device("cpu"), n_train=None)
+    want = data_as_model_baseline(data.train, data.valid[:1_000], data.test, data.default_sigmas, n_samples=100)
+    assert f"{path}: data-as-model Parzen log-likelihood {want.mean:.2f} +- {want.stderr:.2f}" in out
+    np.save(tmp_path / "data" / "bad.npy", np.full((20, 2), np.inf))
+    assert main(["baseline", str(tmp_path / "data" / "bad.npy")]) == 2
+    assert "bad.npy: the array holds 40 NaN or infinite values" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def read_array(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataFileProblem(f"{path}: empty file")
     if suffix == ".csv":
-        return _finite(path, "rows", _read_csv(path)).astype(np.float32)
+        return _finite(path, "the file", _read_csv(path)).astype(np.float32)
     if suffix == ".npy":
         array = _load_npy(path)
         _check_points_shape(path, array, "the array")
@@ -196,7 +196,7 @@ def _finite(path: Path, what: str, array: np.ndarray) -> np.ndarray:
             where = np.argwhere(bad)[0]
             index = (start + int(where[0]), *(int(i) for i in where[1:]))
             raise DataFileProblem(
-                f"{path}: {what} hold {int(bad.sum())} NaN or infinite values in rows "
+                f"{path}: {what} holds {int(bad.sum())} NaN or infinite values in rows "
                 f"{start}..{start + block.shape[0] - 1}, the first {block[tuple(where)]} at "
                 f"index {index}"
             )
