@@ -30,6 +30,7 @@ def ref_real(loss: str, l: np.ndarray, s: float) -> np.ndarray:
         "least_squares": (l - s) ** 2,
         "hinge": np.maximum(0, 1 - l),
         "wasserstein_gp": -l,
+        "feature_matching": -(s * np.log(d) + (1 - s) * np.log(1 - d)),
     }[loss]
 
 
@@ -42,6 +43,7 @@ def ref_fake(loss: str, l: np.ndarray) -> np.ndarray:
         "least_squares": l**2,
         "hinge": np.maximum(0, 1 + l),
         "wasserstein_gp": l,
+        "feature_matching": -np.log(1 - d),
     }[loss]
 
 
@@ -55,6 +57,7 @@ def ref_generator(loss: str, l: np.ndarray) -> float:
             "least_squares": 0.5 * (l - 1) ** 2,
             "hinge": -l,
             "wasserstein_gp": -l,
+            "feature_matching": 0 * l,  # its cost is D's features' distance (test_stabilisers.py)
         }[loss].mean()
     )
 

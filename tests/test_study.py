@@ -87,6 +87,8 @@ BROKEN_TRIALS = {
     "compose_leaves_both_kinds": {"alpha": 0.001, "batch_size": 64},
     "dcgan_needs_images": {"architecture": "dcgan", "dataset": "ring8"},
     "smoothing_needs_a_real_target": {"loss": "wasserstein_gp", "label_smoothing": 0.9},
+    "feature_layer_needs_feature_matching": {"feature_layer": 0, "loss": "hinge"},
+    "feature_layer_is_a_hidden_layer": {"feature_layer": 2, "loss": "feature_matching", "d_hidden": (128, 128)},
 }
 
 

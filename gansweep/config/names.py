@@ -17,12 +17,13 @@ TOY_DATASETS: tuple[str, ...] = get_args(ToyDataset)
 IMAGE_DATASETS: tuple[str, ...] = get_args(ImageDataset)
 ArchitectureName = Literal["mlp", "maxout", "dcgan"]
 LossName = Literal[
-    "minimax", "non_saturating", "max_likelihood", "least_squares", "hinge", "wasserstein_gp"
+    "minimax", "non_saturating", "max_likelihood", "least_squares", "hinge", "wasserstein_gp",
+    "feature_matching",
 ]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "gelu"]
 GeneratorOutput = Literal["auto", "tanh", "sigmoid", "identity"]
 # Losses whose discriminator is trained against a real target, so smoothing means something.
-SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares")
+SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares", "feature_matching")
 
 # Optuna's samplers and pruners, by the names the service's registries give them.
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]

@@ -62,10 +62,32 @@ def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
     )
 
 
+def feature_layer_needs_feature_matching(trial: TrialConfig) -> str | None:
+    if trial.feature_layer is None or trial.loss == "feature_matching":
+        return None
+    return f"feature_layer picks the features of loss 'feature_matching'; got feature_layer={trial.feature_layer} with loss={trial.loss!r}"
+
+
+def feature_layer_is_a_hidden_layer(trial: TrialConfig) -> str | None:
+    # dcgan's count of hidden layers follows the image size: models.feature_end checks it
+    hidden = {"mlp": len(trial.d_hidden), "maxout": 2}.get(trial.architecture)
+    if trial.loss != "feature_matching" or hidden is None:
+        return None
+    layer = -1 if trial.feature_layer is None else trial.feature_layer
+    if -hidden <= layer < hidden:
+        return None
+    return (
+        f"feature_layer={layer} (loss={trial.loss!r}) but architecture={trial.architecture!r} with d_hidden="
+        f"{trial.d_hidden} gives D {hidden} hidden layers (valid: {-hidden} to {hidden - 1})"
+    )
+
+
 TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the field it names
     compose_leaves_both_kinds: "alpha",
     dcgan_needs_images: "architecture",
     smoothing_needs_a_real_target: "label_smoothing",
+    feature_layer_needs_feature_matching: "feature_layer",
+    feature_layer_is_a_hidden_layer: "feature_layer",
 }
 
 
@@ -181,6 +203,7 @@ KEY_FIELDS: tuple[str, ...] = (
     "d_activation", "generator_output", "dcgan_width", "maxout_units", "maxout_pieces",
     "noise_dim", "noise", "batch_size", "k", "epochs", "steps_per_epoch", "device",
     "alpha_mode", "optimizer", "d_dropout", "compile",
+    "feature_layer",  # the features a pack's feature-matching members compare
 )
 
 # What a pack cannot train, field -> (test, what a packed trial needs). Empty since the one

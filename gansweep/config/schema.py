@@ -61,6 +61,9 @@ class TrialConfig(Frozen):
     label_smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # real target s; 1 = none
     gp_weight: PositiveFloat = 10.0  # wasserstein_gp only
     k: PositiveInt = 1
+    # loss feature_matching: which of D's hidden layers G matches, indexed as a Python list
+    # (0 the first, -1 the last); None: the last hidden layer (Salimans et al. 2016)
+    feature_layer: int | None = None
     # optimisation
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_d: PositiveFloat = 2e-4

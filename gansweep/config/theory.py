@@ -54,6 +54,8 @@ EQUILIBRIA: dict[str, Rule | None] = {
     "non_saturating": _bce_equilibrium(lambda d: -math.log(d)),  # G: -E[log D]
     "max_likelihood": _bce_equilibrium(lambda d: -d / (1.0 - d)),  # G: -E[D / (1 - D)]
     "least_squares": _least_squares_equilibrium,
+    # D's cross-entropy as the BCE losses'; G's feature distance is 0 at p_g = p_data
+    "feature_matching": _bce_equilibrium(lambda d: 0.0),
     "hinge": None,  # not unique: at alpha = 1/2 any score in [-1, 1] is optimal
     "wasserstein_gp": None,  # the critic's scores are defined up to a constant
 }

@@ -97,33 +97,45 @@ class FuncAutodiff:
 # ---------------------------------------------------------------------------- networks
 
 
-def module_nets(generator: nn.Module, discriminator: nn.Module) -> Nets:
+def features_of(discriminator: nn.Module, feature_end: int) -> nn.Module:
+    """D's first layers, up to its features (Spec.feature_end; 0: none asked, all of D):
+    the same layer objects, under the same names."""
+    return discriminator[:feature_end] if feature_end else discriminator
+
+
+def module_nets(generator: nn.Module, discriminator: nn.Module, feature_end: int = 0) -> Nets:
     """The modules called directly on trial 0's inputs (their tensors alias the state)."""
 
     def call(module: nn.Module, params: Tensor, buffers: tuple[Tensor, ...], x: Tensor) -> Tensor:
         del params, buffers  # the module's own tensors are views of them
         return module(x[0]).unsqueeze(0)
 
-    return Nets(partial(call, generator), partial(call, discriminator))
+    features = features_of(discriminator, feature_end)
+    return Nets(partial(call, generator), partial(call, discriminator), partial(call, features))
 
 
-def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], vectorised: bool) -> Nets:
+def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], vectorised: bool,
+                    feature_end: int = 0) -> Nets:
     """The modules called with the state's tensors: for P trials as batched matrix products
     where the network is a Sequential of linear and element-wise layers (stacked.py), else
     its structure under vmap over the trials (functional_call); on row 0 when not
-    `vectorised`."""
+    `vectorised`. D's features: the first feature_end layers of D's structure."""
     forwards = []
-    for module, layout in zip((generator, discriminator), layouts, strict=True):
-        structure = copy.deepcopy(module)
+    d_structure = copy.deepcopy(discriminator)
+    structures = (copy.deepcopy(generator), d_structure, features_of(d_structure, feature_end))
+    for structure, layout in zip(structures, (*layouts, layouts[1]), strict=True):
         stacked = stacked_forward(structure, layout) if vectorised else None
         if stacked is not None:
             forwards.append(stacked)
             continue
+        names = set(dict(structure.named_parameters())) | set(dict(structure.named_buffers()))
 
         def one_trial(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor,
-                      structure: nn.Module = structure, layout: Layout = layout) -> Tensor:
+                      structure: nn.Module = structure, layout: Layout = layout, names: set[str] = names) -> Tensor:
             tensors = layout.unflatten(params)  # params (N,), x (B, ...)
             tensors.update(zip(layout.buffer_names, buffers, strict=True))
+            if len(names) < len(tensors):  # D's first layers: only theirs
+                tensors = {n: t for n, t in tensors.items() if n in names}
             return functional_call(structure, tensors, (x,), tie_weights=False)
 
         if vectorised:
@@ -225,7 +237,7 @@ def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state
         id(state.g.params): [p for p in generator.parameters() if p.requires_grad],
         id(state.d.params): [p for p in discriminator.parameters() if p.requires_grad],
     }
-    nets = module_nets(generator, discriminator)
+    nets = module_nets(generator, discriminator, spec.feature_end)
     fused = fused and state.g.params.device.type in ("cpu", "cuda")
     if fused:
         by_id = {id(state.g.params): layouts[0], id(state.d.params): layouts[1]}
@@ -237,7 +249,7 @@ def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state
 
 
 def packed_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout]) -> Step:
-    nets = functional_nets(generator, discriminator, layouts, vectorised=True)
+    nets = functional_nets(generator, discriminator, layouts, vectorised=True, feature_end=spec.feature_end)
     return partial(iteration, spec, nets, LeafAutograd())
 
 
@@ -261,7 +273,7 @@ def compiled_step(
     key = GraphKey(spec, repr(generator), repr(discriminator), vectorised=vectorised)
     if key not in COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        nets = functional_nets(generator, discriminator, layouts, vectorised=key.vectorised)
+        nets = functional_nets(generator, discriminator, layouts, vectorised=key.vectorised, feature_end=spec.feature_end)
         function = partial(iteration, spec, nets, FuncAutodiff())
         COMPILED[key] = torch.compile(function, fullgraph=True, dynamic=False)
     return COMPILED[key]

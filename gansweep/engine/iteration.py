@@ -46,6 +46,13 @@ class Spec:
     joint_discriminator: bool  # one D forward on cat(real, fake): D has no batch norm
     autocast: bool  # forwards under bf16 autocast
     device_type: str
+    # D's Sequential index where the features a feature-matching G matches end (models.py
+    # feature_end): the layers before it are D's body up to its chosen hidden layer.
+    feature_end: int = 0
+
+    @property
+    def feature_matching(self) -> bool:
+        return any(LOSSES[name].feature_matching for name in self.losses)
 
     @property
     def gradient_penalty(self) -> bool:
@@ -106,10 +113,12 @@ Forward = Callable[[Tensor, tuple[Tensor, ...], Tensor], Tensor]
 
 class Nets(NamedTuple):
     """How an execution calls the networks: (flat params (P, N), buffers, x (P, B, ...)) ->
-    G's samples (P, B, *shape) or D's logits (P, B)."""
+    G's samples (P, B, *shape), D's logits (P, B), or D's activations at Spec.feature_end
+    (P, B, ...): its first layers only, the features feature matching compares."""
 
     g: Forward
     d: Forward
+    d_features: Forward
 
 
 # (params, buffers) -> (scalar, aux): differentiated by params; buffers are the running
@@ -204,6 +213,19 @@ def _output(loss: Loss, logits: Tensor) -> Tensor:
     return torch.sigmoid(logits) if loss.probabilistic else logits
 
 
+def feature_distance(real_features: Tensor, fake_features: Tensor) -> Tensor:
+    """Feature matching's (P,) || E f(x) - E f(G(z)) ||^2 (Salimans et al. 2016): the squared
+    distance between the minibatches' mean activations, (P, B, ...) each."""
+    gap = real_features.flatten(2).mean(1) - fake_features.flatten(2).mean(1)
+    return (gap * gap).sum(1)
+
+
+def feature_masks(spec: Spec, hyper: Hyper) -> Tensor:
+    """(P,) 1 for the trials whose generator matches features."""
+    masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].feature_matching]
+    return torch.stack(masks).any(0).squeeze(-1).float()
+
+
 def penalty_masks(spec: Spec, hyper: Hyper) -> Tensor:
     """(P,) 1 for the trials whose loss carries the gradient penalty."""
     masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].gradient_penalty]
@@ -296,7 +318,12 @@ def iteration(
         with autocast():
             samples = nets.g(params, g_buffers, draws.g_noise)
             logits = nets.d(d.params, d_buffers, samples).float()  # D's params need no gradient
+            if spec.feature_matching:  # the reals of the last D update, as Salimans et al.'s code
+                real_features = nets.d_features(d.params, d_buffers, draws.reals[-1]).float().detach()
+                fake_features = nets.d_features(d.params, d_buffers, samples).float()
         value = g_losses(spec, logits, hyper)
+        if spec.feature_matching:
+            value = value + feature_masks(spec, hyper) * feature_distance(real_features, fake_features)
         return value.sum(), value.detach()
 
     grad, g_value = diff.grad(g_objective, g.params, (g.buffers, d.buffers))

@@ -69,6 +69,9 @@ class Loss:
     generator_term: Term
     probabilistic: bool  # D's output is a logit of a probability (report sigmoid of it)
     gradient_penalty: bool = False
+    # G's cost is || E f(x) - E f(G(z)) ||^2 over D's features (iteration.feature_distance),
+    # added to generator_term's, which is 0 for feature matching.
+    feature_matching: bool = False
 
 
 LOSSES: dict[str, Loss] = {
@@ -109,6 +112,16 @@ LOSSES: dict[str, Loss] = {
         lambda scores: -scores,
         probabilistic=False,
         gradient_penalty=True,
+    ),
+    # Feature matching (Salimans et al. 2016): D keeps the (alpha-weighted, smoothable)
+    # cross-entropy; G matches the mean of D's hidden features on real and generated samples,
+    # a cost no logit carries (its per-logit term is 0).
+    "feature_matching": Loss(
+        _bce_real,
+        _bce_fake,
+        torch.zeros_like,
+        probabilistic=True,
+        feature_matching=True,
     ),
 }
 

@@ -79,14 +79,15 @@ def build_mlp(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Modul
     g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
 
     d_layers: list[nn.Module] = [nn.Flatten()]  # (B, *shape) -> (B, n_out)
-    width = n_out
+    width, ends = n_out, []
     for hidden in trial.d_hidden:
         d_layers += [nn.Linear(width, hidden), ACTIVATIONS[trial.d_activation]()]
         if trial.d_dropout > 0:
             d_layers.append(nn.Dropout(trial.d_dropout))
         width = hidden
+        ends.append(len(d_layers))
     d_layers.append(_logit_head(width))
-    return nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+    return nn.Sequential(*g_layers), _discriminator(d_layers, ends)
 
 
 # ---------------------------------------------------------------------------- maxout
@@ -123,7 +124,7 @@ def build_maxout(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mo
     g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
 
     units, pieces = trial.maxout_units, trial.maxout_pieces
-    discriminator = nn.Sequential(
+    d_layers = [
         nn.Flatten(),  # (B, n_out)
         nn.Dropout(MAXOUT_INPUT_DROPOUT),
         Maxout(n_out, units, pieces),  # (B, units)
@@ -131,8 +132,8 @@ def build_maxout(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mo
         Maxout(units, units, pieces),
         nn.Dropout(MAXOUT_HIDDEN_DROPOUT),
         _logit_head(units),  # (B,)
-    )
-    return nn.Sequential(*g_layers), discriminator
+    ]
+    return nn.Sequential(*g_layers), _discriminator(d_layers, [4, 6])
 
 
 # ---------------------------------------------------------------------------- dcgan
@@ -206,6 +207,7 @@ def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mod
         nn.Conv2d(channels, _dcgan_channels(width, 1), 4, stride=2, padding=1),
         nn.LeakyReLU(0.2),
     ]
+    ends = [len(d_layers)]
     for level in range(2, levels + 1):
         c_in, c_out = _dcgan_channels(width, level - 1), _dcgan_channels(width, level)
         d_layers += [
@@ -213,13 +215,36 @@ def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mod
             nn.BatchNorm2d(c_out),
             nn.LeakyReLU(0.2),
         ]
+        ends.append(len(d_layers))
     d_layers += [nn.Flatten(), _logit_head(top * base * base)]  # (B,)
 
-    generator, discriminator = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+    generator, discriminator = nn.Sequential(*g_layers), _discriminator(d_layers, ends)
     generator.apply(_dcgan_init)
     discriminator.apply(_dcgan_init)
     assert base * 2**levels == side  # invariant of dcgan_levels
     return generator, discriminator
+
+
+def _discriminator(layers: list[nn.Module], hidden_ends: list[int]) -> nn.Sequential:
+    """D as a Sequential that knows where each hidden layer's block ends (its activation and
+    dropout included): feature matching's features are the output of D[:end]."""
+    discriminator = nn.Sequential(*layers)
+    discriminator.hidden_ends = tuple(hidden_ends)
+    return discriminator
+
+
+def hidden_layers(discriminator: nn.Module) -> int:
+    return len(discriminator.hidden_ends)
+
+
+def feature_end(discriminator: nn.Module, layer: int | None) -> int:
+    """The Sequential index where D's hidden layer `layer` (Python indexing; None: the last)
+    ends: D[:feature_end] computes that layer's activations."""
+    ends = discriminator.hidden_ends
+    index = -1 if layer is None else layer
+    if not -len(ends) <= index < len(ends):
+        raise ValueError(f"feature_layer={layer} but D has {len(ends)} hidden layers (valid: {-len(ends)} to {len(ends) - 1})")
+    return ends[index]
 
 
 ARCHITECTURES: dict[str, Builder] = {

@@ -37,7 +37,7 @@ from gansweep.engine.epochs import (  # noqa: F401 (the worker reads them here t
 from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
 from gansweep.engine.iteration import STATS, Hyper, Spec, TrainState
 from gansweep.engine.losses import minibatch_plan
-from gansweep.engine.models import build_models
+from gansweep.engine.models import build_models, feature_end
 from gansweep.engine.scoring import blind_flag
 from gansweep.engine.state import (
     Layout,
@@ -71,6 +71,7 @@ def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.d
         joint_discriminator=not has_batch_norm(discriminator),
         autocast=autocast,
         device_type=device.type,
+        feature_end=feature_end(discriminator, first.feature_layer) if any(t.loss == "feature_matching" for t in trials) else 0,
     )
 
 

@@ -1,0 +1,132 @@
+"""Seed 004's stabilisers (issue 16), each in the one iteration: its maths against a direct
+computation on fixed tensors, a few hundred steps of training with finite losses, and the
+executions agreeing as in tests/test_engine.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import LOGGED, assert_same_losses
+from test_engine import TOY, losses_of
+
+from gansweep.config.schema import TrialConfig
+from gansweep.config.theory import equilibrium
+from gansweep.engine import run
+from gansweep.engine.executions import features_of
+from gansweep.engine.iteration import feature_distance
+from gansweep.engine.models import build_models, feature_end
+
+FEATURE_MATCHING = {"loss": "feature_matching"}
+
+
+# ---------------------------------------------------------------------------- feature matching
+
+
+def test_feature_distance_is_the_squared_gap_of_the_mean_features() -> None:
+    gen = np.random.default_rng(0)
+    real, fake = gen.normal(size=(2, 5, 3, 2)), gen.normal(size=(2, 7, 3, 2))  # (P, B, ...)
+    want = [float(np.sum((real[p].reshape(5, -1).mean(0) - fake[p].reshape(7, -1).mean(0)) ** 2)) for p in range(2)]
+    got = feature_distance(torch.tensor(real), torch.tensor(fake))
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+    assert feature_distance(torch.tensor(real), torch.tensor(real)).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(("layer", "width"), [(None, 8), (-1, 8), (0, 16), (-2, 16)])
+def test_the_features_are_the_chosen_hidden_layers_activations(layer: int | None, width: int) -> None:
+    """D[:feature_end] on fixed inputs = the hidden layer written out: leaky_relu(W x + b)."""
+    trial = TrialConfig(**{**TOY, "d_hidden": (16, 8), "loss": "feature_matching", "feature_layer": layer})
+    torch.manual_seed(0)
+    _, d = build_models(trial, (2,))
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.25], [0.0, 0.0]])
+    h = torch.nn.functional.leaky_relu(x @ d[1].weight.T + d[1].bias, 0.2)
+    if width == 8:
+        h = torch.nn.functional.leaky_relu(h @ d[3].weight.T + d[3].bias, 0.2)
+    got = features_of(d, feature_end(d, layer))(x)
+    assert got.shape == (3, width)
+    torch.testing.assert_close(got, h)
+
+
+def test_a_feature_layer_d_does_not_have_is_refused() -> None:
+    with pytest.raises(ValueError, match="feature_layer=2"):
+        TrialConfig(**{**TOY, "loss": "feature_matching", "feature_layer": 2})
+    with pytest.raises(ValueError, match="feature_layer=0 with loss='hinge'"):
+        TrialConfig(**{**TOY, "loss": "hinge", "feature_layer": 0})
+
+
+def test_the_generator_loss_is_the_feature_distance_of_that_iteration(circle) -> None:
+    """One eager iteration's reported G loss = || mean f(real) - mean f(G(z)) ||^2 computed
+    here from the same draws and the networks after the D update."""
+    from gansweep.engine.draws import draw
+
+    trial = TrialConfig(**{**TOY, **FEATURE_MATCHING})
+    unit = run.build_unit([trial], circle, execution="eager")
+    hyper = run.hyper_of(unit.trials, unit.spec, 1, unit.device)
+    draws = draw(unit.spec, unit.train_data, trial.noise, trial.noise_dim, trial.batch_size, unit.streams)
+    g_before = unit.generator.state_dict()
+    g_before = {k: v.clone() for k, v in g_before.items()}
+    unit.state, stats = unit.step(unit.state, draws, hyper)
+    generator, _ = build_models(trial, circle.shape)
+    generator.load_state_dict(g_before)
+    features = features_of(unit.discriminator, unit.spec.feature_end)  # D after its update
+    with torch.no_grad():
+        real = features(draws.reals[-1][0]).double().mean(0)
+        fake = features(generator(draws.g_noise[0])).double().mean(0)
+    assert stats[0, 1].item() == pytest.approx(float(((real - fake) ** 2).sum()), rel=1e-5)
+
+
+@pytest.mark.slow  # 40 s on the loaded 2-core machine
+def test_feature_matching_trains_a_few_hundred_steps_on_ring8() -> None:
+    from gansweep.engine.data import load_dataset
+
+    ring8 = load_dataset("ring8", seed=0)
+    trial = TrialConfig(**{**TOY, **FEATURE_MATCHING, "dataset": "ring8", "epochs": 3, "steps_per_epoch": 100})
+    (history,) = losses_of([trial], ring8, "eager")
+    assert all(math.isfinite(epoch[name]) for epoch in history for name in LOGGED)
+    assert history[-1]["g_loss"] >= 0.0
+    star = equilibrium("feature_matching", trial.alpha)
+    assert star.g_loss == 0.0 and history[-1]["g_loss_star"] == 0.0
+    assert history[-1]["d_loss_star"] == pytest.approx(math.log(2))  # D keeps the cross-entropy
+
+
+def test_feature_matching_packed_is_eager(circle) -> None:
+    trial = TrialConfig(**{**TOY, **FEATURE_MATCHING})
+    (eager,) = losses_of([trial], circle, "eager")
+    (packed,) = losses_of([trial], circle, "packed")
+    assert_same_losses(packed, eager, rel=1e-3, abs_=1e-5, parzen_rel=1e-3)
+
+
+@pytest.mark.slow  # a compile each
+@pytest.mark.parametrize("execution", ["compiled", "compiled_packed"])
+def test_feature_matching_compiled_is_eager(circle, execution: str) -> None:
+    trial = TrialConfig(**{**TOY, **FEATURE_MATCHING})
+    (eager,) = losses_of([trial], circle, "eager")
+    (compiled,) = losses_of([trial], circle, execution)
+    assert_same_losses(compiled, eager, rel=1e-3, abs_=1e-5, parzen_rel=1e-2)
+
+
+def test_a_feature_matching_member_packs_with_other_losses(circle) -> None:
+    """A pack of feature matching (last and first hidden layer is a key field: here the
+    last) beside non-saturating and least squares: each member as in a pack of itself."""
+    base = TrialConfig(**{**TOY, "alpha_mode": "weight"})
+    members = [base.model_copy(update={"loss": "feature_matching"}),
+               base.model_copy(update={"loss": "non_saturating", "seed": 1}),
+               base.model_copy(update={"loss": "least_squares", "seed": 2})]
+    together = losses_of(members, circle, "packed")
+    for member, history in zip(members, together, strict=True):
+        (alone,) = losses_of([member], circle, "packed")
+        assert_same_losses(history, alone, rel=1e-5, abs_=1e-6)
+
+
+@pytest.mark.slow
+def test_feature_matching_on_dcgan_executions_agree(digits) -> None:
+    from test_engine import IMAGES
+
+    trial = TrialConfig(**{**IMAGES, **FEATURE_MATCHING, "architecture": "dcgan", "feature_layer": 0})
+    results = {}
+    for execution in ("eager", "compiled"):
+        unit = run.build_unit([trial], digits, execution=execution, autocast=False)
+        results[execution] = [run.train_epoch(unit)[0] for _ in range(trial.epochs)]
+    assert_same_losses(results["compiled"], results["eager"], rel=1e-3, abs_=1e-5, parzen_rel=1e-2)
