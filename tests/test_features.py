@@ -32,7 +32,7 @@ def test_domain_classifier_of_digits_is_trained_cached_and_read_back(cache: Path
     weights, record = features.domain_paths("digits")
     assert weights.is_relative_to(cache) and weights.is_file() and record.is_file()
     info = json.loads(record.read_text())
-    assert info["sha256"] == features.sha256_of(weights) == model.sha256
+    assert info["sha256"] == model.sha256 == features.weights_sha256(torch.load(weights, weights_only=True))
     assert model.name == f"domain:digits:{model.sha256[:8]}"
     assert 0.9 <= model.test_accuracy <= 1.0  # 8x8 digits: a small CNN gets ~97%
     assert info["test_accuracy"] == model.test_accuracy
@@ -57,6 +57,7 @@ def test_domain_classifier_training_is_deterministic(monkeypatch: pytest.MonkeyP
     torch.manual_seed(123)  # the global stream does not matter
     second = features.train_domain_classifier(data.train, labels, 10).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+    assert features.weights_sha256(first) == features.weights_sha256(second)
     other = features.train_domain_classifier(data.train[1:], labels[1:], 10).state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)  # the data decide it
 
@@ -69,7 +70,22 @@ def test_a_tampered_cache_file_is_refused(cache: Path) -> None:
     weights.write_bytes(original[:middle] + bytes([original[middle] ^ 0xFF]) + original[middle + 1 :])
     features.domain_model.cache_clear()
     try:
-        with pytest.raises(DataError, match="SHA-256.*delete both files"):
+        with pytest.raises(DataError, match="delete (both files|it and its .json)"):
+            features.domain_model("digits")
+    finally:
+        weights.write_bytes(original)
+        features.domain_model.cache_clear()
+
+
+def test_other_weights_in_the_cache_file_are_refused(cache: Path) -> None:
+    model = features.domain_model("digits")
+    weights, _ = features.domain_paths("digits")
+    original = weights.read_bytes()
+    state = model.network.state_dict()
+    torch.save({k: v + 1e-3 if k.endswith("bias") else v for k, v in state.items()}, weights)  # a readable file
+    features.domain_model.cache_clear()
+    try:
+        with pytest.raises(DataError, match="holds weights with SHA-256 .* delete both files"):
             features.domain_model("digits")
     finally:
         weights.write_bytes(original)

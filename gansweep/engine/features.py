@@ -34,7 +34,7 @@ from gansweep.engine.data import Dataset, image_labels
 from gansweep.engine.image_files import cache_dir
 from gansweep.errors import DataError
 
-DOMAIN_VERSION = 2  # bump when the network or its training changes: a new cache file
+DOMAIN_VERSION = 3  # bump when the network, its training or its record change: a new cache file
 DOMAIN_SEED = 20_251_203
 DOMAIN_WIDTHS = (16, 32, 64)  # channels of the three convolutions
 DOMAIN_FEATURES = 128
@@ -77,7 +77,7 @@ class DomainClassifier(nn.Module):
 class DomainModel:
     network: DomainClassifier
     dataset: str
-    sha256: str  # of the cached weights file
+    sha256: str  # of the weights' values (weights_sha256), not of the file's bytes
     test_accuracy: float
     train_seconds: float
     path: Path
@@ -85,6 +85,17 @@ class DomainModel:
     @property
     def name(self) -> str:
         return f"domain:{self.dataset}:{self.sha256[:8]}"
+
+
+def weights_sha256(state: dict[str, Tensor]) -> str:
+    """SHA-256 of a state_dict's names, dtypes, shapes and values, in order: the network's
+    identity. Not the file's bytes: torch.save writes a random serialization id into every
+    file, so two saves of the same weights differ."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sha256_of(path: Path) -> str:
@@ -167,13 +178,19 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def _read_cached(dataset: str, weights: Path, record: Path) -> DomainModel:
     info = json.loads(record.read_text())
-    found = sha256_of(weights)
+    try:
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or corrupted zip
+        raise DataError(
+            f"domain classifier of {dataset!r}: {weights} cannot be read ({' '.join(str(err).split())[:200]}); "
+            "delete it and its .json to train it again"
+        ) from None
+    found = weights_sha256(saved)
     if found != info["sha256"]:
         raise DataError(
-            f"domain classifier of {dataset!r}: {weights} has SHA-256 {found[:16]}..., but {record} "
-            f"records {info['sha256'][:16]}...; delete both files to train it again"
+            f"domain classifier of {dataset!r}: {weights} holds weights with SHA-256 {found[:16]}..., but "
+            f"{record} records {info['sha256'][:16]}...; delete both files to train it again"
         )
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
     network = DomainClassifier(int(info["channels"]), int(info["classes"]))
     network.load_state_dict(saved)
     return DomainModel(network.eval(), dataset, found, float(info["test_accuracy"]), float(info["train_seconds"]), weights)
@@ -197,7 +214,7 @@ def domain_model(dataset: str, data_dir: str | None = None) -> DomainModel:
         test_accuracy = accuracy(network, data.test, test_labels)
         _write_atomically(weights, lambda tmp: torch.save(network.state_dict(), tmp))
         info = {
-            "dataset": dataset, "version": DOMAIN_VERSION, "sha256": sha256_of(weights),
+            "dataset": dataset, "version": DOMAIN_VERSION, "sha256": weights_sha256(network.state_dict()),
             "test_accuracy": test_accuracy, "train_seconds": seconds, "channels": data.shape[0],
             "classes": classes, "steps": min(DOMAIN_STEPS, math.ceil(DOMAIN_MAX_EPOCHS * data.train.shape[0] / DOMAIN_BATCH)),
             "torch": torch.__version__,
