@@ -235,3 +235,40 @@ def test_a_ray_node_with_the_wrong_token_is_refused_saying_so(stack: Stack) -> N
                             "logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"],
                            env=stack.ray.env, capture_output=True, text=True, timeout=120)
     assert nodes.stdout.strip().splitlines()[-1] == "3", nodes.stderr[-2000:]  # head and two workers only
+
+
+def test_postgres_restarted_mid_sweep_under_optuna_and_the_mlflow_server(
+    tmp_path: Path, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both of PostgreSQL's clients ride it out: the driver's Optuna storage (retried) and the
+    MLflow server's stores (the server's failed requests retried by the driver's outbox)."""
+    from test_pgstorage import RESTART_STUDY, check_accounted, reported_epochs
+
+    (tmp_path / "pgrestart.yaml").write_text(RESTART_STUDY.replace("pgrestart", "stackrestart"))
+    env = stack.driver_env()
+    url = env["GANSWEEP_OPTUNA_STORAGE"]
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "gansweep", "run", "pgrestart.yaml", "--output", "out", "--set", "budget.trials=2"],
+        cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while reported_epochs(url, "stackrestart") < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+            time.sleep(0.3)
+        started = time.monotonic()
+        stack.pg.restart()
+        restart_s = time.monotonic() - started
+        assert driver.wait(timeout=400) == 0, log.read_text()[-5000:]
+    finally:
+        if driver.poll() is None:
+            kill_group(driver)
+    text = log.read_text()
+    assert "Traceback" not in text and "StorageInternalError" not in text, text[-5000:]
+    print(f"PostgreSQL restart took {restart_s:.1f} s; retries seen: "
+          f"{[line for line in text.splitlines() if 'answers again' in line]}")
+    authenticated(stack, monkeypatch)
+    table = check_accounted(tmp_path / "out", url, stack.mlflow_uri, "stackrestart", expected=2)
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 5).all()
+    assert not (tmp_path / "out" / "mlflow-undelivered.jsonl").exists()
