@@ -2,12 +2,13 @@
 
 Per D update j: the real minibatch's indices (with replacement), G's noise, the bernoulli
 mode's uniforms (bernoulli only), the gradient penalty's interpolation weights (WGAN-GP
-only); then the G update's noise. For P trials each draw is one call for all of them, from
-the global stream (torch's default generator on the data's device), so a pack of one draws
-exactly what a lone trial draws. A pack draws for all its `n_slots` starting members and
-hands each member its own slot's draws, so a member's draws do not change when mates leave.
-Dropout masks are not draws of this module: the forward passes draw them (a compiled or
-vmapped forward with other numbers than the eager one, from the same distribution).
+only); then the G update's noise. Each member draws from its own stream (a torch.Generator
+that starts where torch.manual_seed(seed) and the member's network initialisation left the
+global stream), so a member draws the same numbers alone, in a pack of any size and mates,
+and after mates leave: a trial gives the same losses whichever execution runs it. Dropout
+masks are not draws of this module: the forward passes draw them from the global stream
+(run.py reseeds it apart from the members' streams), a compiled or vmapped forward with
+other numbers than the eager one, from the same distribution.
 """
 
 from __future__ import annotations
@@ -18,38 +19,52 @@ from torch import Tensor
 from gansweep.engine.iteration import Draws, Spec
 
 
-def noise(kind: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """G's input noise: 'uniform' U(-1, 1), else standard normal."""
+def noise(kind: str, shape: tuple[int, ...], device: torch.device, stream: torch.Generator | None = None) -> Tensor:
+    """G's input noise: 'uniform' U(-1, 1), else standard normal; from `stream`, else the global one."""
     if kind == "uniform":
-        return torch.rand(shape, device=device) * 2.0 - 1.0
-    return torch.randn(shape, device=device)
+        return torch.rand(shape, device=device, generator=stream) * 2.0 - 1.0
+    return torch.randn(shape, device=device, generator=stream)
 
 
 def draw(
     spec: Spec, train_data: Tensor, noise_kind: str, noise_dim: int, batch_size: int,
-    n_slots: int, slots: Tensor | None = None,
+    streams: list[torch.Generator],
 ) -> Draws:
-    """One iteration's draws for `n_slots` trials; `slots` (P,) picks the members' rows when
-    fewer than n_slots still train. train_data (n_train, *shape) on the device."""
+    """One iteration's draws for the P = len(streams) members, member p's from streams[p].
+    train_data (n_train, *shape) on the device."""
+    per_member = [_member_draws(spec, train_data, noise_kind, noise_dim, batch_size, s) for s in streams]
+    if len(per_member) == 1:
+        return Draws(*(t.unsqueeze(1) for t in per_member[0][:4]), per_member[0].g_noise.unsqueeze(0))
+    return Draws(*(torch.stack(parts, dim=1) for parts in zip(*(m[:4] for m in per_member), strict=True)),
+                 torch.stack([m.g_noise for m in per_member]))
+
+
+def _member_draws(
+    spec: Spec, train_data: Tensor, noise_kind: str, noise_dim: int, batch_size: int, stream: torch.Generator,
+) -> Draws:
+    """One member's draws, in the order of the module docstring: reals (k, n_real, *shape),
+    d_noise (k, n_fake, noise_dim), coins (k, m) or (k, 0), mixes (k, n_mix, 1, ...) or
+    (k, 0), g_noise (m, noise_dim)."""
     device = train_data.device
     shape = tuple(train_data.shape[1:])
-    empty = torch.empty(n_slots, 0, device=device)
+    empty = torch.empty(0, device=device)
     reals, d_noise, coins, mixes = [], [], [], []
     for _ in range(spec.k):
-        index = torch.randint(0, train_data.shape[0], (n_slots * spec.n_real,), device=device)
-        reals.append(train_data[index].view(n_slots, spec.n_real, *shape))
-        d_noise.append(noise(noise_kind, (n_slots, spec.n_fake, noise_dim), device))
-        coins.append(torch.rand(n_slots, batch_size, device=device) if spec.alpha_mode == "bernoulli" else empty)
+        index = torch.randint(0, train_data.shape[0], (spec.n_real,), device=device, generator=stream)
+        reals.append(train_data[index])
+        d_noise.append(noise(noise_kind, (spec.n_fake, noise_dim), device, stream))
+        bernoulli = spec.alpha_mode == "bernoulli"
+        coins.append(torch.rand(batch_size, device=device, generator=stream) if bernoulli else empty)
         if spec.gradient_penalty:
-            mixes.append(torch.rand((n_slots, spec.n_mix) + (1,) * len(shape), device=device))
+            mixes.append(torch.rand((spec.n_mix,) + (1,) * len(shape), device=device, generator=stream))
         else:
             mixes.append(empty)
-    g_noise = noise(noise_kind, (n_slots, batch_size, noise_dim), device)
-    draws = Draws(_stack(reals), _stack(d_noise), _stack(coins), _stack(mixes), g_noise)
-    if slots is None:
-        return draws
-    return Draws(*(t.index_select(1, slots) for t in draws[:4]), g_noise.index_select(0, slots))
+    g_noise = noise(noise_kind, (batch_size, noise_dim), device, stream)
+    return Draws(torch.stack(reals), torch.stack(d_noise), torch.stack(coins), torch.stack(mixes), g_noise)
 
 
-def _stack(parts: list[Tensor]) -> Tensor:
-    return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
+def member_stream(device: torch.device) -> torch.Generator:
+    """A stream that starts where the global stream on `device` is now."""
+    stream = torch.Generator(device=device)
+    stream.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return stream

@@ -3,9 +3,9 @@ runs its iterations: build the unit, train an epoch, evaluate a member, checkpoi
 
 Members share every field that shapes the iteration (gansweep.config.rules.KEY_FIELDS) and differ
 in the hyperparameters of iteration.Hyper and the loss. Each member's initial networks are
-those of a lone trial with its seed (torch.manual_seed(seed), then build_models), and the
-training draws continue the global stream after the last member's initialisation, so a unit
-of one trains exactly as a lone trial. The toy data set is the one given (a sweep's pack: its
+those of a lone trial with its seed (torch.manual_seed(seed), then build_models), and each
+member's draws come from its own stream, which continues where its initialisation left the
+global stream (draws.py): a member trains exactly as it would alone, whatever its mates. The toy data set is the one given (a sweep's pack: its
 first member's seed).
 """
 
@@ -22,7 +22,7 @@ from gansweep.config.rules import pack_key
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import evaluate as evaluation
 from gansweep.engine.data import Dataset, resolve_device
-from gansweep.engine.draws import draw
+from gansweep.engine.draws import draw, member_stream
 from gansweep.engine.epochs import (  # noqa: F401 (the worker reads them here too)
     divergence,
     has_batch_norm,
@@ -53,6 +53,7 @@ from gansweep.errors import ConfigError
 
 Metrics = dict[str, float]
 CHECKPOINT_FORMAT = 2  # 1: before the one iteration (GanTrial / pack_state); upgraded on load
+DROPOUT_SEED_OFFSET = 0x5EED  # the global stream's seed for dropout: the first seed plus this
 
 
 # ---------------------------------------------------------------------------- the unit
@@ -72,7 +73,13 @@ def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.d
         autocast=autocast,
         device_type=device.type,
         feature_end=feature_end(discriminator, first.feature_layer) if any(t.loss == "feature_matching" for t in trials) else 0,
+        historical_averaging=averaging(trials),
     )
+
+
+def averaging(trials: list[TrialConfig]) -> bool:
+    """Whether the unit keeps historical averaging's running means."""
+    return any(t.historical_averaging > 0 for t in trials)
 
 
 def hyper_of(trials: list[TrialConfig], spec: Spec, epoch: int, device: torch.device) -> Hyper:
@@ -90,6 +97,7 @@ def hyper_of(trials: list[TrialConfig], spec: Spec, epoch: int, device: torch.de
         beta2=column([t.adam_beta2 for t in trials]),
         momentum=column([momentum_at(t, epoch) for t in trials]),
         gp_weight=column([t.gp_weight for t in trials]),
+        historical_weight=column([t.historical_averaging for t in trials]),
         loss_masks=torch.stack([column([float(t.loss == name) for t in trials]) for name in spec.losses]) > 0,
     )
 
@@ -110,10 +118,7 @@ class Unit:
     step: Step
     train_data: Tensor  # (n_train, *shape) in the generator's scale, on the device
     compiled: bool
-    # Each member's slot in the draws: a unit draws for all the members it started with
-    # (n_slots), so a member's minibatches and noise stay the same when mates leave.
-    slots: list[int]
-    n_slots: int
+    streams: list[torch.Generator]  # each member's draws (draws.py)
     epochs: list[int] = field(default_factory=list)
     wall_times: list[float] = field(default_factory=list)
     last_metrics: list[Metrics | None] = field(default_factory=list)
@@ -169,16 +174,20 @@ def build_unit(
     first = trials[0]
     evaluation.check_output_range(first, data)
     device = resolve_device(first.device)
-    generators, discriminators = [], []
+    generators, discriminators, streams = [], [], []
     for trial in trials:
         torch.manual_seed(trial.seed)
         generator, discriminator = build_models(trial, data.shape)
         generators.append(generator.to(device))
         discriminators.append(discriminator.to(device))
+        streams.append(member_stream(device))
+    # The forwards' own randomness (dropout) from the global stream, set apart from the
+    # members' streams: a lone trial's masks would otherwise repeat its draws' numbers.
+    torch.manual_seed(first.seed + DROPOUT_SEED_OFFSET)
     layouts = (Layout.of(generators[0]), Layout.of(discriminators[0]))
     state = TrainState(
-        new_net_state(generators, layouts[0], first.optimizer),
-        new_net_state(discriminators, layouts[1], first.optimizer),
+        new_net_state(generators, layouts[0], first.optimizer, averaging(trials)),
+        new_net_state(discriminators, layouts[1], first.optimizer, averaging(trials)),
     )
     if autocast is None:
         autocast = data.is_image and native_bf16(device)
@@ -203,7 +212,7 @@ def build_unit(
         trials=list(trials), data=data, spec=spec, layouts=layouts,
         generator=generator, discriminator=discriminator, state=state, step=step,
         train_data=evaluation.to_model_scale(first, data, data.train.to(device)),
-        compiled=compiled, slots=list(range(p)), n_slots=p,
+        compiled=compiled, streams=streams,
         epochs=[0] * p, wall_times=[0.0] * p, last_metrics=[None] * p, last_samples=[None] * p,
     )
 
@@ -212,12 +221,11 @@ def run_iterations(unit: Unit, steps: int, hyper: Hyper) -> tuple[Tensor, float 
     """`steps` iterations; the (P, 4) sums of their statistics, and the first iteration's
     time when it may have compiled the graph."""
     trial = unit.trials[0]
-    slots = None if unit.size == unit.n_slots else torch.tensor(unit.slots, dtype=torch.long, device=unit.device)
     sums = torch.zeros(unit.size, len(STATS), device=unit.device)
     first_call = None
     started = time.perf_counter()
     for index in range(steps):
-        draws = draw(unit.spec, unit.train_data, trial.noise, trial.noise_dim, trial.batch_size, unit.n_slots, slots)
+        draws = draw(unit.spec, unit.train_data, trial.noise, trial.noise_dim, trial.batch_size, unit.streams)
         unit.state, stats = unit.step(unit.state, draws, hyper)
         sums += stats
         if index == 0 and unit.compiled and unit.first_call:
@@ -304,7 +312,7 @@ def keep_rows(unit: Unit, rows: list[int]) -> Unit:
         generator=unit.generator, discriminator=unit.discriminator,
         state=select_rows(unit.state, index), step=unit.step,
         train_data=unit.train_data, compiled=unit.compiled,
-        slots=[unit.slots[r] for r in rows], n_slots=unit.n_slots,
+        streams=[unit.streams[r] for r in rows],
         epochs=[unit.epochs[r] for r in rows], wall_times=[unit.wall_times[r] for r in rows],
         last_metrics=[unit.last_metrics[r] for r in rows], last_samples=[unit.last_samples[r] for r in rows],
         first_call=unit.first_call,
@@ -320,14 +328,13 @@ def healthy_rows(results: list[Metrics]) -> list[int]:
 
 
 def unit_state(unit: Unit) -> dict[str, Any]:
-    """What a checkpoint needs to continue the unit: the state's rows, the RNG (the draws
-    come from the global stream), each member's slot, epoch, clock and last metrics."""
+    """What a checkpoint needs to continue the unit: the state's rows, each member's draws
+    stream, the global RNG (dropout), each member's epoch, clock and last metrics."""
     saved: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "epoch": unit.epoch,  # the unit's (its members train in step)
         "state": state_dict(unit.state),
-        "slots": list(unit.slots),
-        "n_slots": unit.n_slots,
+        "streams": [stream.get_state() for stream in unit.streams],
         "epochs": list(unit.epochs),
         "wall_times": list(unit.wall_times),
         "metrics": list(unit.last_metrics),
@@ -351,13 +358,27 @@ def load_unit_state(unit: Unit, saved: dict[str, Any], rows: list[int] | None = 
         target.moment1.copy_(source.moment1)
         target.moment2.copy_(source.moment2)
         target.steps.copy_(source.steps)
+        if target.average.numel():  # a checkpoint from before historical averaging: restart the mean
+            target.average.copy_(source.average if source.average is not None else source.params)
         for t, s in zip(target.buffers, source.buffers, strict=True):
             t.copy_(s)
-    unit.slots = [int(saved["slots"][r]) for r in rows]
-    unit.n_slots = int(saved["n_slots"])
+    for stream, state in zip(unit.streams, saved_streams(saved, rows, unit.device), strict=True):
+        stream.set_state(state)
     unit.epochs = [int(saved["epochs"][r]) for r in rows]
     unit.wall_times = [float(saved["wall_times"][r]) for r in rows]
     unit.last_metrics = [saved["metrics"][r] for r in rows]
     torch.set_rng_state(saved["rng_cpu"])
     if "rng_cuda" in saved and unit.device.type == "cuda":
         torch.cuda.set_rng_state(saved["rng_cuda"], unit.device)
+
+
+def saved_streams(saved: dict[str, Any], rows: list[int], device: torch.device) -> list[Tensor]:
+    """The members' stream states of a checkpoint. One written before the members had their
+    own streams drew from the global stream: a lone trial's continues from it exactly; a
+    pack's members, which shared it, get distinct streams derived from it."""
+    if "streams" in saved:
+        return [saved["streams"][r] for r in rows]
+    if len(rows) == 1 and int(saved.get("n_slots", 1)) == 1:
+        return [saved["rng_cuda"] if device.type == "cuda" and "rng_cuda" in saved else saved["rng_cpu"]]
+    base = int.from_bytes(bytes(saved["rng_cpu"][-8:].tolist()), "little")
+    return [torch.Generator().manual_seed((base + 7919 * int(saved["slots"][r])) % 2**63).get_state() for r in rows]
