@@ -155,7 +155,7 @@ def mates(trial: TrialConfig) -> list[TrialConfig]:
 @pytest.mark.parametrize("execution", ["packed", "compiled_packed"])
 def test_a_member_trains_alone_whatever_its_mates(circle, execution: str) -> None:
     """Changing one member changes nobody else's losses: the vectorised step keeps trials
-    apart (its gradients are each trial's own), only the draws' slots are shared."""
+    apart (its gradients are each trial's own), and each draws from its own stream."""
     members = mates(TrialConfig(**TOY, alpha_mode="weight"))
     first = losses_of(members, circle, execution)
     changed = [members[0], members[1].model_copy(update={"lr_d": 1e-2, "loss": "max_likelihood"}), members[2]]
@@ -163,6 +163,16 @@ def test_a_member_trains_alone_whatever_its_mates(circle, execution: str) -> Non
     assert_same_losses(second[0], first[0], rel=1e-5, abs_=1e-7)
     assert_same_losses(second[2], first[2], rel=1e-5, abs_=1e-7)
     assert second[1][-1]["d_loss"] != pytest.approx(first[1][-1]["d_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("alpha_mode", ["weight", "bernoulli"])
+def test_each_member_of_a_pack_trains_as_its_lone_trial(circle, alpha_mode: str) -> None:
+    """A pack's member draws from its own seed's stream: its losses are its lone eager run's."""
+    members = mates(TrialConfig(**TOY, alpha_mode=alpha_mode))
+    packed = losses_of(members, circle, "packed")
+    for member, history in zip(members, packed, strict=True):
+        (alone,) = losses_of([member], circle, "eager")
+        assert_same_losses(history, alone, rel=1e-3, abs_=1e-5, parzen_rel=1e-3)
 
 
 def test_packs_of_every_loss_and_sgd_train(circle) -> None:
