@@ -89,6 +89,7 @@ BROKEN_TRIALS = {
     "smoothing_needs_a_real_target": {"loss": "wasserstein_gp", "label_smoothing": 0.9},
     "feature_layer_needs_feature_matching": {"feature_layer": 0, "loss": "hinge"},
     "feature_layer_is_a_hidden_layer": {"feature_layer": 2, "loss": "feature_matching", "d_hidden": (128, 128)},
+    "penalty_needs_a_per_sample_critic": {"loss": "wasserstein_gp", "architecture": "dcgan"},
 }
 
 

@@ -24,6 +24,10 @@ Activation = Literal["relu", "leaky_relu", "elu", "tanh", "gelu"]
 GeneratorOutput = Literal["auto", "tanh", "sigmoid", "identity"]
 # Losses whose discriminator is trained against a real target, so smoothing means something.
 SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squares", "feature_matching")
+# Losses that penalise the norm of D's gradient at each input (WGAN-GP), and the architectures
+# whose discriminator has batch norm: the two do not go together (config.rules).
+PENALISED_LOSSES = ("wasserstein_gp",)
+BATCH_NORM_CRITICS = ("dcgan",)
 
 # Optuna's samplers and pruners, by the names the service's registries give them.
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gansweep.config.names import SMOOTHABLE_LOSSES, TOY_DATASETS
+from gansweep.config.names import BATCH_NORM_CRITICS, PENALISED_LOSSES, SMOOTHABLE_LOSSES, TOY_DATASETS
 from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
 from gansweep.errors import ConfigError
 
@@ -62,6 +62,19 @@ def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
     )
 
 
+def penalty_needs_a_per_sample_critic(trial: TrialConfig) -> str | None:
+    # The penalty holds each input's gradient norm near 1; with batch norm D's output for one
+    # sample depends on the rest of its batch, so that gradient is not the critic's
+    # (Gulrajani et al. 2017, section 4: "no critic batch normalization").
+    if trial.loss in PENALISED_LOSSES and trial.architecture in BATCH_NORM_CRITICS:
+        return (
+            f"loss={trial.loss!r} penalises D's gradient per sample, and architecture="
+            f"{trial.architecture!r} has batch norm in D, which mixes the samples of a batch; "
+            "use mlp or maxout with this loss"
+        )
+    return None
+
+
 def feature_layer_needs_feature_matching(trial: TrialConfig) -> str | None:
     if trial.feature_layer is None or trial.loss == "feature_matching":
         return None
@@ -88,6 +101,7 @@ TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the f
     smoothing_needs_a_real_target: "label_smoothing",
     feature_layer_needs_feature_matching: "feature_layer",
     feature_layer_is_a_hidden_layer: "feature_layer",
+    penalty_needs_a_per_sample_critic: "loss",
 }
 
 
