@@ -64,6 +64,9 @@ class TrialConfig(Frozen):
     # loss feature_matching: which of D's hidden layers G matches, indexed as a Python list
     # (0 the first, -1 the last); None: the last hidden layer (Salimans et al. 2016)
     feature_layer: int | None = None
+    # lambda of historical averaging (Salimans et al. 2016): lambda || theta - mean of theta's
+    # history ||^2 added to each player's cost; 0: off
+    historical_averaging: Annotated[float, Field(ge=0.0)] = 0.0
     # optimisation
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_d: PositiveFloat = 2e-4

@@ -69,6 +69,10 @@ class ModuleAutograd:
         (grad,) = torch.autograd.grad(scalar_of(x), x, create_graph=True)
         return grad
 
+    def tracked(self, params: Tensor) -> Tensor:
+        # the flat row only holds the values: the graph runs through the module's parameters
+        return torch.cat([p.reshape(-1) for p in self.params_of[id(params)]]).unsqueeze(0)
+
 
 class LeafAutograd(ModuleAutograd):
     """Gradients of the stacked rows themselves (packs, eager)."""
@@ -82,6 +86,9 @@ class LeafAutograd(ModuleAutograd):
         (grad,) = torch.autograd.grad(loss, leaf)
         return grad, aux
 
+    def tracked(self, params: Tensor) -> Tensor:
+        return params  # the leaf itself
+
 
 class FuncAutodiff:
     """torch.func's transforms: what torch.compile traces into one graph."""
@@ -92,6 +99,9 @@ class FuncAutodiff:
 
     def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         return torch.func.grad(scalar_of)(x)
+
+    def tracked(self, params: Tensor) -> Tensor:
+        return params
 
 
 # ---------------------------------------------------------------------------- networks

@@ -49,6 +49,7 @@ class Spec:
     # D's Sequential index where the features a feature-matching G matches end (models.py
     # feature_end): the layers before it are D's body up to its chosen hidden layer.
     feature_end: int = 0
+    historical_averaging: bool = False  # some member's historical_averaging lambda is > 0
 
     @property
     def feature_matching(self) -> bool:
@@ -76,18 +77,21 @@ class Hyper(NamedTuple):
     momentum: Tensor  # SGD, at the current epoch (the schedule is the runner's)
     gp_weight: Tensor
     loss_masks: Tensor
+    historical_weight: Tensor | None = None  # lambda of historical averaging (Spec.historical_averaging)
 
 
 class NetState(NamedTuple):
     """One network of P trials: flat parameters (P, N), buffers (P, *shape) each, the
     optimiser's moments (P, N) (Adam's exp_avg and exp_avg_sq; SGD's momentum buffer and an
-    empty (P, 0)) and the count of updates (P, 1)."""
+    empty (P, 0)) and the count of updates (P, 1); with historical averaging the mean of the
+    parameters over the net's history (P, N), (P, 0) without."""
 
     params: Tensor
     buffers: tuple[Tensor, ...]
     moment1: Tensor
     moment2: Tensor
     steps: Tensor
+    average: Tensor | None = None
 
 
 class TrainState(NamedTuple):
@@ -134,6 +138,10 @@ class Autodiff(Protocol):
 
     def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """d scalar_of(x) / d x, differentiable again (the gradient penalty)."""
+
+    def tracked(self, params: Tensor) -> Tensor:
+        """The objective's params as a (P, N) tensor its gradient flows through (eager: the
+        modules' own parameters, which are what it differentiates)."""
 
 
 # ---------------------------------------------------------------------------- alpha
@@ -226,6 +234,19 @@ def feature_masks(spec: Spec, hyper: Hyper) -> Tensor:
     return torch.stack(masks).any(0).squeeze(-1).float()
 
 
+def historical_penalty(diff: Autodiff, net: NetState, params: Tensor, hyper: Hyper) -> Tensor:
+    """Historical averaging's (P,) lambda || theta - (1/t) sum_i theta_i ||^2 (Salimans et al.
+    2016), the mean held constant: its gradient is 2 lambda (theta - mean)."""
+    gap = diff.tracked(params) - net.average
+    return hyper.historical_weight.squeeze(1) * (gap * gap).sum(1)
+
+
+def average_update(net: NetState) -> NetState:
+    """The running mean of the net's parameters after an update: theta_1 (the initial
+    parameters) to theta_t, t = steps + 1."""
+    return net._replace(average=net.average + (net.params - net.average) / (net.steps + 1.0))
+
+
 def penalty_masks(spec: Spec, hyper: Hyper) -> Tensor:
     """(P,) 1 for the trials whose loss carries the gradient penalty."""
     masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].gradient_penalty]
@@ -306,11 +327,15 @@ def iteration(
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
                 penalty = gradient_penalty(nets, diff, current, real, fake, mix)
                 total = value + hyper.gp_weight.squeeze(1) * penalty_masks(spec, hyper) * penalty
+            if spec.historical_averaging:
+                total = total + historical_penalty(diff, current, params, hyper)
             outputs = (d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper))
             return total.sum(), torch.stack((value, *outputs)).detach()
 
         grad, stats = diff.grad(d_objective, d.params, d.buffers)
         d = update(d, grad, hyper.lr_d, hyper)
+        if spec.historical_averaging:
+            d = average_update(d)
         stats_d.append(stats)
 
     def g_objective(params: Tensor, buffers: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]) -> tuple[Tensor, object]:
@@ -324,10 +349,13 @@ def iteration(
         value = g_losses(spec, logits, hyper)
         if spec.feature_matching:
             value = value + feature_masks(spec, hyper) * feature_distance(real_features, fake_features)
-        return value.sum(), value.detach()
+        total = value + historical_penalty(diff, g, params, hyper) if spec.historical_averaging else value
+        return total.sum(), value.detach()
 
     grad, g_value = diff.grad(g_objective, g.params, (g.buffers, d.buffers))
     g = update(g, grad, hyper.lr_g, hyper)
+    if spec.historical_averaging:
+        g = average_update(g)
     d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (3, P)
     stats = torch.stack((d_stats[0], g_value, d_stats[1], d_stats[2]), dim=1)  # type: ignore[arg-type]
     return TrainState(g, d), stats

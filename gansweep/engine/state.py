@@ -47,8 +47,9 @@ class Layout:
         return {n: p.unflatten(-1, s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
 
-def new_net_state(modules: list[nn.Module], layout: Layout, optimizer: str) -> NetState:
-    """The P networks' weights as rows, fresh optimiser moments (an optimiser's first step)."""
+def new_net_state(modules: list[nn.Module], layout: Layout, optimizer: str, averaging: bool = False) -> NetState:
+    """The P networks' weights as rows, fresh optimiser moments (an optimiser's first step);
+    `averaging`: the running mean of historical averaging, the initial weights (t = 1)."""
     rows = [torch.cat([dict(m.named_parameters())[n].detach().flatten() for n in layout.names]) for m in modules]
     params = torch.stack(rows)  # (P, N)
     buffers = tuple(
@@ -61,6 +62,7 @@ def new_net_state(modules: list[nn.Module], layout: Layout, optimizer: str) -> N
         moment1=torch.zeros_like(params),
         moment2=params.new_zeros(params.shape[0], width),
         steps=params.new_zeros(params.shape[0], 1),
+        average=params.clone() if averaging else params.new_zeros(params.shape[0], 0),
     )
 
 
@@ -101,6 +103,7 @@ def select_rows(state: TrainState, rows: Tensor) -> TrainState:
             moment1=net.moment1[rows],
             moment2=net.moment2[rows],
             steps=net.steps[rows],
+            average=None if net.average is None else net.average[rows],
         )
 
     return TrainState(net_rows(state.g), net_rows(state.d))
@@ -115,6 +118,7 @@ def state_dict(state: TrainState) -> dict[str, Any]:
             "moment1": net.moment1.detach().cpu(),
             "moment2": net.moment2.detach().cpu(),
             "steps": net.steps.detach().cpu(),
+            **({"average": net.average.detach().cpu()} if net.average is not None and net.average.numel() else {}),
         }
         for name, net in (("g", state.g), ("d", state.d))
     }
@@ -134,6 +138,8 @@ def state_from_dict(saved: dict[str, Any], rows: list[int], device: torch.device
             moment1=take(part["moment1"]),
             moment2=take(part["moment2"]),
             steps=take(part["steps"]),
+            # a checkpoint without it: historical averaging's mean restarts at the weights
+            average=take(part["average"]) if "average" in part else None,
         )
 
     return TrainState(net_of(saved["g"]), net_of(saved["d"]))
@@ -149,4 +155,5 @@ def copy_into(target: TrainState, source: TrainState) -> None:
 
 
 def _tensors(net: NetState) -> list[Tensor]:
-    return [net.params, *net.buffers, net.moment1, net.moment2, net.steps]
+    average = [] if net.average is None else [net.average]
+    return [net.params, *net.buffers, net.moment1, net.moment2, net.steps, *average]
