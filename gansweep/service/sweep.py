@@ -198,9 +198,9 @@ def run_as_the_driver(
             handed.after(output, tracker, status)
         tracker.finish_study(status if not optuna_study.unfinished() else "KILLED", [layout.results_csv])
         tracker.flush_with_retries()
+        print(f"MLflow runs: {tracker.ui_link(study.objective.metric, study.objective.direction == 'minimize')}")
     unfinished = len(optuna_study.unfinished())
     if unfinished:
-        print(f"MLflow runs: {tracker.ui_link(study.objective.metric, study.objective.direction == 'minimize')}")
         print(f"gansweep: interrupted with {unfinished} trial(s) unfinished; run the same command to resume")
         return 1
     return 0
