@@ -17,6 +17,7 @@ LIBRARIES = (
     "mlflow", "mlflow.entities", "mlflow.tracking", "optuna", "optuna.trial", "ray", "ray.tune",
     "ray.tune.search", "ray.tune.schedulers", "ray.tune.logger", "ray.tune.experiment", "pandas",
     "numpy", "yaml", "pydantic", "rich", "matplotlib", "pyarrow.fs",
+    "sqlalchemy",  # sets its own logger's level when imported (the retrying Optuna storage)
 )
 # Every gansweep module but the training side (the engine and the worker, which import torch
 # and run only in workers) and __main__ (which runs the CLI), wherever the layout puts it.

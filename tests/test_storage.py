@@ -207,7 +207,8 @@ def test_storage_paths_honour_their_environment_variables(tmp_path: Path, monkey
     monkeypatch.setenv(storage.TUNE_STORAGE_ENV, "s3://gansweep/tune")
     monkeypatch.setenv(storage.OPTUNA_STORAGE_ENV, "postgresql://optuna@db/optuna")
     assert storage.tune_storage_path(tmp_path / "out") == "s3://gansweep/tune"
-    assert storage.optuna_storage_url(None, tmp_path / "out") == "postgresql://optuna@db/optuna"
+    # a bare postgresql:// is read as psycopg2's (protocol.with_postgres_driver)
+    assert storage.optuna_storage_url(None, tmp_path / "out") == "postgresql+psycopg2://optuna@db/optuna"
     # the study file's own `storage` wins over the environment
     assert storage.optuna_storage_url("sqlite:///study.db", tmp_path / "out") == "sqlite:///study.db"
 

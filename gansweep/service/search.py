@@ -27,7 +27,6 @@ from gansweep.config.schema import (
     TrialConfig,
 )
 from gansweep.config.space import decode_choice, encode_choice, resolve_values
-from gansweep.service.optuna_storage import RetryingRDBStorage
 from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
 
 
@@ -170,6 +169,9 @@ class OptunaStudy:
         if self._storage is None:
             # Its calls ride out a database restart (optuna_storage.py); opening it waits
             # a few seconds at most, then names the storage that does not answer.
+            # imported here: SQLAlchemy sets its logger's level when imported (no import side effects)
+            from gansweep.service.optuna_storage import RetryingRDBStorage
+
             self._storage = RetryingRDBStorage(self.storage_url)
         return self._storage
 
