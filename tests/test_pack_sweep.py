@@ -86,7 +86,7 @@ search:
   lr_g: [1.0e-7, 0.002]    # a generator that cannot learn, and one that can
   seed: [0, 1, 2, 3]
 sampler: {name: grid, seed: 0}
-pruner: {name: median, startup_trials: 2, warmup_epochs: 1}
+pruner: {name: median, startup_trials: 2, warmup_epochs: 3}  # a learning G gets three epochs
 budget: {max_concurrent: 1, pack_size: 2}
 """
 
