@@ -8,14 +8,10 @@ module; the browser test looks at the same server with headless Chromium (Debian
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from browser import chromium
 from conftest import ROOT, STUDIES, MlflowServer, clean_env, gansweep
 from gansweep.reporting import plots
 from gansweep.engine.data import load_dataset
@@ -230,34 +227,6 @@ def test_importances_need_four_complete_trials_with_two_values() -> None:
 
 
 # ---------------------------------------------------------------------------- the MLflow UI
-
-
-def page_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
-
-
-def chromium(url: str, screenshot: Path, profile: Path) -> str:
-    """The page's DOM after its scripts ran (15 s of virtual time), and a screenshot."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert binary, "headless Chromium is needed: apt-get install -y chromium"
-    process = subprocess.Popen(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--window-size=1400,900",
-         "--virtual-time-budget=15000", "--dump-dom", url],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    try:
-        dom, _ = process.communicate(timeout=120)
-    finally:
-        try:  # Chromium's own helper processes, by the process group it leads
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-    assert process.returncode == 0, f"chromium exited {process.returncode} on {url}"
-    return page_text(dom)
 
 
 def test_mlflow_ui_shows_the_trials_and_their_metrics(sweep: Path, server: MlflowServer, tmp_path: Path) -> None:
