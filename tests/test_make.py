@@ -15,7 +15,13 @@ from conftest import ROOT
 
 
 def dry_run(target: str, folder: Path) -> list[str]:
-    done = subprocess.run(["make", "-n", target], cwd=folder, capture_output=True, text=True, timeout=30)
+    # Under `make test` (CI) this runs inside make: a child make would read the parent's
+    # MAKELEVEL and MAKEFLAGS and print "Entering directory" lines around its own.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", target],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
