@@ -162,6 +162,7 @@ def test_a_second_driver_exits_2_naming_the_first_and_the_rerun_after_a_kill_res
     assert not (tmp_path / "out" / LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # half a minute: two sweeps; the local-folder lock test stays in the default suite
 def test_a_second_driver_on_a_shared_optuna_storage_exits_2_then_joins_the_finished_study(tmp_path: Path) -> None:
     (tmp_path / "lock.yaml").write_text(TINY.replace("alpha: [0.3, 0.5, 0.7]", "alpha: [0.3, 0.7]"))
     url = f"sqlite:///{tmp_path / 'shared.db'}"

@@ -229,6 +229,27 @@ def test_each_attempt_is_recorded_with_its_node(tmp_path: Path) -> None:
     assert "node_id" not in again[1].metrics  # attempt keys are not metrics
 
 
+def test_a_resumed_unit_logs_its_checkpointed_epochs_again_in_epoch_order(tmp_path: Path) -> None:
+    """The driver that recorded the checkpoint may have died with those epochs still queued
+    for MLflow: the resume replays each member's history (the tracker skips what a run has)."""
+    ledger = Ledger(make_study(tmp_path, 2))
+    ledger.plan(2)
+    ledger.hand_out("t0")
+    ledger.record("t0", result(2, {0: good(2, -1.0), 1: good(2, -2.0)}), checkpoint_follows=True)
+    ledger.checkpointed("t0", "/ckpt/2")
+    again = Ledger(make_study(tmp_path, 2))  # the next `gansweep run`
+    again.plan(2)
+    assert again.hand_out("r0").resume == "/ckpt/2" and again.resumes == {"r0": "/ckpt/2"}
+    histories = {1: [good(1, -1.5), good(2, -2.0)], 0: [good(1, -0.5), {**good(2, -1.0), p.FEATURES: "domain:ring8:ab12cd34"}],
+                 7: [good(1, 0.0)]}  # 7 is no member of this unit: ignored
+    logs = again.replay("r0", histories)
+    assert [(a.number, a.epoch, a.metrics["parzen_ll"]) for a in logs] == [(0, 1, -0.5), (1, 1, -1.5), (0, 2, -1.0), (1, 2, -2.0)]
+    assert logs[2].texts == {p.FEATURES: "domain:ring8:ab12cd34"} and "epoch" not in logs[0].metrics
+    assert again.replay("r0", {}) == []  # a checkpoint from before history.json
+    assert p.read_history(p.history_text(histories[1])) == histories[1]
+    assert p.read_history("{not json") == [] and p.read_history('{"epoch": 1}') == []
+
+
 # ------------------------------------------------------------------ protocol: old layouts
 
 

@@ -132,10 +132,6 @@ budget: {max_concurrent: 1, pack_size: 2}
 
 
 @pytest.mark.slow  # about a minute: two sweeps, the first killed midway
-@pytest.mark.xfail(strict=False, reason=(
-    "a known race, seen once in two runs on 2026-12-03: a member's epoch checkpointed but its MLflow "
-    "metrics still queued in the outbox when the driver is SIGKILLed is not logged again on resume "
-    "(d_loss steps [1, 2, 4, 5, 6]); the fix is to re-log a resumed checkpoint's epoch when MLflow lacks it"))
 def test_packed_sweep_killed_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
     (tmp_path / "resume.yaml").write_text(RESUME_PACKS_STUDY)
     driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -124,6 +125,7 @@ def run_pruning_study(tmp_path: Path, pruner: str) -> pd.DataFrame:
     return check_consistent(folder / "out", f"sqlite:///{folder / 'mlflow.db'}", "prune", expected=8)
 
 
+@pytest.mark.slow  # about a minute: 8 trials; the pack pruning test (default suite) prunes through the same ledger
 def test_pruning_stops_poor_trials_and_saves_epochs(tmp_path: Path) -> None:
     full = run_pruning_study(tmp_path, "none")
     pruned = run_pruning_study(tmp_path, "median")
@@ -258,9 +260,34 @@ def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path
     kill_group(driver)  # SIGKILL: no cleanup at all, MLflow runs left RUNNING
     states = optuna_states(db)
     assert "RUNNING" in states and len(states) < 5 + 2, states
+    assert forget_checkpointed_epochs(tmp_path), "no trial was killed after a checkpoint"
     rerun_finishes_the_alpha_grid_once(tmp_path, "resume")
 
 
+def forget_checkpointed_epochs(tmp_path: Path) -> int:
+    """What a driver killed with its MLflow outbox still full leaves: each interrupted trial's
+    run without the epochs from its last checkpoint's on, though Optuna has that checkpoint.
+    The epochs are deleted from the MLflow store (SQLite) as if never delivered; the resumed
+    trial must log them again from the checkpoint's history.json. Returns the trials so treated."""
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    runs = {r.data.tags["gansweep.trial"]: r.info.run_id for r in children(mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume"))}
+    forgotten = 0
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        for trial in study.trials:
+            checkpoint = trial.user_attrs.get("checkpoint")
+            if trial.state.is_finished() or checkpoint is None:
+                continue
+            history = json.loads((Path(checkpoint) / "members" / str(trial.number) / "history.json").read_text())
+            assert [part["epoch"] for part in history] == list(range(1, len(history) + 1))
+            assert {"d_loss", "g_loss", "parzen_ll"} <= set(history[-1])
+            for table in ("metrics", "latest_metrics"):
+                connection.execute(f"delete from {table} where run_uuid = ? and step >= ?",
+                                   (runs[str(trial.number)], history[-1]["epoch"]))
+            forgotten += 1
+    return forgotten
+
+
+@pytest.mark.slow  # 40 s with the server; the stack rehearsal and the report tests also use a server
 def test_a_real_mlflow_server_as_tracking_uri(tmp_path: Path, mlflow_server) -> None:
     done = gansweep("run", str(SMOKE), "--output", "out", "--set", "budget.trials=2",
                     "--tracking-uri", mlflow_server.uri, cwd=tmp_path)

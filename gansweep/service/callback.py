@@ -19,6 +19,7 @@ from gansweep.service.search import OptunaStudy
 from gansweep.service import protocol as p
 from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of, replicate_closing
 from gansweep.service.replicates import RunKey
+from gansweep.service.storage import storage_filesystem, strip_scheme
 from gansweep.config.schema import TrialConfig
 from gansweep.service.tracking import (
     TAG_BEST_EPOCH, TAG_BLIND, TAG_FEATURES, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name,
@@ -84,11 +85,31 @@ def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
     return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
 
 
+def read_histories(uri: str, members: list[int], s3: pyarrow.fs.FileSystem | None = None) -> dict[int, list[p.MemberResult]]:
+    """Each member's history.json in the checkpoint at `uri` (local, or S3 through `s3`: the
+    sweep's, built before the driver withheld its AWS variables); a member without one (a
+    checkpoint written before it existed) or a store that does not answer: none."""
+    if uri.startswith("s3://"):
+        filesystem = s3 or storage_filesystem(uri)
+    else:
+        filesystem = pyarrow.fs.LocalFileSystem()
+    folder = strip_scheme(uri)
+    histories: dict[int, list[p.MemberResult]] = {}
+    for member in members:
+        try:
+            with filesystem.open_input_stream(f"{folder}/{p.member_path(member, p.HISTORY_FILE)}") as stream:
+                histories[member] = p.read_history(stream.read().decode())
+        except (OSError, ValueError):
+            continue
+    return histories
+
+
 class TrackingCallback(tune.Callback):
     def __init__(
         self, ledger: Ledger, tracker: Tracker, search_names: list[str], progress: SweepProgress,
-        figure: MemberFigure | None = None,
+        figure: MemberFigure | None = None, s3: pyarrow.fs.FileSystem | None = None,
     ) -> None:
+        self.s3 = s3  # the sweep's S3 filesystem, when its checkpoints are there
         self.ledger = ledger
         self.tracker = tracker
         self.search_names = search_names
@@ -106,6 +127,9 @@ class TrackingCallback(tune.Callback):
             self.tracker.start_child(key, replicate_run_name(key, values, self.search_names), values)
             if isinstance(key, int):
                 self.progress.started(key, values)
+        resume = self.ledger.resumes.get(trial.trial_id)
+        if resume is not None:
+            self.carry_out(trial, self.ledger.replay(trial.trial_id, read_histories(resume, self.ledger.units[trial.trial_id], self.s3)))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
         follows = bool(result.get("should_checkpoint"))  # Tune's flag: this epoch's checkpoint follows

@@ -9,6 +9,8 @@ run` of the same study hands its unfinished members out again. `Ledger` keeps it
                   and a unit with no member left stops
     record        what a result means for tracking: epochs to log, nodes to tag, members
                   settled now (pruned or failed) and when their run closes
+    replay        a resumed unit's epochs up to its checkpoint, logged again where MLflow
+                  lacks them (the driver that wrote them was stopped before delivering)
     checkpointed  what a checkpoint means: recorded for a resume, samples to fetch, runs to close
     complete      how the rest of a unit ended (COMPLETE, FAIL, or interrupted: left RUNNING)
     errored       a unit whose worker failed past Tune's retries
@@ -67,6 +69,7 @@ class Ledger:
     resumable: list[list[int]] = field(init=False)
     fresh_left: int = 0  # new members still to ask Optuna for (set by plan)
     units: dict[str, list[int]] = field(default_factory=dict)  # Tune trial id -> numbers
+    resumes: dict[str, str] = field(default_factory=dict)  # Tune trial id -> the checkpoint it resumes
     values: dict[int, dict[str, Any]] = field(default_factory=dict)
     pruned: set[int] = field(default_factory=set)  # judged, not yet settled
     closing: set[int] = field(default_factory=set)  # settled, run closed with the next checkpoint
@@ -151,6 +154,8 @@ class Ledger:
                 members.append(member)
                 member_values.append(self.values[member])
         self.units[trial_id] = members
+        if resume:
+            self.resumes[trial_id] = resume
         return Assignment(members, member_values, resume, packed=self.pack_size > 1 or len(members) > 1)
 
     # -- the pruner --------------------------------------------------------------------------
@@ -190,22 +195,10 @@ class Ledger:
         actions: list[Action] = []
         parts = {m: part for m, part in p.member_results(self.units.get(trial_id, []), result).items()
                  if m not in self.ended and m not in self.closing}
-        healthy: dict[int, list[dict[str, float]]] = {}  # configuration -> its replicates' epoch
-        epochs: dict[int, int] = {}
-        for member, part in parts.items():
-            number = self.configuration(member)
-            if p.NODE_ID in result and number not in epochs:  # an attempt is its configuration's
+        if p.NODE_ID in result:  # an attempt is its configuration's
+            for number in dict.fromkeys(self.configuration(m) for m in parts):
                 actions.append(self.record_attempt(number, result))
-            metrics = numeric_metrics(part)
-            epochs[number] = int(metrics.pop(p.EPOCH, result.get("training_iteration", 0)))
-            if p.FAILURE_REASON not in part:
-                texts = {p.FEATURES: str(part[p.FEATURES])} if p.FEATURES in part else {}  # type: ignore[literal-required]
-                actions.append(LogEpoch(self.key(member), metrics, epochs[number], texts))
-                healthy.setdefault(number, []).append(metrics)
-        if self.replicates > 1:  # the configuration's run: its replicates' means
-            for number, metrics in healthy.items():
-                mean = rep.mean_metrics(metrics, tuple(self.objective_names()))
-                actions.append(LogEpoch(number, mean, epochs[number]))
+        actions.extend(self.epoch_logs(parts))
         for member, part in parts.items():
             if p.FAILURE_REASON in part or member in self.pruned:
                 self.settle(member, part)
@@ -215,6 +208,37 @@ class Ledger:
                 else:
                     actions.extend(self.close(member, checkpoint=False))
         return actions
+
+    def epoch_logs(self, parts: dict[int, p.MemberResult]) -> list[Action]:
+        """One epoch's metrics of the members that did not fail, and with replicates each
+        configuration's run: its replicates' means."""
+        actions: list[Action] = []
+        healthy: dict[int, list[dict[str, float]]] = {}  # configuration -> its replicates' epoch
+        epochs: dict[int, int] = {}
+        for member, part in parts.items():
+            if p.FAILURE_REASON in part:
+                continue
+            number = self.configuration(member)
+            metrics = numeric_metrics(part)
+            epochs[number] = int(metrics.pop(p.EPOCH, 0))
+            texts = {p.FEATURES: str(part[p.FEATURES])} if p.FEATURES in part else {}  # type: ignore[literal-required]
+            actions.append(LogEpoch(self.key(member), metrics, epochs[number], texts))
+            healthy.setdefault(number, []).append(metrics)
+        if self.replicates > 1:
+            for number, metrics in healthy.items():
+                mean = rep.mean_metrics(metrics, tuple(self.objective_names()))
+                actions.append(LogEpoch(number, mean, epochs[number]))
+        return actions
+
+    def replay(self, trial_id: str, histories: dict[int, list[p.MemberResult]]) -> list[Action]:
+        """A unit resumed from a checkpoint: the epochs its members reported up to it, to log
+        again. The driver that recorded the checkpoint in Optuna may have been stopped before
+        its outbox delivered them to MLflow; the tracker skips the epochs a run already has."""
+        by_epoch: dict[int, dict[int, p.MemberResult]] = {}
+        for member in self.units.get(trial_id, []):
+            for part in histories.get(member, []):
+                by_epoch.setdefault(int(part[p.EPOCH]), {})[member] = part
+        return [action for epoch in sorted(by_epoch) for action in self.epoch_logs(by_epoch[epoch])]
 
     def record_attempt(self, number: int, result: dict[str, Any]) -> TagNodes:
         """Where each attempt ran and which epoch it resumed from: the Optuna user attr

@@ -11,7 +11,8 @@ same way:
     UnitResult     each report: {"epoch", "members": {"<number>": MemberResult}, and on an
                    attempt's first report "node_id" and "resumed_from"}; a failure of the whole
                    unit (bad data, out of memory) is every member's failure
-    checkpoint     state.pt (CheckpointState) and members/<number>/ (generator.pt, samples/)
+    checkpoint     state.pt (CheckpointState) and members/<number>/ (generator.pt, samples/,
+                   history.json)
 
 Tune hands schedulers and searchers results flattened ("members/<number>/<metric>"), and
 callbacks the nested form: `member_results` reads both.
@@ -19,6 +20,7 @@ callbacks the nested form: `member_results` reads both.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,9 @@ GENERATOR_FILE = "generator.pt"  # a member's generator weights and trial config
 SAMPLES_DIR = "samples"  # a member's sample image of the checkpoint's epoch
 BEST_FILE = "best.pt"  # objective.select: best: the best epoch's generator weights, epoch, metrics
 BEST_MODEL_DIR = "best_model"  # ... and that generator as an MLflow model (mlflow.pytorch.save_model)
+# every result the member reported up to the checkpoint's epoch (JSON, a list of MemberResult):
+# a driver stopped before MLflow had them logs them again when the member resumes from here
+HISTORY_FILE = "history.json"
 CHECKPOINT_PROTOCOL = 2  # 1 (absent): a lone trial's state at the top, or a pack's "pack" key
 
 # -- Optuna user attributes (the study is the sweep's source of truth) --------------------------
@@ -144,6 +149,21 @@ def unit_result(epoch: int, members: dict[int, MemberResult], attempt: dict[str,
 def failed_unit(numbers: list[int], epoch: int, reason: str, attempt: dict[str, Any] | None = None) -> dict[str, Any]:
     """A failure of the whole unit, as every member's."""
     return unit_result(epoch, {n: MemberResult(epoch=float(epoch), failure_reason=reason) for n in numbers}, attempt)
+
+
+def history_text(history: list[MemberResult]) -> str:
+    return json.dumps(history)
+
+
+def read_history(text: str) -> list[MemberResult]:
+    """A member's history.json: its results in epoch order (an unreadable file: none)."""
+    try:
+        history = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(history, list):
+        return []
+    return [MemberResult(**part) for part in history if isinstance(part, dict) and EPOCH in part]  # type: ignore[typeddict-item]
 
 
 def member_path(number: int, name: str) -> str:

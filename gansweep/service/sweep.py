@@ -267,6 +267,7 @@ def run_tune(
     if budget.pack_size > 1 or any(len(group) > 1 for group in ledger.resumable):
         board_name = f"gansweep-prune-board-{uuid.uuid4().hex}"
         board = PruneBoard.options(name=board_name).remote()
+    filesystem = storage_filesystem(storage_path)
     trainable = tune.with_resources(run_unit, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -282,11 +283,11 @@ def run_tune(
         run_config=tune.RunConfig(
             name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=strip_scheme(storage_path),
-            storage_filesystem=storage_filesystem(storage_path),
+            storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             stop=disk_guard,
-            callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure), *tune_loggers()],
+            callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure, filesystem), *tune_loggers()],
             verbose=0,
         ),
     )

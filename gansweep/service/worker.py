@@ -9,6 +9,8 @@ checkpoints are gansweep.service.protocol's; a checkpoint folder holds:
                                     optimisers, RNG, each member's epoch and last metrics)
     members/<number>/generator.pt   the member's generator weights and trial config
     members/<number>/samples/       its sample image of this epoch, when it drew one
+    members/<number>/history.json   every result it reported up to this epoch (the driver
+                                    logs them again on a resume where MLflow lacks them)
     members/<number>/best.pt        objective.select: best: the best evaluation's generator
                                     weights, epoch and objectives (read back on a resume)
     members/<number>/best_model/    ... and that generator as an MLflow model folder
@@ -65,17 +67,21 @@ class Best:
     model: Path | None = None  # its MLflow model folder, once written (rewritten when it changes)
 
 
-def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointState | None, dict[int, Best]]:
+History = dict[int, list[p.MemberResult]]  # number -> the member's results so far, in epoch order
+
+
+def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointState | None, dict[int, Best], History]:
     """Tune's own checkpoint (a retry after a worker died) wins over the one recorded in the
     Optuna study (a unit resumed by a new `gansweep run` after the driver stopped). Also each
-    member's best evaluation kept there (objective.select: best)."""
+    member's best evaluation kept there (objective.select: best) and its history."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and config["resume"]:
         uri = config["resume"]
         checkpoint = tune.Checkpoint(strip_scheme(uri), filesystem=storage_filesystem(uri))
     if checkpoint is None:
-        return None, {}
+        return None, {}, {}
     best: dict[int, Best] = {}
+    history: History = {}
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / p.STATE_FILE, map_location="cpu", weights_only=False)
         for number in config["numbers"]:
@@ -83,7 +89,9 @@ def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointStat
             if path.is_file():
                 kept = torch.load(path, map_location="cpu", weights_only=False)
                 best[number] = Best(kept["value"], kept["epoch"], kept["objectives"], kept["generator"])
-    return p.read_checkpoint_state(saved, config["numbers"], seed), best
+            path = Path(folder) / p.member_path(number, p.HISTORY_FILE)
+            history[number] = p.read_history(path.read_text()) if path.is_file() else []  # older checkpoints: none
+    return p.read_checkpoint_state(saved, config["numbers"], seed), best, history
 
 
 def is_better(value: float, best: Best | None, direction: str) -> bool:
@@ -134,13 +142,15 @@ def write_member_files(folder: Path, generator: dict[str, Any], trial: TrialConf
         shutil.copy(sample, folder / p.SAMPLES_DIR / sample.name)
 
 
-def write_checkpoint(folder: Path, state: p.CheckpointState, unit: Unit, numbers: list[int], samples: Path) -> None:
+def write_checkpoint(folder: Path, state: p.CheckpointState, unit: Unit, numbers: list[int], samples: Path,
+                     history: History) -> None:
     """The one checkpoint writer: state.pt for the unit, members/<number>/ for each member."""
     torch.save(state, folder / p.STATE_FILE)
     for row, number in enumerate(numbers):
         sample = samples / str(number) / f"epoch_{unit.epochs[row]:04d}.png"
-        write_member_files(folder / p.MEMBERS_DIR / str(number), run.member_generator_state(unit, row),
-                           unit.trials[row], sample)
+        member = folder / p.MEMBERS_DIR / str(number)
+        write_member_files(member, run.member_generator_state(unit, row), unit.trials[row], sample)
+        (member / p.HISTORY_FILE).write_text(p.history_text(history.get(number, [])))
 
 
 def run_unit(raw_config: dict[str, Any]) -> None:
@@ -149,7 +159,7 @@ def run_unit(raw_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     numbers = list(config["numbers"])
     trials = [TrialConfig.model_validate(v) for v in config["values"]]
-    resume, best = load_resume_state(config, trials[0].seed)
+    resume, best, history = load_resume_state(config, trials[0].seed)
     attempt: dict[str, Any] = {
         p.NODE_ID: ray.get_runtime_context().get_node_id(),
         p.RESUMED_FROM: int(resume["epoch"]) if resume else 0,
@@ -186,15 +196,16 @@ def run_unit(raw_config: dict[str, Any]) -> None:
         return
     board = ray.get_actor(config["board"]) if config["board"] else None
     with tempfile.TemporaryDirectory(prefix="gansweep-samples-") as samples_dir:
-        train_unit(unit, numbers, data_seed, attempt, board, Path(samples_dir), (config.get("select"), best))
+        train_unit(unit, numbers, data_seed, attempt, board, Path(samples_dir), (config.get("select"), best), history)
 
 
 def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str, Any], board: Any, samples: Path,
-               keep_best: tuple[p.Selection | None, dict[int, Best]] = (None, {})) -> None:
+               keep_best: tuple[p.Selection | None, dict[int, Best]] = (None, {}), history: History | None = None) -> None:
     """The unit's epochs, each reported (with a checkpoint at evaluation epochs), until its
     last epoch or until no member is left. keep_best: objective.select: best's selection and
-    the members' best evaluations so far."""
+    the members' best evaluations so far; history: the members' results so far (a resume's)."""
     select, best = keep_best
+    history = {n: list(history.get(n, [])) if history else [] for n in numbers}
     first = unit.trials[0]
     device = resolve_device(first.device)
     system = SystemSampler(cuda_index=(device.index or 0) if device.type == "cuda" else None)
@@ -230,6 +241,7 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
             if select is not None:
                 note_best(best, select, unit, row, number, metrics)
             members[number] = metrics  # type: ignore[assignment]
+            history[number].append({**metrics, p.EPOCH: float(epoch)})  # type: ignore[typeddict-item]
         unit, numbers = keep(unit, numbers, run.healthy_rows(results))  # the diverged leave
         result = p.unit_result(epoch, members, attempt)
         attempt = {}
@@ -237,7 +249,7 @@ def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str
             state = p.CheckpointState(protocol=p.CHECKPOINT_PROTOCOL, epoch=epoch, numbers=numbers,
                                       data_seed=data_seed, unit=run.unit_state(unit), last={})
             with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
-                write_checkpoint(Path(folder), state, unit, numbers, samples)
+                write_checkpoint(Path(folder), state, unit, numbers, samples, history)
                 for row, number in enumerate(numbers):
                     if number in best:
                         write_best(Path(folder) / p.MEMBERS_DIR / str(number), best[number], unit, row, samples / "best" / str(number))
