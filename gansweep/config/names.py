@@ -28,6 +28,11 @@ SMOOTHABLE_LOSSES = ("minimax", "non_saturating", "max_likelihood", "least_squar
 # whose discriminator has batch norm: the two do not go together (config.rules).
 PENALISED_LOSSES = ("wasserstein_gp",)
 BATCH_NORM_CRITICS = ("dcgan",)
+# The generator's normalisation (trial.g_norm): none, batch norm, or Salimans et al.'s virtual
+# batch norm; and the architectures whose generator has batch norm already (dcgan).
+GNorm = Literal["none", "batch", "virtual_batch"]
+G_NORMS: tuple[str, ...] = get_args(GNorm)
+BATCH_NORM_GENERATORS = ("dcgan",)
 
 # Optuna's samplers and pruners, by the names the service's registries give them.
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gansweep.config.names import BATCH_NORM_CRITICS, PENALISED_LOSSES, SMOOTHABLE_LOSSES, TOY_DATASETS
+from gansweep.config.names import BATCH_NORM_CRITICS, BATCH_NORM_GENERATORS, PENALISED_LOSSES, SMOOTHABLE_LOSSES
+from gansweep.config.names import TOY_DATASETS
 from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
 from gansweep.errors import ConfigError
 
@@ -75,6 +76,36 @@ def penalty_needs_a_per_sample_critic(trial: TrialConfig) -> str | None:
     return None
 
 
+def penalty_needs_no_minibatch_features(trial: TrialConfig) -> str | None:
+    # As batch norm above: minibatch discrimination makes D's output for a sample a function
+    # of the other samples of its batch, so the per-sample gradient norm is not the critic's.
+    if trial.loss in PENALISED_LOSSES and trial.minibatch_discrimination:
+        return (
+            f"loss={trial.loss!r} penalises D's gradient per sample, and minibatch_discrimination="
+            f"{trial.minibatch_discrimination} makes D's output for a sample depend on the rest of its "
+            "batch; use minibatch_discrimination: 0 with this loss"
+        )
+    return None
+
+
+def minibatch_dim_needs_kernels(trial: TrialConfig) -> str | None:
+    if trial.minibatch_dim is None or trial.minibatch_discrimination:
+        return None
+    return (
+        f"minibatch_dim is the width of minibatch discrimination's kernels; got minibatch_dim="
+        f"{trial.minibatch_dim} with minibatch_discrimination=0 (off)"
+    )
+
+
+def batch_norm_is_new_to_the_generator(trial: TrialConfig) -> str | None:
+    if trial.g_norm != "batch" or trial.architecture not in BATCH_NORM_GENERATORS:
+        return None
+    return (
+        f"g_norm='batch' adds batch norm to G's hidden layers, and architecture={trial.architecture!r} "
+        "has it there already (Radford et al.); use g_norm: none (its own) or virtual_batch"
+    )
+
+
 def feature_layer_needs_feature_matching(trial: TrialConfig) -> str | None:
     if trial.feature_layer is None or trial.loss == "feature_matching":
         return None
@@ -102,6 +133,9 @@ TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the f
     feature_layer_needs_feature_matching: "feature_layer",
     feature_layer_is_a_hidden_layer: "feature_layer",
     penalty_needs_a_per_sample_critic: "loss",
+    penalty_needs_no_minibatch_features: "minibatch_discrimination",
+    minibatch_dim_needs_kernels: "minibatch_dim",
+    batch_norm_is_new_to_the_generator: "g_norm",
 }
 
 
@@ -218,6 +252,7 @@ KEY_FIELDS: tuple[str, ...] = (
     "noise_dim", "noise", "batch_size", "k", "epochs", "steps_per_epoch", "device",
     "alpha_mode", "optimizer", "d_dropout", "compile",
     "feature_layer",  # the features a pack's feature-matching members compare
+    "minibatch_discrimination", "minibatch_dim", "g_norm",  # the networks' layers
 )
 
 # What a pack cannot train, field -> (test, what a packed trial needs). Empty since the one

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gansweep.config.names import (
     METRIC_DIRECTIONS, TOY_DATASETS, Activation, ArchitectureName, DatasetName, FeatureKind,
-    GeneratorOutput, LossName, PrunerName, QualityMetric, SamplerName,
+    GeneratorOutput, GNorm, LossName, PrunerName, QualityMetric, SamplerName,
 )
 from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
@@ -24,6 +24,7 @@ Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
+MINIBATCH_DIM = 5  # C of minibatch discrimination when minibatch_dim is left out (Salimans et al.'s code)
 
 
 class Frozen(BaseModel):
@@ -67,6 +68,14 @@ class TrialConfig(Frozen):
     # lambda of historical averaging (Salimans et al. 2016): lambda || theta - mean of theta's
     # history ||^2 added to each player's cost; 0: off
     historical_averaging: Annotated[float, Field(ge=0.0)] = 0.0
+    # minibatch discrimination (Salimans et al. 2016): B kernels of width C (minibatch_dim;
+    # None: MINIBATCH_DIM) whose features of each sample's closeness to the rest of D's
+    # minibatch join D's last hidden layer before its head (engine/layers.py); 0: off
+    minibatch_discrimination: Annotated[int, Field(ge=0)] = 0
+    minibatch_dim: PositiveInt | None = None
+    # normalisation in G's hidden layers: none, batch norm, or virtual batch norm (each
+    # example normalised with a reference batch of noise drawn once per trial, plus itself)
+    g_norm: GNorm = "none"
     # optimisation
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_d: PositiveFloat = 2e-4
@@ -102,6 +111,10 @@ class TrialConfig(Frozen):
     @property
     def effective_lr_g(self) -> float:
         return self.lr_d if self.lr_g is None else self.lr_g
+
+    @property
+    def minibatch_kernel_dim(self) -> int:
+        return MINIBATCH_DIM if self.minibatch_dim is None else self.minibatch_dim
 
     @property
     def is_toy(self) -> bool:

@@ -2,7 +2,8 @@
 
 Per D update j: the real minibatch's indices (with replacement), G's noise, the bernoulli
 mode's uniforms (bernoulli only), the gradient penalty's interpolation weights (WGAN-GP
-only); then the G update's noise. Each member draws from its own stream (a torch.Generator
+only); then the G update's noise. Before the first iteration, once per trial, the reference
+batch of virtual batch norm (g_norm: virtual_batch) comes first from the member's stream. Each member draws from its own stream (a torch.Generator
 that starts where torch.manual_seed(seed) and the member's network initialisation left the
 global stream), so a member draws the same numbers alone, in a pack of any size and mates,
 and after mates leave: a trial gives the same losses whichever execution runs it. Dropout
@@ -61,6 +62,16 @@ def _member_draws(
             mixes.append(empty)
     g_noise = noise(noise_kind, (batch_size, noise_dim), device, stream)
     return Draws(torch.stack(reals), torch.stack(d_noise), torch.stack(coins), torch.stack(mixes), g_noise)
+
+
+@torch.no_grad()
+def draw_reference(generator: torch.nn.Module, noise_kind: str, stream: torch.Generator) -> None:
+    """Virtual batch norm's reference batch (layers.VirtualBatchGenerator's buffer), drawn
+    once, first of the member's stream, as G's noise; a generator without one is left as it is.
+    The buffer is the trial state's (state.py): checkpoints carry it, a resumed trial keeps it."""
+    reference = getattr(generator, "reference", None)
+    if isinstance(reference, Tensor):
+        reference.copy_(noise(noise_kind, tuple(reference.shape), reference.device, stream))
 
 
 def member_stream(device: torch.device) -> torch.Generator:

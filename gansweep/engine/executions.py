@@ -116,9 +116,9 @@ def features_of(discriminator: nn.Module, feature_end: int) -> nn.Module:
 def module_nets(generator: nn.Module, discriminator: nn.Module, feature_end: int = 0) -> Nets:
     """The modules called directly on trial 0's inputs (their tensors alias the state)."""
 
-    def call(module: nn.Module, params: Tensor, buffers: tuple[Tensor, ...], x: Tensor) -> Tensor:
+    def call(module: nn.Module, params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, *counts: Tensor) -> Tensor:
         del params, buffers  # the module's own tensors are views of them
-        return module(x[0]).unsqueeze(0)
+        return module(x[0], *(c[0] for c in counts)).unsqueeze(0)
 
     features = features_of(discriminator, feature_end)
     return Nets(partial(call, generator), partial(call, discriminator), partial(call, features))
@@ -140,21 +140,22 @@ def functional_nets(generator: nn.Module, discriminator: nn.Module, layouts: tup
             continue
         names = set(dict(structure.named_parameters())) | set(dict(structure.named_buffers()))
 
-        def one_trial(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor,
+        def one_trial(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, *counts: Tensor,
                       structure: nn.Module = structure, layout: Layout = layout, names: set[str] = names) -> Tensor:
-            tensors = layout.unflatten(params)  # params (N,), x (B, ...)
+            tensors = layout.unflatten(params)  # params (N,), x (B, ...), counts (B,): D's minibatch layer's
             tensors.update(zip(layout.buffer_names, buffers, strict=True))
             if len(names) < len(tensors):  # D's first layers: only theirs
                 tensors = {n: t for n, t in tensors.items() if n in names}
-            return functional_call(structure, tensors, (x,), tie_weights=False)
+            return functional_call(structure, tensors, (x, *counts), tie_weights=False)
 
         if vectorised:
             batch_norm_in_float32(structure)
             forwards.append(vmap(one_trial, randomness="different"))
         else:
 
-            def row0(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, one_trial: Callable[..., Tensor] = one_trial) -> Tensor:
-                return one_trial(params[0], tuple(b[0] for b in buffers), x[0]).unsqueeze(0)
+            def row0(params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, *counts: Tensor,
+                     one_trial: Callable[..., Tensor] = one_trial) -> Tensor:
+                return one_trial(params[0], tuple(b[0] for b in buffers), x[0], *(c[0] for c in counts)).unsqueeze(0)
 
             forwards.append(row0)
     return Nets(*forwards)

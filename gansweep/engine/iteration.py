@@ -26,6 +26,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from gansweep.engine.layers import minibatch_counts
 from gansweep.engine.losses import LOSSES, Loss
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
@@ -50,6 +51,8 @@ class Spec:
     # feature_end): the layers before it are D's body up to its chosen hidden layer.
     feature_end: int = 0
     historical_averaging: bool = False  # some member's historical_averaging lambda is > 0
+    # D has a minibatch layer (layers.py): each D call gets its samples' counts in D's minibatch
+    minibatch_features: bool = False
 
     @property
     def feature_matching(self) -> bool:
@@ -112,13 +115,14 @@ class Draws(NamedTuple):
     g_noise: Tensor
 
 
-Forward = Callable[[Tensor, tuple[Tensor, ...], Tensor], Tensor]
+Forward = Callable[..., Tensor]  # (params, buffers, x, *counts) -> output
 
 
 class Nets(NamedTuple):
     """How an execution calls the networks: (flat params (P, N), buffers, x (P, B, ...)) ->
     G's samples (P, B, *shape), D's logits (P, B), or D's activations at Spec.feature_end
-    (P, B, ...): its first layers only, the features feature matching compares."""
+    (P, B, ...): its first layers only, the features feature matching compares. With
+    Spec.minibatch_features D takes a fourth input, the samples' counts (P, B)."""
 
     g: Forward
     d: Forward
@@ -311,17 +315,21 @@ def iteration(
         real = draws.reals[j]
         w_real, w_fake = ALPHA_WEIGHTS[spec.alpha_mode](hyper.alpha, draws.coins[j], spec.n_real, spec.n_fake)
         mix = draws.mixes[j]
+        # the minibatch layer's counts: the alpha weights of the samples of each D call
+        counts = (minibatch_counts(w_real, w_fake, spec.joint_discriminator, real.shape[0], spec.n_real, spec.n_fake)
+                  if spec.minibatch_features else ())
 
         def d_objective(params: Tensor, buffers: tuple[Tensor, ...], real: Tensor = real, fake: Tensor = fake,
-                        w_real: Tensor = w_real, w_fake: Tensor = w_fake, mix: Tensor = mix) -> tuple[Tensor, object]:
+                        w_real: Tensor = w_real, w_fake: Tensor = w_fake, mix: Tensor = mix,
+                        counts: tuple = counts) -> tuple[Tensor, object]:
             current = d._replace(params=params, buffers=buffers)
             with autocast():
                 if spec.joint_discriminator:
-                    logits = nets.d(params, buffers, torch.cat((real, fake), dim=1)).float()
+                    logits = nets.d(params, buffers, torch.cat((real, fake), dim=1), *counts[:1]).float()
                     real_logits, fake_logits = logits[:, : spec.n_real], logits[:, spec.n_real :]
                 else:
-                    real_logits = nets.d(params, buffers, real).float()
-                    fake_logits = nets.d(params, buffers, fake).float()
+                    real_logits = nets.d(params, buffers, real, *counts[:1]).float()
+                    fake_logits = nets.d(params, buffers, fake, *counts[1:]).float()
             value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P,)
             total = value
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
@@ -342,7 +350,8 @@ def iteration(
         g_buffers, d_buffers = buffers  # D's forward, in training mode, updates its statistics too
         with autocast():
             samples = nets.g(params, g_buffers, draws.g_noise)
-            logits = nets.d(d.params, d_buffers, samples).float()  # D's params need no gradient
+            g_counts = (samples.new_ones(samples.shape[:2]),) if spec.minibatch_features else ()  # G's m samples
+            logits = nets.d(d.params, d_buffers, samples, *g_counts).float()  # D's params need no gradient
             if spec.feature_matching:  # the reals of the last D update, as Salimans et al.'s code
                 real_features = nets.d_features(d.params, d_buffers, draws.reals[-1]).float().detach()
                 fake_features = nets.d_features(d.params, d_buffers, samples).float()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
+from gansweep.engine.layers import Discriminator, MinibatchDiscrimination, VirtualBatchGenerator, VirtualBatchNorm
 
 Builder = Callable[[TrialConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
 
@@ -65,6 +66,46 @@ def _logit_head(in_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, 1), nn.Flatten(start_dim=0))
 
 
+def _head(trial: TrialConfig, in_features: int) -> list[nn.Module]:
+    """D's head on (B, in_features): Salimans et al.'s minibatch layer first where
+    trial.minibatch_discrimination asks for kernels (layers.py), then the logit."""
+    kernels = trial.minibatch_discrimination
+    if not kernels:
+        return [_logit_head(in_features)]
+    layer = MinibatchDiscrimination(in_features, kernels, trial.minibatch_kernel_dim, trial.batch_size)
+    return [layer, _logit_head(in_features + kernels)]
+
+
+# The normalisation after each hidden layer of an mlp or maxout G, by trial.g_norm. Virtual
+# batch norm's reference batch has batch_size examples (Salimans et al. draw one minibatch).
+G_NORMS: dict[str, Callable[[int, TrialConfig], list[nn.Module]]] = {
+    "none": lambda width, trial: [],
+    "batch": lambda width, trial: [nn.BatchNorm1d(width)],
+    "virtual_batch": lambda width, trial: [VirtualBatchNorm(width, trial.batch_size)],
+}
+# dcgan's G has batch norm already (Radford et al.): virtual_batch replaces it; `batch` is
+# refused by config.rules, as it would change nothing.
+DCGAN_G_NORMS: dict[str, Callable[[int, TrialConfig], nn.Module]] = {
+    "none": lambda channels, trial: nn.BatchNorm2d(channels),
+    "batch": lambda channels, trial: nn.BatchNorm2d(channels),
+    "virtual_batch": lambda channels, trial: VirtualBatchNorm(channels, trial.batch_size),
+}
+
+
+def _generator(trial: TrialConfig, layers: list[nn.Module]) -> nn.Module:
+    """G's Sequential; with virtual batch norm, one that holds the reference noise."""
+    if trial.g_norm == "virtual_batch":
+        return VirtualBatchGenerator(*layers, reference_size=trial.batch_size, noise_dim=trial.noise_dim)
+    return nn.Sequential(*layers)
+
+
+def _g_hidden(trial: TrialConfig, width: int, hidden: int, activation: nn.Module) -> list[nn.Module]:
+    """A hidden layer of an mlp or maxout G: linear (no bias before a norm, whose shift
+    cancels it), trial.g_norm's normalisation, the activation."""
+    norm = G_NORMS[trial.g_norm](hidden, trial)
+    return [nn.Linear(width, hidden, bias=not norm), *norm, activation]
+
+
 # ---------------------------------------------------------------------------- mlp
 
 
@@ -74,7 +115,7 @@ def build_mlp(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Modul
     g_layers: list[nn.Module] = []
     width = trial.noise_dim
     for hidden in trial.g_hidden:
-        g_layers += [nn.Linear(width, hidden), ACTIVATIONS[trial.g_activation]()]
+        g_layers += _g_hidden(trial, width, hidden, ACTIVATIONS[trial.g_activation]())
         width = hidden
     g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
 
@@ -86,8 +127,8 @@ def build_mlp(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Modul
             d_layers.append(nn.Dropout(trial.d_dropout))
         width = hidden
         ends.append(len(d_layers))
-    d_layers.append(_logit_head(width))
-    return nn.Sequential(*g_layers), _discriminator(d_layers, ends)
+    d_layers += _head(trial, width)
+    return _generator(trial, g_layers), _discriminator(d_layers, ends)
 
 
 # ---------------------------------------------------------------------------- maxout
@@ -119,7 +160,7 @@ def build_maxout(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mo
     g_layers: list[nn.Module] = []
     width = trial.noise_dim
     for hidden in MAXOUT_G_HIDDEN:
-        g_layers += [nn.Linear(width, hidden), nn.ReLU()]
+        g_layers += _g_hidden(trial, width, hidden, nn.ReLU())
         width = hidden
     g_layers += [nn.Linear(width, n_out), _output(trial), nn.Unflatten(1, data_shape)]
 
@@ -131,9 +172,9 @@ def build_maxout(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mo
         nn.Dropout(MAXOUT_HIDDEN_DROPOUT),
         Maxout(units, units, pieces),
         nn.Dropout(MAXOUT_HIDDEN_DROPOUT),
-        _logit_head(units),  # (B,)
+        *_head(trial, units),  # (B,)
     ]
-    return nn.Sequential(*g_layers), _discriminator(d_layers, [4, 6])
+    return _generator(trial, g_layers), _discriminator(d_layers, [4, 6])
 
 
 # ---------------------------------------------------------------------------- dcgan
@@ -168,7 +209,7 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, DCGAN_INIT_STD)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, VirtualBatchNorm)):
         nn.init.normal_(module.weight, 1.0, DCGAN_INIT_STD)
         nn.init.zeros_(module.bias)
 
@@ -187,14 +228,14 @@ def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mod
     g_layers: list[nn.Module] = [
         nn.Linear(trial.noise_dim, top * base * base, bias=False),  # (B, top * base^2)
         nn.Unflatten(1, (top, base, base)),  # (B, top, base, base)
-        nn.BatchNorm2d(top),
+        DCGAN_G_NORMS[trial.g_norm](top, trial),
         nn.ReLU(),
     ]
     for level in range(levels, 1, -1):  # up to level 1, i.e. side / 2
         c_in, c_out = _dcgan_channels(width, level), _dcgan_channels(width, level - 1)
         g_layers += [
             nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),  # side doubles
-            nn.BatchNorm2d(c_out),
+            DCGAN_G_NORMS[trial.g_norm](c_out, trial),
             nn.ReLU(),
         ]
     g_layers += [
@@ -216,9 +257,9 @@ def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mod
             nn.LeakyReLU(0.2),
         ]
         ends.append(len(d_layers))
-    d_layers += [nn.Flatten(), _logit_head(top * base * base)]  # (B,)
+    d_layers += [nn.Flatten(), *_head(trial, top * base * base)]  # (B,)
 
-    generator, discriminator = nn.Sequential(*g_layers), _discriminator(d_layers, ends)
+    generator, discriminator = _generator(trial, g_layers), _discriminator(d_layers, ends)
     generator.apply(_dcgan_init)
     discriminator.apply(_dcgan_init)
     assert base * 2**levels == side  # invariant of dcgan_levels
@@ -227,8 +268,9 @@ def build_dcgan(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Mod
 
 def _discriminator(layers: list[nn.Module], hidden_ends: list[int]) -> nn.Sequential:
     """D as a Sequential that knows where each hidden layer's block ends (its activation and
-    dropout included): feature matching's features are the output of D[:end]."""
-    discriminator = nn.Sequential(*layers)
+    dropout included): feature matching's features are the output of D[:end], which stops
+    before the minibatch layer of the head."""
+    discriminator = Discriminator(*layers)
     discriminator.hidden_ends = tuple(hidden_ends)
     return discriminator
 

@@ -22,7 +22,7 @@ from gansweep.config.rules import pack_key
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import evaluate as evaluation
 from gansweep.engine.data import Dataset, resolve_device
-from gansweep.engine.draws import draw, member_stream
+from gansweep.engine.draws import draw, draw_reference, member_stream
 from gansweep.engine.epochs import (  # noqa: F401 (the worker reads them here too)
     divergence,
     has_batch_norm,
@@ -74,6 +74,7 @@ def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.d
         device_type=device.type,
         feature_end=feature_end(discriminator, first.feature_layer) if any(t.loss == "feature_matching" for t in trials) else 0,
         historical_averaging=averaging(trials),
+        minibatch_features=first.minibatch_discrimination > 0,
     )
 
 
@@ -181,6 +182,7 @@ def build_unit(
         generators.append(generator.to(device))
         discriminators.append(discriminator.to(device))
         streams.append(member_stream(device))
+        draw_reference(generator, trial.noise, streams[-1])  # virtual batch norm's, else nothing
     # The forwards' own randomness (dropout) from the global stream, set apart from the
     # members' streams: a lone trial's masks would otherwise repeat its draws' numbers.
     torch.manual_seed(first.seed + DROPOUT_SEED_OFFSET)
