@@ -48,7 +48,7 @@ def main() -> int:
         os.environ["GANSWEEP_CACHE"] = tempfile.mkdtemp(prefix="gansweep-metrics-bench-")
 
     from gansweep.config.schema import TrialConfig
-    from gansweep.engine import features, quality
+    from gansweep.engine import features, quality, scoring
     from gansweep.engine.data import load_dataset
     from gansweep.engine.models import build_models
     from gansweep.engine.parzen import evaluate as parzen
@@ -64,7 +64,7 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     fake = (data.train[:n].cpu() + 0.1 * torch.randn(n, *data.shape, generator=g)).clamp(0, 1).to(device)
     real = data.test
-    space = features.feature_space("domain", data)
+    space = scoring.feature_space("domain", data)
     real_f, fake_f = space.embed(real), space.embed(fake)
     trial = TrialConfig(dataset="fashion-mnist", eval_samples=n, device=args.device)
     _, discriminator = build_models(trial, data.shape)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gansweep.engine import features, inception
+from gansweep.engine import features, inception, scoring
 from gansweep.engine.data import load_dataset
 from gansweep.errors import ConfigError, DataError
 
@@ -40,7 +40,7 @@ def test_domain_classifier_of_digits_is_trained_cached_and_read_back(cache: Path
     again = features.domain_model("digits")  # from the file this time
     assert again.sha256 == model.sha256 and again.test_accuracy == model.test_accuracy
     data = load_dataset("digits")
-    space = features.feature_space("domain", data)
+    space = scoring.feature_space("domain", data)
     embedded = space.embed(data.test.flatten(1))  # flat rows, as an MLP generator gives them
     assert embedded.shape == (data.test.shape[0], features.DOMAIN_FEATURES)
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_other_weights_in_the_cache_file_are_refused(cache: Path) -> None:
 
 def test_points_space_of_a_2d_set() -> None:
     data = load_dataset("circle", n_train=100)
-    space = features.feature_space("domain", data)
+    space = scoring.feature_space("domain", data)
     assert space.name == "points:circle"
     assert torch.equal(space.embed(data.test), data.test)
 

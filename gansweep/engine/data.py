@@ -25,20 +25,15 @@ import functools
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from gansweep.engine.dataset import IMAGE_SIGMAS, TOY_SIGMAS, Dataset  # noqa: F401 (read here by callers)
 from gansweep.engine.image_files import CpuSplits, find_root, image_cpu
 from gansweep.engine.image_files import image_labels as image_labels_on_disk
 from gansweep.errors import ConfigError, DataError
-
-# Parzen sigma grids. Images: Goodfellow's logspace(-1, 0, 10) for data in [0, 1]. Toys live
-# in about [-1, 1]^2 with features down to the 0.02 mode width, so the grid reaches lower.
-IMAGE_SIGMAS: tuple[float, ...] = tuple(10 ** (-1 + i / 9) for i in range(10))
-TOY_SIGMAS: tuple[float, ...] = tuple(10 ** (-2 + 2 * i / 9) for i in range(10))
 
 # Fixed toy split sizes; `n_train` may change the training size only.
 TOY_SIZES: dict[str, int] = {"train": 10_000, "valid": 1_000, "test": 2_000}
@@ -67,29 +62,6 @@ class Loader(Protocol):
     ) -> Dataset: ...
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value for ==
-class Dataset:
-    """One dataset's splits, each a single tensor on one device."""
-
-    name: str
-    train: Tensor  # (n_train, *shape) float32
-    valid: Tensor  # (n_valid, *shape)
-    test: Tensor  # (n_test, *shape)
-    is_image: bool
-    default_sigmas: tuple[float, ...]  # the Parzen sigma grid searched on the validation split
-    modes: Tensor | None = None  # (n_modes, 2) centres of ring8 / grid25, else None
-    mode_std: float | None = None  # std of each mode's Gaussian, else None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of one example: (2,) for toys, (C, H, W) for images."""
-        return tuple(self.train.shape[1:])
-
-    @property
-    def device(self) -> torch.device:
-        return self.train.device
-
-
 def load_dataset(
     name: str,
     *,
@@ -110,7 +82,7 @@ def load_dataset(
     if name not in DATASETS:
         from pathlib import Path
 
-        from gansweep.engine.userdata import load_file_dataset  # (it imports this module)
+        from gansweep.engine.userdata import load_file_dataset  # pandas, torchvision: only for files
 
         if not Path(name).exists():
             raise DataError(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
-from gansweep.engine.data import Dataset
+from gansweep.engine.dataset import Dataset, image_tanh, to_data_scale, to_model_scale  # noqa: F401 (read here by callers)
 from gansweep.engine.draws import noise
 from gansweep.engine.metrics import mode_coverage, save_sample_grid, save_scatter
 from gansweep.engine.parzen import evaluate as parzen_evaluate
@@ -28,19 +28,6 @@ OUTPUT_RANGES: dict[str, tuple[float, float]] = {"tanh": (-1.0, 1.0), "sigmoid":
 # tails of a few points beyond a bound do not make a set unlearnable (the circle's Gaussian
 # noise reaches 1.03 in some seeds while 99.9% of it lies within 0.96).
 RANGE_TAIL = 0.001
-
-
-def image_tanh(trial: TrialConfig, data: Dataset) -> bool:
-    """Whether the generator trains on images rescaled to [-1, 1] (a tanh output)."""
-    return data.is_image and trial.generator_output == "tanh"
-
-
-def to_model_scale(trial: TrialConfig, data: Dataset, x: Tensor) -> Tensor:
-    return x * 2.0 - 1.0 if image_tanh(trial, data) else x
-
-
-def to_data_scale(trial: TrialConfig, data: Dataset, x: Tensor) -> Tensor:
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0) if image_tanh(trial, data) else x
 
 
 def check_output_range(trial: TrialConfig, data: Dataset) -> None:

@@ -14,7 +14,6 @@ inception:<sha8>, points:circle): scores in different spaces are not comparable.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import functools
 import hashlib
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gansweep.engine.data import Dataset, image_labels
+from gansweep.engine.data import image_labels
 from gansweep.engine.image_files import cache_dir
 from gansweep.errors import DataError
 
@@ -223,27 +222,10 @@ def domain_model(dataset: str, data_dir: str | None = None) -> DomainModel:
         return DomainModel(network, dataset, info["sha256"], test_accuracy, seconds, weights)
 
 
-def _chunked(network: Callable[[Tensor], Tensor], shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+def chunked(network: Callable[[Tensor], Tensor], shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
     @torch.no_grad()
     def embed(x: Tensor) -> Tensor:
         rows = x.reshape(-1, *shape)
         return torch.cat([network(rows[s : s + EMBED_CHUNK].float()) for s in range(0, rows.shape[0], EMBED_CHUNK)])
 
     return embed
-
-
-def feature_space(kind: str, data: Dataset, data_dir: str | None = None) -> FeatureSpace:
-    """The space a trial's metrics are computed in: a 2D set's points whatever `kind`, else
-    the image set's domain classifier or Inception-v3 (kind: domain | inception)."""
-    if not data.is_image:
-        return FeatureSpace(f"points:{data.name}", lambda x: x.flatten(1))
-    if kind == "inception":
-        from gansweep.engine.inception import inception_space
-
-        return inception_space(data.device, data.shape)
-    if kind != "domain":
-        raise ValueError(f"unknown feature space {kind!r}; valid: domain, inception")
-    model = domain_model(data.name, data_dir)
-    # a copy per device: the cached CPU network stays where it is
-    network = model.network if data.device.type == "cpu" else copy.deepcopy(model.network).to(data.device)
-    return FeatureSpace(model.name, _chunked(network.features, data.shape))

@@ -9,19 +9,38 @@ space it was computed in (engine/features.py), which metrics.csv and the MLflow 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
 from gansweep.config.theory import blind_discriminator
-from gansweep.engine.data import Dataset
-from gansweep.engine.features import feature_space
+from gansweep.engine.dataset import Dataset, to_model_scale
+from gansweep.engine.features import FeatureSpace, chunked, domain_model
 from gansweep.engine.quality import c2st_accuracy, fid, kid, precision_recall, roc_auc
 
 Scores = dict[str, float | str]
 FEATURE_METRICS = ("fid", "kid", "precision", "recall", "c2st_accuracy")
 FEATURES = "features"  # the result key of the feature space's name
 BLIND = "blind_discriminator"  # 1.0 where config.theory.blind_discriminator says so, else 0.0
+
+
+def feature_space(kind: str, data: Dataset, data_dir: str | None = None) -> FeatureSpace:
+    """The space a trial's metrics are computed in: a 2D set's points whatever `kind`, else
+    the image set's domain classifier or Inception-v3 (kind: domain | inception)."""
+    if not data.is_image:
+        return FeatureSpace(f"points:{data.name}", lambda x: x.flatten(1))
+    if kind == "inception":
+        from gansweep.engine.inception import inception_space
+
+        return inception_space(data.device, data.shape)
+    if kind != "domain":
+        raise ValueError(f"unknown feature space {kind!r}; valid: domain, inception")
+    model = domain_model(data.name, data_dir)
+    # a copy per device: the cached CPU network stays where it is
+    network = model.network if data.device.type == "cpu" else copy.deepcopy(model.network).to(data.device)
+    return FeatureSpace(model.name, chunked(network.features, data.shape))
 
 
 def real_test(trial: TrialConfig, data: Dataset) -> Tensor:
@@ -52,7 +71,6 @@ def feature_scores(trial: TrialConfig, data: Dataset, real: Tensor, fake: Tensor
 def discriminator_auc(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> float:
     """ROC AUC of D's scores, held-out real vs generated, in eval mode (batch norm's running
     statistics, no dropout); inputs in the generator's scale, as D was trained."""
-    from gansweep.engine.evaluate import to_model_scale
 
     real = data.valid[: trial.eval_valid]
     fake = fake[: max(real.shape[0], 1)].reshape(-1, *data.shape)

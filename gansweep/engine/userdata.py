@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from gansweep.config import datafile
-from gansweep.engine.data import IMAGE_SIGMAS, TOY_SIGMAS, Dataset
+from gansweep.engine.dataset import IMAGE_SIGMAS, TOY_SIGMAS, Dataset
 from gansweep.errors import DataError
 
 # The mean standard deviation of a coordinate of the built-in 2D sets' points (circle: 0.50,
