@@ -91,7 +91,6 @@ BROKEN_TRIALS = {
     "feature_layer_is_a_hidden_layer": {"feature_layer": 2, "loss": "feature_matching", "d_hidden": (128, 128)},
     "penalty_needs_a_per_sample_critic": {"loss": "wasserstein_gp", "architecture": "dcgan"},
     "penalty_needs_no_minibatch_features": {"loss": "wasserstein_gp", "minibatch_discrimination": 4},
-    "minibatch_dim_needs_kernels": {"minibatch_dim": 7, "minibatch_discrimination": 0},
     "batch_norm_is_new_to_the_generator": {"g_norm": "batch", "architecture": "dcgan"},
 }
 

@@ -88,15 +88,6 @@ def penalty_needs_no_minibatch_features(trial: TrialConfig) -> str | None:
     return None
 
 
-def minibatch_dim_needs_kernels(trial: TrialConfig) -> str | None:
-    if trial.minibatch_dim is None or trial.minibatch_discrimination:
-        return None
-    return (
-        f"minibatch_dim is the width of minibatch discrimination's kernels; got minibatch_dim="
-        f"{trial.minibatch_dim} with minibatch_discrimination=0 (off)"
-    )
-
-
 def batch_norm_is_new_to_the_generator(trial: TrialConfig) -> str | None:
     if trial.g_norm != "batch" or trial.architecture not in BATCH_NORM_GENERATORS:
         return None
@@ -134,7 +125,6 @@ TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the f
     feature_layer_is_a_hidden_layer: "feature_layer",
     penalty_needs_a_per_sample_critic: "loss",
     penalty_needs_no_minibatch_features: "minibatch_discrimination",
-    minibatch_dim_needs_kernels: "minibatch_dim",
     batch_norm_is_new_to_the_generator: "g_norm",
 }
 

@@ -68,11 +68,12 @@ class TrialConfig(Frozen):
     # lambda of historical averaging (Salimans et al. 2016): lambda || theta - mean of theta's
     # history ||^2 added to each player's cost; 0: off
     historical_averaging: Annotated[float, Field(ge=0.0)] = 0.0
-    # minibatch discrimination (Salimans et al. 2016): B kernels of width C (minibatch_dim;
-    # None: MINIBATCH_DIM) whose features of each sample's closeness to the rest of D's
-    # minibatch join D's last hidden layer before its head (engine/layers.py); 0: off
+    # minibatch discrimination (Salimans et al. 2016): B kernels of width C (minibatch_dim)
+    # whose features of each sample's closeness to the rest of D's minibatch join D's last
+    # hidden layer before its head (engine/layers.py); 0: off. C is read only when B > 0, so
+    # that a study may fix C and search B over 0 and more.
     minibatch_discrimination: Annotated[int, Field(ge=0)] = 0
-    minibatch_dim: PositiveInt | None = None
+    minibatch_dim: PositiveInt = MINIBATCH_DIM
     # normalisation in G's hidden layers: none, batch norm, or virtual batch norm (each
     # example normalised with a reference batch of noise drawn once per trial, plus itself)
     g_norm: GNorm = "none"
@@ -111,10 +112,6 @@ class TrialConfig(Frozen):
     @property
     def effective_lr_g(self) -> float:
         return self.lr_d if self.lr_g is None else self.lr_g
-
-    @property
-    def minibatch_kernel_dim(self) -> int:
-        return MINIBATCH_DIM if self.minibatch_dim is None else self.minibatch_dim
 
     @property
     def is_toy(self) -> bool:

@@ -72,7 +72,7 @@ def _head(trial: TrialConfig, in_features: int) -> list[nn.Module]:
     kernels = trial.minibatch_discrimination
     if not kernels:
         return [_logit_head(in_features)]
-    layer = MinibatchDiscrimination(in_features, kernels, trial.minibatch_kernel_dim, trial.batch_size)
+    layer = MinibatchDiscrimination(in_features, kernels, trial.minibatch_dim, trial.batch_size)
     return [layer, _logit_head(in_features + kernels)]
 
 
