@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.overrides)
     trial = trial_from_study(study)
     output = Path(args.output) if args.output else study.output_dir / "train"
-    return train_one(trial, output)
+    return train_one(trial, output, study.objective)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -11,7 +14,7 @@ from rich.table import Table
 
 from gansweep.errors import TrialDiverged, TrialOutOfMemory
 from gansweep.files import write_csv_atomically
-from gansweep.config.schema import TrialConfig
+from gansweep.config.schema import ObjectiveConfig, TrialConfig
 
 SUMMARY_METRICS = (
     "d_loss",
@@ -52,7 +55,42 @@ def epoch_summary(metrics: dict[str, float]) -> str:
     return text
 
 
-def train_one(trial: TrialConfig, output: Path) -> int:
+BEST_GENERATOR = "best_generator.pt"  # objective.select: best: the best evaluation's generator
+
+
+@dataclass
+class BestSoFar:
+    """objective.select: best in `gansweep train`: the best evaluation so far, its generator
+    kept in output/best_generator.pt as the sweep's worker keeps best.pt."""
+
+    objective: ObjectiveConfig
+    path: Path
+    value: float | None = None
+    epoch: int | None = None
+
+    def note(self, metrics: dict[str, float], epoch: int, state: Callable[[], dict[str, Any]], trial: TrialConfig) -> None:
+        """Keep this epoch's generator when it is the best so far, and add best_epoch and
+        best_<metric> to its metrics (as the sweep's results have them)."""
+        import torch
+
+        from gansweep.engine.train import improves
+
+        value = metrics.get(self.objective.metric)
+        if value is not None and improves(float(value), self.value, self.objective.direction):
+            self.value, self.epoch = float(value), epoch
+            kept = {"generator": state()["generator"], "trial": trial.model_dump(mode="json"), "epoch": epoch,
+                    "value": self.value, "metric": self.objective.metric}
+            partial = self.path.with_suffix(".partial")
+            torch.save(kept, partial)
+            partial.replace(self.path)  # never a half-written file under the final name
+        if self.epoch is not None:
+            metrics["best_epoch"] = float(self.epoch)
+            metrics[f"best_{self.objective.metric}"] = float(self.value)  # type: ignore[arg-type]
+
+
+def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | None = None) -> int:
+    """One trial to its last epoch; with objective.select: best also its best evaluation's
+    generator (best_generator.pt)."""
     from gansweep.engine.data import load_dataset
     from gansweep.engine.run import resolve_device
     from gansweep.engine.train import train_gan
@@ -75,7 +113,12 @@ def train_one(trial: TrialConfig, output: Path) -> int:
         disable=not console.is_terminal,  # CI logs stay readable: only the summary is printed
     )
 
-    def report(metrics: dict[str, float], epoch: int, state: object) -> None:
+    best = BestSoFar(objective, output / BEST_GENERATOR) if objective is not None and objective.select == "best" else None
+    (output / BEST_GENERATOR).unlink(missing_ok=True)  # an earlier train's into this folder
+
+    def report(metrics: dict[str, float], epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        if best is not None:
+            best.note(metrics, epoch, state, trial)
         rows.append(metrics)
         write_metrics(rows, output / "metrics.csv")
         progress.update(task, completed=epoch, description=epoch_summary(metrics))
@@ -89,6 +132,9 @@ def train_one(trial: TrialConfig, output: Path) -> int:
             console.print(f"metrics so far: {output / 'metrics.csv'}")
             return 1
     print_summary(console, trial, rows[-1], output)
+    if best is not None and best.epoch is not None:
+        console.print(f"best evaluation: epoch {best.epoch}, {objective.metric} {best.value:.4f}; "  # type: ignore[union-attr]
+                      f"its generator: {output / BEST_GENERATOR}")
     return 0
 
 

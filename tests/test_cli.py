@@ -17,9 +17,11 @@ from gansweep.engine.parzen import data_as_model_baseline
 
 
 def test_train_writes_metrics_per_epoch_and_samples(tmp_path: Path) -> None:
+    import torch
+
     done = gansweep(
         "train", str(STUDIES / "smoke.yaml"), "--set", "alpha=0.3", "--set", "dataset=line",
-        "--set", "epochs=4", "--set", "eval_every=2", "--output", "one", cwd=tmp_path,
+        "--set", "epochs=4", "--set", "eval_every=2", "--set", "objective.select=best", "--output", "one", cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "one" / "metrics.csv")
@@ -30,6 +32,17 @@ def test_train_writes_metrics_per_epoch_and_samples(tmp_path: Path) -> None:
     trial = yaml.safe_load((tmp_path / "one" / "trial.yaml").read_text())
     assert trial["alpha"] == 0.3 and trial["dataset"] == "line" and trial["loss"] == "non_saturating"
     assert "d_loss" in done.stdout and "parzen_ll" in done.stdout  # the final summary
+    # objective.select: best: the best evaluation's generator kept, its epoch and value reported
+    evaluated = table[table["parzen_ll"].notna()]
+    best = evaluated.loc[evaluated["parzen_ll"].idxmax()]
+    assert evaluated["best_parzen_ll"].tolist() == pytest.approx(evaluated["parzen_ll"].cummax().tolist())
+    assert table["best_epoch"].iloc[-1] == best["epoch"]
+    kept = torch.load(tmp_path / "one" / "best_generator.pt", weights_only=False)
+    assert kept["epoch"] == best["epoch"] and kept["metric"] == "parzen_ll"
+    assert kept["value"] == pytest.approx(best["parzen_ll"])
+    assert kept["trial"]["alpha"] == 0.3 and kept["generator"]
+    assert f"best evaluation: epoch {kept['epoch']}" in done.stdout
+    assert not (tmp_path / "one" / "best_generator.partial").exists()
 
 
 def test_train_with_a_diverging_trial_reports_it(tmp_path: Path) -> None:

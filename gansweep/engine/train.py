@@ -6,6 +6,7 @@ nothing of Ray or MLflow: a report is a plain callable, which may raise to stop 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +78,14 @@ def train_gan(
             raise
         raise out_of_memory(err, trial, unit) from err
     return history
+
+
+def improves(value: float, best: float | None, direction: str) -> bool:
+    """Whether `value` beats the best so far (None: nothing yet) in `direction` (maximize or
+    minimize); a NaN or infinite value never does (objective.select: best)."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if direction == "maximize" else value < best)
 
 
 def out_of_memory(err: BaseException, trial: TrialConfig, unit: run.Unit | None) -> TrialOutOfMemory:

@@ -27,7 +27,6 @@ each epoch to drop them from its step.
 from __future__ import annotations
 
 import copy
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from ray import tune
 from gansweep.engine import run
 from gansweep.engine.data import Dataset, load_dataset
 from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch, resolve_device
-from gansweep.engine.train import out_of_memory
+from gansweep.engine.train import improves, out_of_memory
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
 from gansweep.service.storage import storage_filesystem, strip_scheme
@@ -95,9 +94,7 @@ def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointStat
 
 
 def is_better(value: float, best: Best | None, direction: str) -> bool:
-    if not math.isfinite(value):
-        return False
-    return best is None or (value > best.value if direction == "maximize" else value < best.value)
+    return improves(value, None if best is None else best.value, direction)
 
 
 def note_best(best: dict[int, Best], select: p.Selection, unit: Unit, row: int, number: int, metrics: dict[str, float]) -> None:
