@@ -20,7 +20,11 @@ from gansweep.engine import models, run
 from gansweep.engine.draws import member_stream, noise
 from gansweep.engine.iteration import ALPHA_WEIGHTS
 from gansweep.engine.layers import (
-    VBN_EPS, MinibatchDiscrimination, VirtualBatchGenerator, VirtualBatchNorm, minibatch_counts,
+    VBN_EPS,
+    MinibatchDiscrimination,
+    VirtualBatchGenerator,
+    VirtualBatchNorm,
+    minibatch_counts,
 )
 
 MINIBATCH = {"minibatch_discrimination": 4, "minibatch_dim": 3}
@@ -243,6 +247,7 @@ def test_the_reference_batch_is_drawn_first_from_the_trials_own_stream(circle) -
 # ---------------------------------------------------------------------------- training, executions
 
 
+@pytest.mark.slow  # about 1 s alone, but 18 to 28 s each beside another suite on the 2-core machine
 @pytest.mark.parametrize("stabiliser", [MINIBATCH, VBN], ids=["minibatch", "vbn"])
 def test_each_trains_a_few_hundred_steps_on_ring8_with_finite_losses(stabiliser: dict) -> None:
     from gansweep.engine.data import load_dataset

@@ -13,7 +13,12 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
-from gansweep.engine.layers import Discriminator, MinibatchDiscrimination, VirtualBatchGenerator, VirtualBatchNorm
+from gansweep.engine.layers import (
+    Discriminator,
+    MinibatchDiscrimination,
+    VirtualBatchGenerator,
+    VirtualBatchNorm,
+)
 
 Builder = Callable[[TrialConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
 
