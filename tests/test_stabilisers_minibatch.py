@@ -292,10 +292,12 @@ def test_on_dcgan_packed_is_eager(digits, stabiliser: dict) -> None:
 
 
 def test_pack_members_each_see_their_own_minibatch(circle) -> None:
-    """Members of other alphas and seeds in one pack: each as in a pack of itself (each its own
-    counts, its own reference batch)."""
+    """Members of other alphas, losses and seeds in one pack: each as in a pack of itself (each
+    its own counts, its own reference batch)."""
     base = TrialConfig(**{**TOY, **MINIBATCH, **VBN, "alpha_mode": "weight"})
-    members = [base, base.model_copy(update={"alpha": 0.3, "seed": 1}), base.model_copy(update={"alpha": 0.7, "seed": 2})]
+    members = [base, base.model_copy(update={"alpha": 0.3, "seed": 1, "loss": "hinge"}),
+               base.model_copy(update={"alpha": 0.7, "seed": 2, "loss": "least_squares"}),
+               base.model_copy(update={"seed": 3, "loss": "max_likelihood"})]
     together = losses_of(members, circle, "packed")
     for member, history in zip(members, together, strict=True):
         (alone,) = losses_of([member], circle, "packed")

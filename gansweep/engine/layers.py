@@ -52,7 +52,8 @@ class MinibatchDiscrimination(nn.Module):
         n = f.shape[0]
         dtype = torch.promote_types(f.dtype, torch.float32)  # at least float32 under bf16 autocast
         m = (f.to(dtype) @ self.T.to(dtype)).unflatten(-1, (self.kernels, self.dim))  # (N, B, C)
-        distance = (m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(-1)  # (N, N, B)
+        # (N, N, B), summed one kernel coordinate at a time: (N, N, B) in memory, not (N, N, B, C)
+        distance = sum((m[:, None, :, c] - m[None, :, :, c]).abs() for c in range(self.dim))
         closeness = torch.exp(-distance)
         others = 1.0 - torch.eye(n, device=f.device, dtype=closeness.dtype)  # (N, N): j != i
         weights = others if counts is None else others * counts.to(closeness.dtype).unsqueeze(0)
