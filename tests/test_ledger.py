@@ -216,6 +216,29 @@ def test_a_worker_error_fails_the_members_not_yet_ended(tmp_path: Path) -> None:
     assert ledger.errored("t", "again") == []
 
 
+def test_a_worker_stopped_by_the_store_being_away_leaves_its_members_to_resume(tmp_path: Path) -> None:
+    from gansweep.service.storage import is_storage_outage
+
+    ledger = Ledger(make_study(tmp_path, 2))
+    ledger.plan(2)
+    ledger.hand_out("t")
+    ledger.record("t", result(1, {0: good(1, -1.0), 1: good(1, -1.0)}), checkpoint_follows=True)
+    ledger.checkpointed("t", "s3://b/ckpt/1")
+    closes = ledger.errored("t", "the checkpoint store did not answer", interrupted=True)
+    assert [(c.number, c.state, c.reason) for c in closes] == [(0, "INTERRUPTED", "the checkpoint store did not answer"),
+                                                               (1, "INTERRUPTED", "the checkpoint store did not answer")]
+    assert [state(ledger.optuna, n) for n in (0, 1)] == [TrialState.RUNNING] * 2
+    assert ledger.optuna.frozen(0).user_attrs[p.ATTR_INTERRUPTED_BY] == "the checkpoint store did not answer"
+    again = Ledger(make_study(tmp_path, 2))
+    again.plan(2)
+    assert again.hand_out("r").resume == "s3://b/ckpt/1"  # the next run resumes them together
+    away = ("OSError: When getting information for key 'tune/x/checkpoint_000001' in bucket 'b': AWS Error "
+            "NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Could not connect to server")
+    assert is_storage_outage(away)
+    assert not is_storage_outage("OSError: When reading 'x' in bucket 'b': AWS Error ACCESS_DENIED during GetObject")
+    assert not is_storage_outage("RuntimeError: Could not connect to server")  # not the store's client
+
+
 def test_each_attempt_is_recorded_with_its_node(tmp_path: Path) -> None:
     ledger = Ledger(make_study(tmp_path, 1))
     ledger.plan(1)

@@ -29,10 +29,12 @@ import pyarrow.fs
 import pytest
 import torch
 
-from conftest import clean_env, free_port, gansweep, kill_group, start_gansweep, wait_for_http
+from mlflow.tracking import MlflowClient
+
+from conftest import clean_env, free_port, gansweep, kill_group, mlflow_runs, start_gansweep, wait_for_http
 from gansweep.service import storage
 from test_cluster import kill_session, live_trials, wait_until, write_study
-from test_sweep import check_consistent
+from test_sweep import check_consistent, children
 
 # moto answers the first N requests without checking credentials: the three that create the
 # user below. From then on a request needs that user's keys, as with MinIO.
@@ -370,3 +372,67 @@ def test_a_killed_sweep_resumes_from_its_checkpoints_in_s3(
         state = torch.load(io.BytesIO(s3_server.read(bucket, f"{final_key}/state.pt")), weights_only=False)
         assert state["epoch"] == RESUME_EPOCHS
     assert not (tmp_path / "out" / "tune").exists()
+
+
+# -------------------------------------------------------------------- the store away a while
+
+S3_AWAY_SECONDS = 20  # longer than Tune's retries of a trial (max_failures 1) take
+S3_AWAY_EPOCHS = 30  # of about a second each, one checkpoint per epoch: the outage hits uploads
+
+
+@pytest.mark.slow  # two sweeps and a 20 s outage: in CI's slow step
+def test_the_s3_store_away_mid_sweep_interrupts_trials_that_resume_on_the_rerun(
+    tmp_path: Path, s3_server: S3Server, bucket: str, ray_tmp: Path
+) -> None:
+    """The store cut off (every connection closed, new ones refused) for 20 s once a trial has
+    checkpointed twice, then back with its objects. A trial whose checkpoint upload or restore
+    failed past Tune's retries is not FAILed: it stays RUNNING in Optuna, its MLflow run ends
+    KILLED with the reason, the driver exits 1 (no traceback) saying to run again; the rerun
+    resumes it from its last checkpoint and logs every epoch once."""
+    from faultproxy import CuttableProxy
+
+    proxy = CuttableProxy(s3_server.port)
+    write_study(tmp_path, S3_RESUME_STUDY.replace("epochs: 5", f"epochs: {S3_AWAY_EPOCHS}"), "s3away")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**s3_env(s3_server, bucket, ray_tmp), storage.S3_ENDPOINT_ENV: proxy.endpoint}
+    args = ("run", "s3away.yaml", "--output", "out", "--tracking-uri", uri)
+    db = tmp_path / "out" / "optuna.db"
+    log = tmp_path / "first.log"
+    driver = start_gansweep(*args, cwd=tmp_path, env=env, log=log)
+    try:
+        wait_until(lambda: any(str(t.get("checkpoint", "")).startswith("s3://") and epoch_of(t["checkpoint"]) >= 2
+                               for t in live_trials(db).values()), "two checkpoints in S3", driver, log, timeout=180)
+        proxy.cut()
+        time.sleep(S3_AWAY_SECONDS)
+        proxy.restore()
+        assert driver.wait(timeout=300) == 1
+    finally:
+        proxy.cut()
+        if driver.poll() is None:
+            kill_session(driver.pid)
+    text = log.read_text()
+    assert "Traceback" not in text.split("gansweep: interrupted")[0][-2000:], text[-3000:]
+    assert "interrupted with" in text and "run the same command to resume" in text, text[-3000:]
+    trials = live_trials(db)
+    interrupted = {n: t for n, t in trials.items() if t["state"] == "RUNNING"}
+    assert interrupted and not [t for t in trials.values() if t["state"] == "FAIL"], trials
+    runs = {r.data.tags["gansweep.trial"]: r for r in children(mlflow_runs(uri, "s3away"))}
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    for number, trial in interrupted.items():
+        assert "the checkpoint store did not answer" in trial["interrupted_by"]
+        run = runs[str(number)]
+        assert run.info.status == "KILLED" and run.data.tags["gansweep.state"] == "INTERRUPTED"
+        assert run.data.tags["gansweep.interrupted_by"] == trial["interrupted_by"]
+        assert "gansweep.failure_reason" not in run.data.tags
+
+    proxy.restore()
+    done = gansweep(*args, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = check_consistent(tmp_path / "out", uri, "s3away", expected=2)
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == S3_AWAY_EPOCHS).all()
+    study = optuna.load_study(study_name="s3away", storage=f"sqlite:///{db}")
+    client = MlflowClient(uri)
+    for number in interrupted:
+        assert study.trials[number].user_attrs["attempts"][-1]["resumed_from"] >= 2
+        steps = [m.step for m in client.get_metric_history(runs[str(number)].info.run_id, "d_loss")]
+        assert steps == list(range(1, S3_AWAY_EPOCHS + 1))

@@ -6,6 +6,8 @@ replicates a configuration's run holds its replicates' means, and each replicate
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ from gansweep.service.search import OptunaStudy
 from gansweep.service import protocol as p
 from gansweep.service.ledger import Action, Close, FetchSamples, Ledger, LogEpoch, TagNodes, closing_of, replicate_closing
 from gansweep.service.replicates import RunKey
-from gansweep.service.storage import storage_filesystem, strip_scheme
+from gansweep.service.storage import is_storage_outage, storage_filesystem, strip_scheme
 from gansweep.config.schema import TrialConfig
 from gansweep.service.tracking import (
-    TAG_BEST_EPOCH, TAG_BLIND, TAG_FEATURES, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker, run_name,
+    TAG_BEST_EPOCH, TAG_BLIND, TAG_FEATURES, TAG_INTERRUPTED_BY, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker,
+    run_name,
 )
 
 # Draws a member's figure from its MLflow history (metric -> [(epoch, value)]) into a file;
@@ -46,9 +49,24 @@ def close_tags(close: Close) -> dict[str, str]:
     tags = {}
     if close.pruned_at is not None:
         tags[TAG_PRUNED_AT] = str(close.pruned_at)
-    if close.reason:
-        tags[TAG_REASON] = close.reason
+    if close.reason:  # an unfinished run's reason is no failure: it resumes
+        tags[TAG_INTERRUPTED_BY if close.state == "INTERRUPTED" else TAG_REASON] = close.reason
     return tags
+
+
+# While the S3 store is away the driver's copies out of checkpoints wait for it this long,
+# with a back-off (1 s, doubling), then go on without the file; after a give-up the next copy
+# tries once until the store has answered again.
+FETCH_RETRY_S = 30.0
+
+
+def error_text(trial: Trial) -> str:
+    """The worker's traceback as Tune wrote it on the driver's disk (not read from the store,
+    which may be the thing that is away)."""
+    try:
+        return Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        return ""
 
 
 def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
@@ -104,12 +122,29 @@ def read_histories(uri: str, members: list[int], s3: pyarrow.fs.FileSystem | Non
     return histories
 
 
+def copy_out(checkpoint: tune.Checkpoint, source: str, target: Path, name: str) -> bool:
+    """A checkpoint's file or folder into `target` (False: the checkpoint has none). A file
+    is written beside its final name and renamed: a copy cut short is never read back."""
+    info = checkpoint.filesystem.get_file_info(source)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        return False
+    target.mkdir(parents=True, exist_ok=True)
+    if info.type == pyarrow.fs.FileType.File:
+        partial = target / f".{name}.partial"
+        pyarrow.fs.copy_files(source, str(partial), source_filesystem=checkpoint.filesystem)
+        partial.replace(target / name)
+    else:
+        pyarrow.fs.copy_files(source, str(target), source_filesystem=checkpoint.filesystem)
+    return True
+
+
 class TrackingCallback(tune.Callback):
     def __init__(
         self, ledger: Ledger, tracker: Tracker, search_names: list[str], progress: SweepProgress,
         figure: MemberFigure | None = None, s3: pyarrow.fs.FileSystem | None = None,
     ) -> None:
         self.s3 = s3  # the sweep's S3 filesystem, when its checkpoints are there
+        self.store_away = False  # the last copy out of a checkpoint gave up: the next tries once
         self.ledger = ledger
         self.tracker = tracker
         self.search_names = search_names
@@ -142,6 +177,11 @@ class TrackingCallback(tune.Callback):
         self.carry_out(trial, self.ledger.closes(trial.trial_id))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        if is_storage_outage(error_text(trial)):
+            reason = (f"the checkpoint store did not answer after {trial.num_failures} attempt(s) "
+                      f"({trial.error_file}); the next run resumes from the last checkpoint")
+            self.carry_out(trial, self.ledger.errored(trial.trial_id, reason, interrupted=True))
+            return
         reason = f"worker error after {trial.num_failures} attempt(s): {trial.error_file or 'see Ray logs'}"
         self.carry_out(trial, self.ledger.errored(trial.trial_id, reason))
 
@@ -178,17 +218,26 @@ class TrackingCallback(tune.Callback):
             self.progress.finished(key, close.state, close.objective, close.stderr)
 
     def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: RunKey) -> None:
-        """Copy a file or folder out of a checkpoint (local or S3) and log it to the run."""
+        """Copy a file or folder out of a checkpoint (local or S3) and log it to the run; a
+        store that stays away (FETCH_RETRY_S) costs the run that file, never the sweep."""
         source = f"{checkpoint.path}/{name}"
-        info = checkpoint.filesystem.get_file_info(source)
-        if info.type == pyarrow.fs.FileType.NotFound:
-            return
-        target.mkdir(parents=True, exist_ok=True)
-        if info.type == pyarrow.fs.FileType.File:
-            pyarrow.fs.copy_files(source, str(target / Path(name).name), source_filesystem=checkpoint.filesystem)
-        else:
-            pyarrow.fs.copy_files(source, str(target), source_filesystem=checkpoint.filesystem)
-        self.tracker.log_artifacts(number, target, target.name)
+        patience = 0.0 if self.store_away else FETCH_RETRY_S
+        deadline, backoff = time.monotonic() + patience, 1.0
+        while True:
+            try:
+                copied = copy_out(checkpoint, source, target, Path(name).name)
+                break
+            except OSError as err:
+                if time.monotonic() + backoff > deadline:
+                    self.store_away = True
+                    print(f"gansweep: trial {number}: {name} not copied out of {checkpoint.path}: "
+                          f"{str(err).splitlines()[0]}", file=sys.stderr)
+                    return
+                time.sleep(backoff)
+                backoff *= 2
+        self.store_away = False
+        if copied:
+            self.tracker.log_artifacts(number, target, target.name)
 
     def log_figure(self, number: RunKey, values: dict[str, Any]) -> None:
         """The member's figure, drawn from the run's own history once it is delivered."""

@@ -29,6 +29,7 @@ RunKey: a configuration's run by its number, a replicate's by (number, r).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -304,10 +305,16 @@ class Ledger:
                     closes.append(closing_of(self.optuna.frozen(number), replicates=self.replicates))
         return closes
 
-    def errored(self, trial_id: str, reason: str) -> list[Close]:
+    def errored(self, trial_id: str, reason: str, interrupted: bool = False) -> list[Close]:
+        """A unit whose worker failed past Tune's retries: its members FAIL with the reason;
+        interrupted (the checkpoint store was away), they stay RUNNING to resume next run."""
         closes = []
         for member in self.units.get(trial_id, []):
             if member in self.ended:
+                continue
+            if interrupted:
+                self.optuna.set_attrs(self.configuration(member), {p.ATTR_INTERRUPTED_BY: reason})
+                closes.extend(dataclasses.replace(c, reason=reason) for c in self.close(member, checkpoint=False))
                 continue
             number, replicate = rep.replicate_of(member, self.replicates)
             if self.replicates > 1:

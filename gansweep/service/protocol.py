@@ -64,6 +64,7 @@ ATTR_PRUNED_AT = "pruned_at"
 ATTR_FAILURE_REASON = FAILURE_REASON
 ATTR_ATTEMPTS = "attempts"  # [{"node", "resumed_from", "first_epoch"}] across driver restarts
 ATTR_EPOCH = "epoch"  # the last epoch, once settled
+ATTR_INTERRUPTED_BY = "interrupted_by"  # why a unit's worker stopped without an end (the store was away)
 ATTR_EXCLUDED = "excluded"  # an invalid sampled combination, never run
 SUMMARY_KEYS = ("d_loss", "g_loss", "wall_time", FAILURE_REASON)  # copied to attrs when settled
 

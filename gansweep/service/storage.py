@@ -103,3 +103,15 @@ def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
 def strip_scheme(uri: str) -> str:
     """pyarrow filesystems take paths without the scheme once the filesystem is given."""
     return uri.removeprefix("s3://")
+
+
+# What pyarrow's S3 client says when the store does not answer (refused, reset, timed out),
+# as opposed to an error of the request itself (a missing key, a denied credential).
+OUTAGE_MARKS = ("NETWORK_CONNECTION", "curlCode: 7", "curlCode: 28", "curlCode: 52", "curlCode: 56",
+                "Could not connect to server", "Connection refused", "Connection reset")
+
+
+def is_storage_outage(error_text: str) -> bool:
+    """Whether a worker's error (its traceback text) is the S3 store being away: the trial
+    then stays unfinished and resumes from its last checkpoint, instead of failing for good."""
+    return "AWS Error" in error_text and any(mark in error_text for mark in OUTAGE_MARKS)

@@ -41,6 +41,7 @@ TAG_TRIAL = "gansweep.trial"
 TAG_STATE = "gansweep.state"
 TAG_PRUNED_AT = "gansweep.pruned_at"
 TAG_REASON = "gansweep.failure_reason"
+TAG_INTERRUPTED_BY = "gansweep.interrupted_by"  # why an attempt stopped unfinished (it resumes)
 TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-separated
 TAG_FEATURES = "gansweep.features"  # the feature space of the quality metrics (domain:<set>:<sha8>, ...)
 # "true" when the last evaluation showed a blind-discriminator equilibrium (config.theory)
