@@ -195,15 +195,20 @@ def test_historical_averaging_compiled_is_eager(circle, execution: str) -> None:
     assert_same_losses(compiled, eager, rel=1e-3, abs_=1e-5, parzen_rel=1e-2)
 
 
+def trained_and_saved(trial: TrialConfig, data, execution: str, epochs: int, path) -> tuple[run.Unit, dict]:
+    """A unit of `trial` after `epochs` epochs, and its state as a checkpoint reads it back."""
+    unit = run.build_unit([trial], data, execution=execution)
+    for _ in range(epochs):
+        run.train_epoch(unit)
+    torch.save(run.unit_state(unit), path)
+    return unit, torch.load(path, weights_only=False)
+
+
 @pytest.mark.parametrize("execution", ["eager", "packed"])
 def test_a_resumed_trial_keeps_its_historical_average(circle, tmp_path, execution: str) -> None:
     trial = TrialConfig(**{**TOY, **HISTORICAL, "epochs": 4})
     (straight,) = losses_of([trial], circle, execution)
-    unit = run.build_unit([trial], circle, execution=execution)
-    for _ in range(2):
-        run.train_epoch(unit)
-    torch.save(run.unit_state(unit), tmp_path / "state.pt")
-    saved = torch.load(tmp_path / "state.pt", weights_only=False)
+    unit, saved = trained_and_saved(trial, circle, execution, 2, tmp_path / "state.pt")
     assert saved["state"]["d"]["average"].shape == unit.state.d.params.shape
     torch.manual_seed(99)  # whatever ran in between
     resumed = run.build_unit([trial], circle, execution=execution)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import LOGGED, assert_same_losses
 from test_engine import IMAGES, TOY, losses_of
+from test_stabilisers import trained_and_saved
 
 from gansweep.config.names import G_NORMS
 from gansweep.config.schema import TrialConfig
@@ -318,11 +319,7 @@ def test_compiled_and_compiled_packs_are_eager(circle, stabiliser: dict) -> None
 def test_a_resumed_trial_keeps_its_reference_batch(circle, tmp_path, execution: str) -> None:
     trial = TrialConfig(**{**TOY, **VBN, **MINIBATCH, "epochs": 4})
     (straight,) = losses_of([trial], circle, execution)
-    unit = run.build_unit([trial], circle, execution=execution)
-    for _ in range(2):
-        run.train_epoch(unit)
-    torch.save(run.unit_state(unit), tmp_path / "state.pt")
-    saved = torch.load(tmp_path / "state.pt", weights_only=False)
+    unit, saved = trained_and_saved(trial, circle, execution, 2, tmp_path / "state.pt")
     index = unit.layouts[0].buffer_names.index("reference")
     torch.testing.assert_close(saved["state"]["g"]["buffers"][index], unit.state.g.buffers[index], rtol=0, atol=0)
     torch.manual_seed(99)  # whatever ran in between
