@@ -106,3 +106,17 @@ def test_missing_image_data_is_a_clear_error_and_writes_nothing(tmp_path: Path) 
     assert done.returncode == 2, done.stdout + done.stderr
     assert "mnist" in done.stderr and str(empty) in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> None:
+    """`gansweep validate study.yaml | head -1`: the reader closes the pipe; no traceback."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "gansweep", "validate", str(STUDIES / "alpha.yaml")],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has started: every write finds no reader
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
