@@ -175,6 +175,8 @@ def build_unit(
     first = trials[0]
     evaluation.check_output_range(first, data)
     device = resolve_device(first.device)
+    if data.device.type != device.type:  # evaluation generates on the data's device
+        raise ValueError(f"the data set is on {data.device}, the trial on {device}: load it on the trial's device")
     generators, discriminators, streams = [], [], []
     for trial in trials:
         torch.manual_seed(trial.seed)
