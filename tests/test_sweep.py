@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import STUDIES, gansweep, kill_group, mlflow_runs, start_gansweep
+from conftest import STUDIES, clean_env, gansweep, kill_group, mlflow_runs, start_gansweep
 
 SMOKE = STUDIES / "smoke.yaml"
 EPOCH_METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "d_loss_gap", "g_loss_gap", "parzen_ll", "parzen_sigma"}
@@ -450,3 +450,39 @@ def test_an_output_folder_from_before_the_one_protocol_resumes(tmp_path: Path) -
         # the same networks, moments and draws as an uninterrupted run (the lone trial resumes
         # packed, as its study now packs: the same iteration, up to rounding)
         assert logged.step == 2 and logged.value == pytest.approx(expected[number], rel=1e-5)
+
+
+FITS_STUDY = """\
+name: fits
+trial: {dataset: line, g_hidden: [8], d_hidden: [8], noise_dim: 1, batch_size: 32, epochs: 2, alpha_mode: weight,
+        steps_per_epoch: 5, eval_samples: 100, eval_valid: 50, eval_test: 100, device: cpu}
+search:
+  alpha: {uniform: [0.2, 0.8]}
+sampler: {name: random, seed: 0}
+budget: {trials: 5, max_concurrent: 2, pack_size: 2}
+"""
+
+
+def test_a_study_of_more_units_than_one_fit_runs_as_successive_fits(tmp_path: Path) -> None:
+    """Tune keeps every trial it ran until its fit returns (sweep.UNITS_PER_FIT): with 2
+    units per fit, 5 trials in packs of 2 are 3 units, run as a fit of 2 and a fit of 1, over
+    one Optuna study and one MLflow parent run; every trial once, each epoch logged once."""
+    (tmp_path / "fits.yaml").write_text(FITS_STUDY)
+    env = {**clean_env(), "GANSWEEP_UNITS_PER_FIT": "2"}
+    done = gansweep("run", "fits.yaml", "--output", "out", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "fits", expected=5)
+    assert set(table["state"]) == {"COMPLETE"} and (table["epochs"] == 2).all()
+    experiments = sorted(f.name for f in (tmp_path / "out" / "tune").iterdir() if f.is_dir() and f.name.startswith("fits-"))
+    assert len(experiments) == 2 and experiments[1].endswith("-2"), experiments
+    units = {e: len(list((tmp_path / "out" / "tune" / e).glob("unit_*"))) for e in experiments}
+    assert sorted(units.values()) == [1, 2], units
+    client = MlflowClient(uri)
+    for run in children(mlflow_runs(uri, "fits")):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == [1, 2]
+
+    refused = gansweep("run", "fits.yaml", "--output", "out2", cwd=tmp_path,
+                       env={**clean_env(), "GANSWEEP_UNITS_PER_FIT": "0"})
+    assert refused.returncode == 2 and "GANSWEEP_UNITS_PER_FIT='0'" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "out2").exists()

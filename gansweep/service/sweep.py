@@ -17,6 +17,8 @@ settled when the unit ends. An interrupted unit resumes with its unfinished memb
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import os
 import shutil
 import time
@@ -119,6 +121,7 @@ def run_study_on_ray(
     ray_start: RayStart, handed: HandedIn,
 ) -> int:
     output = (output or study.output_dir).resolve()
+    units_per_fit()  # a bad GANSWEEP_UNITS_PER_FIT is exit 2 before anything is written
     floor = min_free_bytes()
     short = short_of_space([output], floor)  # before anything is created or tracked
     if short is not None:
@@ -253,12 +256,34 @@ def tune_loggers() -> list[tune.Callback]:
     return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
+# Units per Tuner.fit. Tune keeps every trial it ran (its record, results, checkpoint
+# bookkeeping) until fit returns, so one fit of a whole study grows the driver with the study;
+# a study of more units runs as successive fits, each a fresh Tune experiment over the same
+# ledger (the Optuna study), so that the driver's memory is bounded by one fit's. Measured in
+# the README's "What gansweep survives" table (1,000 trials).
+UNITS_PER_FIT_VARIABLE = "GANSWEEP_UNITS_PER_FIT"
+UNITS_PER_FIT = 100
+
+
+def units_per_fit() -> int:
+    value = os.environ.get(UNITS_PER_FIT_VARIABLE, "")
+    if not value:
+        return UNITS_PER_FIT
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{UNITS_PER_FIT_VARIABLE}={value!r}: a whole number of units per Tune fit, 1 or more")
+    return int(value)
+
+
 def run_tune(
     study: StudyConfig, optuna_study: OptunaStudy, tracker: Tracker, progress: SweepProgress,
     to_run: int, output: Path, min_free: int, figure: MemberFigure | None,
 ) -> None:
-    """`min_free`: the bytes the sweep keeps free on the folders it writes (DiskSpaceStopper)."""
+    """The units that train `to_run` more trials, in Tune fits of at most units_per_fit()
+    units; a fit that leaves a trial unfinished (interrupted) ends the sweep there, as it
+    would end a single fit. `min_free`: the bytes the sweep keeps free on the folders it
+    writes (DiskSpaceStopper)."""
     budget = study.budget
+    per_fit = units_per_fit()
     storage_path = tune_storage_path(output)
     local_tune = [] if "://" in storage_path else [Path(storage_path)]  # S3: not our disk
     disk_guard = DiskSpaceStopper([output, *local_tune], min_free)
@@ -266,33 +291,56 @@ def run_tune(
     board, board_name = None, None
     if budget.pack_size > 1 or any(len(group) > 1 for group in ledger.resumable):
         board_name = f"gansweep-prune-board-{uuid.uuid4().hex}"
-        board = PruneBoard.options(name=board_name).remote()
+        board = PruneBoard.options(name=board_name).remote()  # one for every fit
     filesystem = storage_filesystem(storage_path)
+    experiment = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
+        for fit in itertools.count():
+            units = ledger.plan(to_run)
+            tuner = study_tuner(
+                study, ledger, min(units, per_fit), (board, board_name),
+                tune.RunConfig(
+                    name=experiment if fit == 0 else f"{experiment}-{fit + 1}",
+                    storage_path=strip_scheme(storage_path),
+                    storage_filesystem=filesystem,
+                    failure_config=tune.FailureConfig(max_failures=budget.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    stop=disk_guard,
+                    callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure, filesystem),
+                               *tune_loggers()],
+                    verbose=0,
+                ),
+            )
+            tuner.fit()
+            del tuner
+            gc.collect()  # the fit's trial records, before the next fit makes its own
+            to_run = requested_trials(study) - optuna_study.finished_count()
+            if units <= per_fit or to_run <= 0 or disk_guard.short is not None or optuna_study.unfinished():
+                break
+            ledger = Ledger(optuna_study)
+    if disk_guard.short is not None:
+        raise disk_full_error(disk_guard.short, min_free, len(optuna_study.unfinished()))
+    shutil.rmtree(p.OutputLayout(output).tune_tmp, ignore_errors=True)
+
+
+def study_tuner(
+    study: StudyConfig, ledger: Ledger, units: int, board: tuple[Any, str | None], run_config: tune.RunConfig,
+) -> tune.Tuner:
+    """One Tune experiment of `units` units handed out by the ledger; `board`: the PruneBoard
+    actor and its name, or None twice when units have one member."""
+    budget = study.budget
+    board_actor, board_name = board
     trainable = tune.with_resources(run_unit, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name),
-            scheduler=LedgerPruner(ledger, board),
-            num_samples=ledger.plan(to_run),
+            scheduler=LedgerPruner(ledger, board_actor),
+            num_samples=units,
             max_concurrent_trials=budget.max_concurrent,
             reuse_actors=True,
             trial_name_creator=unit_name,
             trial_dirname_creator=unit_name,
         ),
-        run_config=tune.RunConfig(
-            name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=strip_scheme(storage_path),
-            storage_filesystem=filesystem,
-            failure_config=tune.FailureConfig(max_failures=budget.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            stop=disk_guard,
-            callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure, filesystem), *tune_loggers()],
-            verbose=0,
-        ),
+        run_config=run_config,
     )
-    with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
-        tuner.fit()
-    if disk_guard.short is not None:
-        raise disk_full_error(disk_guard.short, min_free, len(optuna_study.unfinished()))
-    shutil.rmtree(p.OutputLayout(output).tune_tmp, ignore_errors=True)
