@@ -209,17 +209,20 @@ class TrackingCallback(tune.Callback):
         if checkpoint is not None and close.files:
             folder = artifacts_of(self.layout, key)
             self.fetch(checkpoint, p.member_path(member, p.GENERATOR_FILE), folder / p.ARTIFACT_CHECKPOINT, key)
-            if close.best_epoch is not None:  # objective.select: best: that epoch's generator as a model
-                self.fetch(checkpoint, p.member_path(member, p.BEST_MODEL_DIR), folder / p.BEST_MODEL_DIR, key)
+            if close.best_epoch is not None:  # objective.select: best: that epoch's generator as a logged model
+                model = folder / p.BEST_MODEL_DIR
+                if self.fetch(checkpoint, p.member_path(member, p.BEST_MODEL_DIR), model, key, log=False):
+                    self.tracker.log_model(key, model, p.BEST_MODEL_DIR, close.best_epoch)
                 self.tracker.set_child_tags(key, {TAG_BEST_EPOCH: str(close.best_epoch)})
         self.log_figure(key, self.ledger.values_of_run(key))
         self.tracker.finish_child(key, close.state, close_tags(close))
         if isinstance(key, int):
             self.progress.finished(key, close.state, close.objective, close.stderr)
 
-    def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: RunKey) -> None:
-        """Copy a file or folder out of a checkpoint (local or S3) and log it to the run; a
-        store that stays away (FETCH_RETRY_S) costs the run that file, never the sweep."""
+    def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: RunKey, log: bool = True) -> bool:
+        """Copy a file or folder out of a checkpoint (local or S3) and log it to the run's
+        artifacts (unless not `log`); whether it was copied. A store that stays away
+        (FETCH_RETRY_S) costs the run that file, never the sweep."""
         source = f"{checkpoint.path}/{name}"
         patience = 0.0 if self.store_away else FETCH_RETRY_S
         deadline, backoff = time.monotonic() + patience, 1.0
@@ -232,12 +235,13 @@ class TrackingCallback(tune.Callback):
                     self.store_away = True
                     print(f"gansweep: trial {number}: {name} not copied out of {checkpoint.path}: "
                           f"{str(err).splitlines()[0]}", file=sys.stderr)
-                    return
+                    return False
                 time.sleep(backoff)
                 backoff *= 2
         self.store_away = False
-        if copied:
+        if copied and log:
             self.tracker.log_artifacts(number, target, target.name)
+        return copied
 
     def log_figure(self, number: RunKey, values: dict[str, Any]) -> None:
         """The member's figure, drawn from the run's own history once it is delivered."""

@@ -31,7 +31,9 @@ from gansweep.service.protocol import OutputLayout
 from gansweep.service.replicates import RunKey
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.models import Model
+from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
 
 TAG_ROLE = "gansweep.role"
@@ -49,6 +51,9 @@ TAG_BLIND = "gansweep.blind_discriminator"
 TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is the param `seed`)
 TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)
 TAG_BEST_EPOCH = "gansweep.best_epoch"  # objective.select: best: the epoch of the model logged
+MODEL_EPOCH = "epoch"  # a logged model's param: the epoch its generator is from
+MODEL_TYPE = "gan-generator"  # a logged model's model_type
+MODEL_TAGS = (TAG_STUDY, TAG_TRIAL, TAG_REPLICATE)  # the run's tags its logged models carry too
 PARENT_TAG = "mlflow.parentRunId"
 # The experiment's kind as MLflow 3 records it (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT in
 # its UI bundle, shown as "Machine learning"): without it MLflow guesses from the runs' traces,
@@ -266,6 +271,14 @@ class Tracker:
             lambda: self.client.log_artifacts(self.run_ids[number], str(folder), artifact_path),
         )
 
+    def log_model(self, number: RunKey, folder: Path, name: str, epoch: int) -> None:
+        """Log a model folder (written by mlflow.pytorch.save_model on a worker) as the run's
+        MLflow logged model `name` from `epoch`; the folder must stay until it is delivered."""
+        self.call_later(
+            f"trial {number} model {name} epoch {epoch}",
+            lambda: log_saved_model(self.client, self.run_ids[number], folder, name, epoch),
+        )
+
     def log_from_history(
         self, number: RunKey, names: tuple[str, ...], draw: Callable[[dict[str, list[tuple[int, float]]]], Path | None],
         artifact_path: str,
@@ -310,3 +323,44 @@ class Tracker:
                 number, replicate = int(run.data.tags[TAG_TRIAL]), run.data.tags.get(TAG_REPLICATE)
                 open_runs[number if replicate is None else (number, int(replicate))] = run.info.run_id
         return open_runs
+
+
+def log_saved_model(client: MlflowClient, run_id: str, folder: Path, name: str, epoch: int) -> str:
+    """What mlflow.pytorch.log_model(name=..., step=epoch) does after its save_model, done
+    through the client for a folder saved elsewhere (a worker; the driver imports no torch and
+    has no active run): a logged model `name` with source run `run_id`, the run's params and
+    `epoch` as params, the run's metrics at step `epoch` as its metrics, a run output at step
+    `epoch`, the folder as its artifacts, status READY. models:/<model id> and
+    runs:/<run id>/<name> load it. Safe to call again after a failure midway (the outbox
+    retries): a READY model of that epoch is kept, one left PENDING is completed, and the run's
+    models of that name from other epochs (an earlier attempt's best) are deleted."""
+    run = client.get_run(run_id)
+    experiment_id = run.info.experiment_id
+    found = list(client.search_logged_models(
+        [experiment_id], filter_string=f"name = '{name}' AND source_run_id = '{run_id}'", max_results=100))
+    model = next((m for m in found if m.params.get(MODEL_EPOCH) == str(epoch)), None)
+    if model is None:
+        model = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
+            params={**run.data.params, MODEL_EPOCH: str(epoch)},
+            tags={TAG_BEST_EPOCH: str(epoch), **{k: v for k, v in run.data.tags.items() if k in MODEL_TAGS}},
+        )
+    if model.status != LoggedModelStatus.READY:
+        if model.model_id not in {o.model_id for o in (run.outputs.model_outputs if run.outputs else [])}:
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=epoch)])
+        saved = Model.load(str(folder))  # the model file names its logged model, as log_model's does
+        saved.model_id = saved.model_uuid = model.model_id
+        saved.run_id, saved.artifact_path = run_id, model.artifact_location
+        saved.save(str(folder / MLMODEL_FILE_NAME))
+        client.log_model_artifacts(model.model_id, str(folder))
+        metrics = [
+            Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
+            for key in run.data.metrics for m in client.get_metric_history(run_id, key) if m.step == epoch
+        ]
+        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics per batch
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    for other in found:
+        if other.model_id != model.model_id:
+            client.delete_logged_model(other.model_id)
+    return model.model_id

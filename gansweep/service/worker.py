@@ -14,7 +14,8 @@ checkpoints are gansweep.service.protocol's; a checkpoint folder holds:
     members/<number>/best.pt        objective.select: best: the best evaluation's generator
                                     weights, epoch and objectives (read back on a resume)
     members/<number>/best_model/    ... and that generator as an MLflow model folder
-                                    (mlflow.pytorch.save_model; the driver logs it to the run)
+                                    (mlflow.pytorch.save_model; the driver logs it as the
+                                    run's MLflow logged model `best_model`, step = its epoch)
 
 A lone trial is a unit of one, run with the engine's eager execution (compiled with
 `compile: true`); a pack (budget.pack_size > 1) runs packed (vmap), even when one member is
@@ -125,7 +126,8 @@ def write_best(folder: Path, kept: Best, unit: Unit, row: int, scratch: Path) ->
         shutil.rmtree(kept.model, ignore_errors=True)
         kept.model.parent.mkdir(parents=True, exist_ok=True)
         mlflow.pytorch.save_model(model, str(kept.model), serialization_format="pickle",
-                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                  metadata={"epoch": kept.epoch, "objectives": kept.objectives})
     shutil.copytree(kept.model, folder / p.BEST_MODEL_DIR)
 
 
