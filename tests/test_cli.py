@@ -108,6 +108,20 @@ def test_missing_image_data_is_a_clear_error_and_writes_nothing(tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+def test_validate_refuses_a_bounded_output_that_cannot_reach_the_2d_set(tmp_path: Path) -> None:
+    """tanh on ring8 was accepted by validate and run, and every trial then failed in a
+    worker: it is exit 2 before anything runs, naming g_output, the data set and the ranges;
+    tanh on the circle, inside (-1, 1), validates."""
+    smoke = str(STUDIES / "smoke.yaml")
+    done = gansweep("validate", smoke, "--set", "dataset=ring8", "--set", "g_output=tanh", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    for words in (f"{smoke}: trial.g_output:", "g_output='tanh' covers (-1, 1)", "trial.dataset='ring8' spans [-1.048, 1.048]"):
+        assert words in done.stderr, done.stderr
+    inside = gansweep("validate", smoke, "--set", "g_output=tanh", cwd=tmp_path)
+    assert inside.returncode == 0, inside.stderr
+
+
 def test_output_piped_into_a_reader_that_leaves_ends_quietly(tmp_path: Path) -> None:
     """`gansweep validate study.yaml | head -1`: the reader closes the pipe; no traceback."""
     import subprocess

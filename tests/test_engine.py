@@ -18,10 +18,14 @@ import torch
 from conftest import LOGGED, assert_same_losses
 from reference_loop import ReferenceTrial, reference_losses
 
+from gansweep.config.names import TOY_DATASETS
+from gansweep.config.rules import RANGE_TAIL, TOY_EXTENTS, output_range_problem
 from gansweep.config.schema import TrialConfig
-from gansweep.engine import executions, iteration, run
+from gansweep.engine import evaluate, executions, iteration, run
+from gansweep.engine.data import load_dataset
 from gansweep.engine.iteration import Hyper, NetState
 from gansweep.engine.train import train_gan, train_pack
+from gansweep.errors import ConfigError
 
 TOY = dict(
     dataset="circle", g_hidden=(16, 16), d_hidden=(16, 16), noise_dim=4, batch_size=32, epochs=2,
@@ -314,3 +318,31 @@ def test_members_keep_their_draws_when_mates_leave(circle) -> None:
     unit = run.keep_rows(unit, [0, 2])
     second = run.train_epoch(unit)
     assert_same_losses([first[2], second[1]], straight[2], rel=1e-5, abs_=1e-7)
+
+
+# ---------------------------------------------------------------------------- data scales
+
+
+@pytest.mark.parametrize("name", TOY_DATASETS)
+def test_the_configs_extents_of_the_2d_sets_are_the_engines(name: str) -> None:
+    """config.rules.TOY_EXTENTS, the plain numbers `gansweep validate` refuses a bounded
+    g_output by, against the engine's points: the RANGE_TAIL quantiles of a million of them,
+    and the engine's own check (the final guard) on the splits trials train on, which
+    refuses a set for an output exactly when the config does."""
+    assert set(TOY_EXTENTS) == set(TOY_DATASETS)
+    points = load_dataset(name, seed=0, n_train=1_000_000).train
+    quantiles = torch.quantile(points, torch.tensor([RANGE_TAIL, 1 - RANGE_TAIL]), dim=0)  # (2, 2)
+    low, high = TOY_EXTENTS[name]
+    assert quantiles[0].min().item() == pytest.approx(low, abs=2e-3)
+    assert quantiles[1].max().item() == pytest.approx(high, abs=2e-3)
+    for seed in (0, 1, 2):
+        data = load_dataset(name, seed=seed)
+        for output in ("tanh", "sigmoid", "identity"):
+            trial = TrialConfig(**{**TOY, "dataset": name, "g_output": output, "seed": seed})
+            refused = output_range_problem(name, output) is not None
+            try:
+                evaluate.check_output_range(trial, data)
+                assert not refused, (name, output, seed)
+            except ConfigError:
+                assert refused, (name, output, seed)
+    assert (output_range_problem(name, "tanh") is None) == (name == "circle")  # inside (-1, 1)

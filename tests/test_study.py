@@ -230,6 +230,10 @@ BAD = {
         ["search.alpha", "round(alpha * batch_size)", "[19, 32]", "alpha_mode weight"],
     ),
     "zero pack size": ("name: x\nbudget: {pack_size: 0}\n", [], ["budget.pack_size", "0"]),
+    "tanh on a 2D set outside its range": (
+        None, ["dataset=ring8", "g_output=tanh"],
+        ["trial.g_output", "g_output='tanh'", "(-1, 1)", "trial.dataset='ring8'", "[-1.048, 1.048]"],
+    ),
     "second objective with pruning": (
         "name: x\nobjective: {second: {metric: wall_time, direction: minimize}}\npruner: {name: median}\n",
         [], ["study.yaml:3: pruner.name", "multi-objective"],
@@ -251,6 +255,47 @@ def test_bad_input_exits_2_naming_the_field(case: str, tmp_path: Path, capsys, m
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
     assert set(tmp_path.rglob("*")) == before  # nothing written: no runs/, no mlflow.db
+
+
+# A bounded g_output against a built-in 2D set's range (config.rules.TOY_EXTENTS), in every
+# trial the study can produce: (file text or None for GOOD, --set overrides, exit, words).
+OUTPUT_RANGES = {
+    "tanh on ring8": (
+        None, ["dataset=ring8", "g_output=tanh"], 2,
+        ["study.yaml: trial.g_output", "g_output='tanh'", "(-1, 1)", "trial.dataset='ring8'", "[-1.048, 1.048]", "identity"],
+    ),
+    "tanh with one searched set outside": (
+        "name: x\ntrial: {g_output: tanh}\nsearch: {dataset: [circle, digits, grid25]}\n", [], 2,
+        ["trial.g_output", "g_output='tanh'", "(-1, 1)", "search.dataset='grid25'", "[-1.052, 1.052]"],
+    ),
+    "sigmoid searched on the circle": (
+        "name: x\nsearch: {g_output: [identity, sigmoid]}\n", [], 2,
+        ["search.g_output", "g_output='sigmoid'", "(0, 1)", "trial.dataset='circle'", "[-0.88, 0.88]"],
+    ),
+    "tanh on the line, whose noise carries its ends past 1": (
+        None, ["dataset=line", "g_output=tanh"], 2, ["trial.dataset='line'", "[-1.006, 1.006]"],
+    ),
+    "tanh on the circle, inside (-1, 1)": (None, ["g_output=tanh"], 0, []),
+    "tanh searched on the circle and images": (
+        "name: x\nsearch:\n  dataset: [circle, digits]\n  g_output: [tanh, identity]\n", [], 0, [],
+    ),
+    "tanh only where the searched set is an image set": (
+        "name: x\nsearch:\n  g_output: {values: [tanh, identity], when: {dataset: digits}}\n"
+        "  dataset: [ring8, digits]\n", [], 0, [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_RANGES))
+def test_validate_checks_a_bounded_output_against_the_2d_sets_range(case: str, tmp_path: Path, capsys) -> None:
+    text, overrides, code, words = OUTPUT_RANGES[case]
+    path = write(tmp_path, GOOD if text is None else text)
+    assert main(["validate", str(path)] + [x for o in overrides for x in ("--set", o)]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert not code or err.startswith(f"gansweep: error: {path}: "), err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:

@@ -1,9 +1,10 @@
 """The rules across fields: what no single field's type can say.
 
 A trial's combinations (check_trial, run by TrialConfig's validator), a study's blocks
-(check_study_fields, run by StudyConfig's), what the sampler needs of the search space and
-what a pack can train (check_study, run by config.load once the search is parsed, naming
-the file). The engine's packed execution relies on the pack rules (pack_key).
+(check_study_fields, run by StudyConfig's), what the sampler needs of the search space, a
+bounded generator output against a built-in 2D set's range in every trial the study can
+produce, and what a pack can train (check_study, run by config.load once the search is
+parsed, naming the file). The engine's packed execution relies on the pack rules (pack_key).
 
 Each rule of a trial or of a study's blocks is a small function returning None or the
 problem, listed with the field it names; the validators raise it as a RuleBroken, and
@@ -225,8 +226,80 @@ def check_study(study: StudyConfig, path: object) -> None:
         raise ConfigError(f"{path}: sampler.name: cmaes needs at least one numeric range in search")
     if study.budget.max_concurrent * study.budget.cpus_per_trial <= 0:
         raise ConfigError(f"{path}: budget: no CPU for any trial")
+    check_output_ranges(study, path)
     if study.budget.pack_size > 1:
         check_pack_study(study, path)
+
+
+# ---------------------------------------------------------------------------- output ranges
+
+# The open interval each bounded generator output covers (engine/evaluate.py reads these).
+OUTPUT_RANGES: dict[str, tuple[float, float]] = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+# The share of points a generator may leave out at each end of a coordinate's range: noise
+# tails of a few points beyond a bound do not make a set unlearnable (the circle's Gaussian
+# noise reaches 1.03 in some seeds while 99.9% of it lies within 0.96).
+RANGE_TAIL = 0.001
+# [low, high] holding all but RANGE_TAIL of a built-in 2D set's points at each end of either
+# coordinate: the quantiles of the distributions engine/data.py samples, each symmetric about
+# 0 (tests/test_engine.py checks them against generated points). line: t ~ U[-1, 1] and
+# t^2 sin t / sin 1 + N(0, 0.02^2), whose noise carries the curve's ends (exactly +-1) to
+# 1.006; circle: 0.7 (cos, sin) + N(0, 0.08^2); ring8: 8 modes at radius 1, std 0.02
+# (1 + 0.02 z with P(Z > z) = 8 RANGE_TAIL); grid25: modes at -1 .. 1, std 0.02 (P = 5 RANGE_TAIL).
+TOY_EXTENTS: dict[str, tuple[float, float]] = {
+    "line": (-1.006, 1.006), "circle": (-0.880, 0.880), "ring8": (-1.048, 1.048), "grid25": (-1.052, 1.052),
+}
+
+
+def output_range_problem(dataset: str, output: str, dataset_field: str = "dataset") -> str | None:
+    """Why generator output `output` cannot cover built-in 2D set `dataset`, or None (an image
+    set, a file of points: the engine checks those, or an unbounded output)."""
+    bounds, extent = OUTPUT_RANGES.get(output), TOY_EXTENTS.get(dataset)
+    if bounds is None or extent is None or bounds[0] < extent[0] and extent[1] < bounds[1]:
+        return None
+    return (
+        f"g_output={output!r} covers ({bounds[0]:g}, {bounds[1]:g}), but {dataset_field}={dataset!r} spans "
+        f"[{extent[0]:g}, {extent[1]:g}] ({1 - 2 * RANGE_TAIL:.1%} of its points; 2D points keep their "
+        "coordinates): use g_output: identity, the default for 2D sets"
+    )
+
+
+ANY = object()  # a ranged field's value in reachable(): it may equal any value a condition names
+
+
+def reachable(study: StudyConfig, names: tuple[str, ...]) -> list[dict[str, object]]:
+    """Every combination of the fields `names` that a trial of the study can have: fixed
+    values, and each value of a searched choice whose `when` can hold (a condition on a range
+    may hold or not), following the conditions through the fields they name."""
+    from gansweep.config.space import search_order  # space imports schema, which imports rules
+
+    need, todo = set(names), list(names)
+    while todo:
+        param = study.search.get(todo.pop())
+        for other in (param.when or {}) if param else ():
+            if other not in need:
+                need.add(other)
+                todo.append(other)
+    combos: list[dict[str, object]] = [{name: getattr(study.trial, name) for name in need}]
+    for name in (n for n in search_order(study.search) if n in need):
+        param, grown = study.search[name], []
+        values = param.values if param.kind == "choice" else (ANY,)
+        for combo in combos:
+            conditions = [(combo[f], v) for f, v in (param.when or {}).items()]
+            if all(got is ANY or got == v for got, v in conditions):
+                grown += [{**combo, name: value} for value in values]
+            if not all(got is not ANY and got == v for got, v in conditions):
+                grown.append(combo)  # the condition may fail: the fixed value stays
+        combos = grown
+    return combos
+
+
+def check_output_ranges(study: StudyConfig, path: object) -> None:
+    """No trial of the study pairs a bounded g_output with a built-in 2D set it cannot cover."""
+    where = {name: "search" if name in study.search else "trial" for name in ("g_output", "dataset")}
+    for combo in reachable(study, ("dataset", "g_output")):
+        problem = output_range_problem(str(combo["dataset"]), str(combo["g_output"]), f"{where['dataset']}.dataset")
+        if problem:
+            raise ConfigError(f"{path}: {where['g_output']}.g_output: {problem}")
 
 
 # ---------------------------------------------------------------------------- packs

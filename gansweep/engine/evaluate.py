@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gansweep.config.rules import OUTPUT_RANGES, RANGE_TAIL
 from gansweep.config.schema import TrialConfig
 from gansweep.engine.dataset import Dataset, image_tanh, to_data_scale, to_model_scale  # noqa: F401 (read here by callers)
 from gansweep.engine.draws import noise
@@ -22,16 +23,12 @@ from gansweep.engine.scoring import quality_scores
 from gansweep.errors import ConfigError
 
 Metrics = dict[str, float]
-# The open interval each bounded generator output covers.
-OUTPUT_RANGES: dict[str, tuple[float, float]] = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
-# The share of points a generator may leave out at each end of a coordinate's range: noise
-# tails of a few points beyond a bound do not make a set unlearnable (the circle's Gaussian
-# noise reaches 1.03 in some seeds while 99.9% of it lies within 0.96).
-RANGE_TAIL = 0.001
 
 
 def check_output_range(trial: TrialConfig, data: Dataset) -> None:
-    """A 2D set's points must lie in the generator output's range (up to RANGE_TAIL)."""
+    """A 2D set's points must lie in the generator output's range (up to RANGE_TAIL). The
+    study's validation refuses a built-in set first (config.rules.check_output_ranges, from
+    its TOY_EXTENTS); this is the final guard, for a file of points."""
     bounds = OUTPUT_RANGES.get(trial.generator_output)
     if data.is_image or bounds is None:
         return
