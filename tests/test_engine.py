@@ -205,6 +205,50 @@ def test_dcgan_packs_keep_each_members_batch_norm_statistics(digits) -> None:
     assert math.isfinite(run.train_epoch(alone)[0]["d_loss"])
 
 
+@pytest.fixture(scope="module")
+def digits16(tmp_path_factory, digits):
+    """The digits at 16 x 16, a file of images: from 16 x 16 on DCGAN's D has batch norm too."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("images") / "digits16.npz"
+    images = torch.nn.functional.interpolate(digits.train[:400], scale_factor=2, mode="bilinear")
+    np.savez(path, x=images.clamp(0, 1).numpy())
+    return load_dataset(str(path), seed=0)
+
+
+# name -> (data fixture, the trial's changes to IMAGES, its batch-norm layers in G and D)
+PACKS_OF_ONE: dict[str, tuple[str, dict[str, Any], int]] = {
+    "dcgan": ("digits", {"architecture": "dcgan"}, 1),  # 8 x 8: batch norm in G only
+    "dcgan_d_batch_norm_k3": ("digits16", {"architecture": "dcgan", "k": 3}, 3),  # 2 in G, 1 in D
+    "maxout": ("digits", {"architecture": "maxout", "d_dropout": 0.0}, 0),  # D's own dropout stays
+}
+
+
+@pytest.mark.parametrize("name", list(PACKS_OF_ONE))
+def test_a_pack_of_one_image_trial_is_its_eager_trial(request, name: str) -> None:
+    """A pack of one (DCGAN under torch.func.vmap, its batch norm included; maxout as batched
+    products, the masks of its fixed dropout drawn in the eager order) gives the eager
+    losses, and the same batch-norm running statistics after training. In float32 (no bf16
+    autocast), as the textbook comparison; measured equal to about 1e-7."""
+    fixture, changes, norms = PACKS_OF_ONE[name]
+    data = request.getfixturevalue(fixture)
+    trial = TrialConfig(**{**IMAGES, **changes, "dataset": data.name})
+    histories, buffers = {}, {}
+    for execution in ("eager", "packed"):
+        unit = run.build_unit([trial], data, execution=execution, autocast=False)
+        histories[execution] = [run.train_epoch(unit)[0] for _ in range(trial.epochs)]
+        buffers[execution] = {
+            f"{net}.{buffer}": value[0].double()  # row 0: the one member
+            for net, layout, state in zip("gd", unit.layouts, unit.state, strict=True)
+            for buffer, value in zip(layout.buffer_names, state.buffers, strict=True)
+        }
+    assert_same_losses(histories["packed"], histories["eager"], rel=1e-3, abs_=1e-5, parzen_rel=1e-3)
+    assert sum(name.endswith("running_mean") for name in buffers["eager"]) == norms
+    assert buffers["packed"].keys() == buffers["eager"].keys()
+    for buffer, expected in buffers["eager"].items():
+        assert buffers["packed"][buffer].tolist() == pytest.approx(expected.tolist(), rel=1e-3, abs=1e-7), buffer
+
+
 # ---------------------------------------------------------------------------- updates
 
 
