@@ -7,6 +7,7 @@ consistency rules as one-trial sweeps; the numbers are checked against the pack 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -75,6 +76,50 @@ def test_a_packed_sweep_matches_the_pack_library_and_fails_only_the_diverging_me
                 assert logged == pytest.approx([m[name] for m in history], rel=1e-5), (number, name)
             artifacts = {a.path for f in ("samples", "checkpoint", "plots") for a in client.list_artifacts(run.info.run_id, f)}
             assert {"samples/epoch_0003.png", "checkpoint/generator.pt", "plots/losses_vs_theory.png"} <= artifacts
+
+
+COMPILED_PACKS_STUDY = """\
+name: compiledpacks
+trial: {dataset: circle, g_hidden: [8], d_hidden: [8], noise_dim: 2, alpha_mode: weight, compile: true,
+        batch_size: 32, epochs: 2, steps_per_epoch: 20, eval_every: 1, eval_samples: 200, eval_valid: 100,
+        eval_test: 200, device: cpu}
+search:
+  alpha: [0.2, 0.4, 0.6, 0.8]   # members of a pack differ in alpha (weight mode)
+sampler: {name: grid, seed: 0}
+budget: {max_concurrent: 2, pack_size: 2}
+"""
+
+
+def test_a_sweep_of_compiled_packs_gives_the_packed_losses(tmp_path: Path) -> None:
+    """`compile: true` with budget.pack_size 2 through `gansweep run`: two compiled packs of
+    two, every member COMPLETE with finite losses, at the eager pack's numbers (the library's
+    packed execution here, rel 1e-3 as tests/test_engine.py's compiled tolerance)."""
+    (tmp_path / "compiled.yaml").write_text(COMPILED_PACKS_STUDY)
+    done = gansweep("run", "compiled.yaml", "--output", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = check_consistent(tmp_path / "out", uri, "compiledpacks", expected=4).set_index("trial")
+    assert (table["state"] == "COMPLETE").all()
+    study = optuna.load_study(study_name="compiledpacks", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    packs = {tuple(t.user_attrs["unit"]) for t in study.trials}
+    assert sorted(len(p) for p in packs) == [2, 2]
+    config = load_study(tmp_path / "compiled.yaml")
+    client = MlflowClient(uri)
+    run_of = {int(r.data.tags["gansweep.trial"]): r for r in children(mlflow_runs(uri, "compiledpacks"))}
+    torch.set_num_threads(1)  # as the worker (budget.cpus_per_trial 1)
+    for pack in packs:
+        trials = [TrialConfig.model_validate(values_from_params(config, study.trials[n].params)) for n in pack]
+        assert all(t.compile for t in trials) and len({t.alpha for t in trials}) == 2
+        reference = train_pack(trials, load_dataset("circle", seed=trials[0].seed), execution="packed")
+        for number, history in zip(pack, reference, strict=True):
+            run_id = run_of[number].info.run_id
+            assert metric_history(client, run_id, "pack_size") == [2.0, 2.0]
+            assert len(metric_history(client, run_id, "compile_time")) >= 1  # the compiled step ran
+            for name in ("d_loss", "g_loss", "d_real", "d_fake", "parzen_ll"):
+                logged = metric_history(client, run_id, name)
+                assert len(logged) == 2 and all(math.isfinite(v) for v in logged), (number, name, logged)
+                bound = 1e-2 if name == "parzen_ll" else 1e-3
+                assert logged == pytest.approx([m[name] for m in history], rel=bound, abs=1e-5), (number, name)
 
 
 PRUNED_PACKS_STUDY = """\
