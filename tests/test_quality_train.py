@@ -1,7 +1,8 @@
 """End to end: `gansweep train` on digits with every quality metric writes finite values
 of each into metrics.csv, with the feature space that computed them (slow: the domain
-classifier is trained in a fresh cache folder); and each member of a pack is scored with its
-own discriminator (fast)."""
+classifier is trained in a fresh cache folder); each member of a pack is scored with its
+own discriminator (fast); and a trial whose discriminator really goes blind is flagged, while
+one whose D still tells real from generated at the same losses is not (fast)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,71 @@ def test_each_member_of_a_pack_scores_with_its_own_discriminator() -> None:
         assert metrics["blind_discriminator"] in (0.0, 1.0)
         aucs.append(again)
     assert aucs[0] != aucs[1]
+
+
+# ring8 with 2D noise, seed 004's stabiliser networks and batch: 400 generator steps, two
+# evaluations. Each run takes ~4 s on a loaded 2-core machine.
+RING8 = """\
+name: {name}
+trial:
+  dataset: ring8
+  device: cpu
+  seed: 2
+  g_hidden: [128, 128]
+  noise_dim: 2
+  batch_size: 128
+  lr_g: 0.0005
+  epochs: 2
+  steps_per_epoch: 200
+  eval_samples: 2000
+  eval_test: 2000
+  metrics: [d_auc, c2st_accuracy]
+{discriminator}
+"""
+# A D of one ReLU unit with a large learning rate: the unit dies within the first epoch (its
+# input is negative on every point, real or generated), D outputs one constant, trains only
+# its output bias to 0.5, and G gets no gradient: the losses sit at log 2, the samples stay
+# poor. (The stabilisers study's historical averaging at lambda 1, 1,500 steps, freezes
+# d_real and d_fake at ~0.5 too, but its D still ranks real above generated: d_auc 0.70 and
+# 0.76 for seeds 0 and 1, measured here, so it is not flagged.)
+BLIND_D = "  d_hidden: [1]\n  d_activation: relu\n  lr_d: 0.05"
+HEALTHY_D = "  d_hidden: [128, 128]\n  lr_d: 0.0005"  # leaky ReLU: D keeps learning
+
+
+def train_ring8(tmp_path: Path, name: str, discriminator: str) -> tuple[pd.DataFrame, str]:
+    study = tmp_path / f"{name}.yaml"
+    study.write_text(RING8.format(name=name, discriminator=discriminator))
+    done = subprocess.run(
+        [sys.executable, "-m", "gansweep", "train", str(study), "--output", str(tmp_path / name)],
+        capture_output=True, text=True, env={"GANSWEEP_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return pd.read_csv(tmp_path / name / "metrics.csv"), done.stdout
+
+
+def test_a_blind_discriminator_is_flagged_and_a_seeing_one_at_the_same_losses_is_not(tmp_path: Path) -> None:
+    from gansweep.config.theory import BLIND_AUC_MARGIN, EQUILIBRIUM_RELATIVE_GAP, SEEN_C2ST_ACCURACY
+
+    log2 = math.log(2.0)
+    blind, blind_out = train_ring8(tmp_path, "blind", BLIND_D)
+    assert list(blind["epoch"]) == [1, 2]
+    assert blind["blind_discriminator"].tolist() == [1.0, 1.0]  # computed by the code, every evaluation
+    assert blind["d_auc"].tolist() == pytest.approx([0.5, 0.5], abs=1e-9)  # one constant: every pair a tie
+    last = blind.iloc[-1]
+    assert (last["d_loss_star"], last["g_loss_star"]) == pytest.approx((log2, log2))
+    assert (last["d_real"], last["d_fake"]) == pytest.approx((0.5, 0.5), abs=1e-3)
+    assert (last["d_loss"], last["g_loss"]) == pytest.approx((log2, log2), abs=1e-3)
+    assert SEEN_C2ST_ACCURACY < 0.9 <= last["c2st_accuracy"] <= 1.0  # the samples are poor
+    assert 0 <= last["modes_covered"] <= 1  # of 8
+    assert "blind discriminator equilibrium" in blind_out
+
+    seeing, seeing_out = train_ring8(tmp_path, "seeing", HEALTHY_D)
+    assert seeing["blind_discriminator"].tolist() == [0.0, 0.0]
+    last = seeing.iloc[-1]
+    # Its losses are within the flag's 5% of the equilibrium too: the losses alone would not
+    # tell the two trials apart; D's AUC does.
+    for net in ("d", "g"):
+        assert 0 <= last[f"{net}_loss_gap"] <= EQUILIBRIUM_RELATIVE_GAP * log2
+    assert 0.5 + BLIND_AUC_MARGIN < 0.7 <= last["d_auc"] <= 0.95
+    assert SEEN_C2ST_ACCURACY < 0.85 <= last["c2st_accuracy"] <= 1.0  # still poor samples, but D sees it
+    assert "blind discriminator" not in seeing_out
