@@ -6,6 +6,7 @@ the error naming where it looked."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,41 @@ def test_missing_inception_offline_names_every_place_looked(hub: Path, monkeypat
     assert str(hub / "checkpoints" / inception.HUB_FILE) in text
     assert "download skipped: GANSWEEP_OFFLINE is set" in text
     assert not (hub / "checkpoints" / inception.HUB_FILE).exists()  # nothing was fetched
+
+
+def test_torchvisions_weights_file_is_checked_against_its_whole_pinned_sha256(hub: Path, monkeypatch) -> None:
+    """A file named as torchvision's is held to the whole digest, not to the 8 hex digits of
+    its name: a fake one whose digest starts with its name's digits is still refused."""
+    pinned = inception.PINNED_SHA256[inception.HUB_FILE]
+    assert re.fullmatch("[0-9a-f]{64}", pinned)
+    assert pinned.startswith(inception.HUB_FILE.rsplit("-", 1)[1].split(".")[0])  # torch.hub's prefix
+    assert inception.expected_sha256(hub / inception.HUB_FILE) == pinned
+    fake = hub / "checkpoints" / "fake.pth"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not inception weights")
+    digest = features.sha256_of(fake)
+    named = fake.rename(fake.with_name(f"inception_v3_fake-{digest[:8]}.pth"))
+    assert inception.check_sha256(named) == digest  # the name's prefix alone lets it through
+    other = digest[:8] + ("0" if digest[8] != "0" else "1") + digest[9:]  # same start, another digest
+    monkeypatch.setitem(inception.PINNED_SHA256, named.name, other)
+    with pytest.raises(DataError, match=f"SHA-256 {digest} does not match the expected {other}"):
+        inception.check_sha256(named)
+    monkeypatch.setitem(inception.PINNED_SHA256, named.name, digest)
+    assert inception.check_sha256(named) == digest
+    monkeypatch.setenv(inception.ENV_SHA256, digest[:8])  # the user's own checksum still wins
+    monkeypatch.setitem(inception.PINNED_SHA256, named.name, other)
+    assert inception.check_sha256(named) == digest
+
+
+def test_a_download_is_checked_against_the_whole_pinned_sha256(hub: Path, monkeypatch) -> None:
+    asked = {}
+
+    def download(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        asked.update(url=url, hash_prefix=hash_prefix)
+        raise OSError("no network in tests")
+
+    monkeypatch.delenv("GANSWEEP_OFFLINE")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.raises(DataError, match="no network in tests"):
+        inception.find_weights()
+    assert asked == {"url": inception.URL, "hash_prefix": inception.PINNED_SHA256[inception.HUB_FILE]}

@@ -7,9 +7,10 @@ Where the weights are looked for, in order:
      where torchvision keeps the ImageNet weights it downloads;
   3. a download into that cache, unless GANSWEEP_OFFLINE=1 (then never).
 The expected checksum is GANSWEEP_INCEPTION_SHA256 (the whole hex digest or its start),
-else the hex after the file name's last '-' (torch.hub's convention, inception_v3_google-
-0cc3c7bd.pth: the digest starts 0cc3c7bd); a file with neither is refused, since a score
-computed with unknown weights cannot be compared with anything.
+else, for a file named as torchvision's (inception_v3_google-0cc3c7bd.pth), that file's whole
+SHA-256 pinned here (PINNED_SHA256), else the hex after the file name's last '-' (torch.hub's
+convention: only the digest's start); a file with none is refused, since a score computed
+with unknown weights cannot be compared with anything.
 
 Torchvision's ImageNet weights are not the TF-Inception weights of the original FID code
 (pytorch-fid's), so absolute FIDs differ from papers' by a constant-ish offset; the space's
@@ -32,6 +33,10 @@ from gansweep.errors import ConfigError, DataError
 ENV_WEIGHTS = "GANSWEEP_INCEPTION_WEIGHTS"
 ENV_SHA256 = "GANSWEEP_INCEPTION_SHA256"
 HUB_FILE = "inception_v3_google-0cc3c7bd.pth"
+# File name -> its whole SHA-256. torchvision's source records only the name's 8 hex digits
+# (and its size, "_file_size": 103.903 MB); this digest of the 108,949,747-byte file is the
+# one several independent public records of it agree on (it starts with those 8 digits).
+PINNED_SHA256 = {HUB_FILE: "0cc3c7bd75056d25e46cba549dc184522069b81e9787eff6df84f397bd52a5ef"}
 URL = f"https://download.pytorch.org/models/{HUB_FILE}"
 SIZE = 299
 CHUNK = 100
@@ -67,7 +72,7 @@ def find_weights() -> Path:
         looked.append("download skipped: GANSWEEP_OFFLINE is set")
     else:
         try:
-            torch.hub.download_url_to_file(URL, str(cached), hash_prefix=HUB_FILE.split("-")[1][:8], progress=False)
+            torch.hub.download_url_to_file(URL, str(cached), hash_prefix=PINNED_SHA256[HUB_FILE], progress=False)
             return cached
         except Exception as err:  # no network, a proxy, a truncated file
             looked.append(f"download from {URL} failed: {' '.join(str(err).split())[:200]}")
@@ -82,6 +87,8 @@ def expected_sha256(path: Path) -> str:
     explicit = os.environ.get(ENV_SHA256)
     if explicit:
         return explicit.strip().lower()
+    if path.name in PINNED_SHA256:
+        return PINNED_SHA256[path.name]
     match = re.search(r"-([0-9a-f]{8,64})\.[^.]+$", path.name)
     if match:
         return match.group(1)
