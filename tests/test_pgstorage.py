@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import STUDIES, clean_env, free_port, gansweep, mlflow_runs, start_gansweep
 from pgserver import PgServer, needs_postgres, started_pg_server
+from test_cluster import kill_session
 from test_sweep import children
 
 from gansweep.config.load import load_study
@@ -182,3 +183,76 @@ def test_postgres_restarted_mid_sweep_loses_nothing(tmp_path: Path, pg: PgServer
     for run in children(mlflow_runs(uri, "pgrestart")):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "d_loss"))
         assert steps == [1, 2, 3, 4, 5], (run.info.run_name, steps)
+
+
+# -------------------------------------------------------------------- load
+LOAD_TRIALS = 1_000
+LOAD_MARK = 200  # the driver's peak when this many trials have finished is the reference
+LOAD_STUDY = f"""\
+name: load
+trial: {{dataset: line, g_hidden: [8], d_hidden: [8], noise_dim: 1, batch_size: 32, epochs: 1,
+        steps_per_epoch: 5, eval_samples: 100, eval_valid: 50, eval_test: 100, device: cpu}}
+search:
+  alpha: {{uniform: [0.2, 0.8]}}
+sampler: {{name: random, seed: 0}}
+budget: {{trials: {LOAD_TRIALS}, max_concurrent: 2, cpus_per_trial: 1}}
+"""
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """The kernel's high-water mark of the process's resident memory (VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def finished_trials(pg: PgServer, database: str) -> int:
+    """Trials Optuna was told the end of, read with psql (loading the study would copy them all)."""
+    rows = pg.psql("SELECT count(*) FROM trials WHERE state <> 'RUNNING' AND state <> 'WAITING'"
+                   if pg.psql("SELECT to_regclass('trials') IS NOT NULL", database) == [["t"]] else "SELECT 0", database)
+    return int(rows[0][0])
+
+
+@pytest.mark.slow
+def test_a_thousand_trials_on_postgres_all_accounted_for_in_bounded_driver_memory(
+    tmp_path: Path, pg: PgServer, database: str
+) -> None:
+    """1,000 short trials (one epoch of 5 steps) with the Optuna study on PostgreSQL. Every
+    trial is accounted for in Optuna, results.csv and MLflow, and the driver's peak resident
+    memory once all 1,000 have finished is at most 1.2x its peak when 200 had: Tune keeps every
+    trial it ran until its fit returns, so the sweep runs as fits of sweep.UNITS_PER_FIT units."""
+    (tmp_path / "load.yaml").write_text(LOAD_STUDY)
+    url = pg.url(database)
+    log = tmp_path / "driver.log"
+    started = time.monotonic()
+    driver = start_gansweep("run", "load.yaml", "--output", "out", cwd=tmp_path,
+                            env=clean_env(GANSWEEP_OPTUNA_STORAGE=url), log=log)
+    samples: list[tuple[float, int, int]] = []  # (seconds, trials finished, VmHWM KiB)
+    try:
+        while driver.poll() is None and time.monotonic() - started < 2400:
+            rss = peak_rss_kib(driver.pid)
+            if rss is not None:
+                samples.append((time.monotonic() - started, finished_trials(pg, database), rss))
+            time.sleep(1.0)
+        assert driver.wait(timeout=60) == 0, log.read_text()[-5000:]
+    finally:
+        if driver.poll() is None:
+            kill_session(driver.pid)
+            driver.wait(timeout=60)
+    wall = time.monotonic() - started
+    at_mark = next(rss for _, done, rss in samples if done >= LOAD_MARK)
+    at_end = next((rss for _, done, rss in samples if done >= LOAD_TRIALS), samples[-1][2])
+    final = samples[-1][2]
+    print(f"\n{LOAD_TRIALS} trials in {wall:.0f} s; driver peak RSS {at_mark / 1024:.0f} MiB at {LOAD_MARK} "
+          f"trials, {at_end / 1024:.0f} MiB at {LOAD_TRIALS} ({at_end / at_mark:.2f}x), "
+          f"{final / 1024:.0f} MiB with results and report")
+    assert at_end <= 1.2 * at_mark
+
+    table = check_accounted(tmp_path / "out", url, f"sqlite:///{tmp_path / 'mlflow.db'}", "load", expected=LOAD_TRIALS)
+    assert set(table["state"]) == {"COMPLETE"} and sorted(table["trial"]) == list(range(LOAD_TRIALS))
+    assert table["alpha"].between(0.2, 0.8).all() and table["alpha"].nunique() == LOAD_TRIALS
+    assert table["objective"].notna().all() and (table["epochs"] == 1).all()
