@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's `chromium` package) on a page: its text after the scripts ran,
 and a screenshot. For the tests of the web UIs gansweep's users open (MLflow's, Optuna's
-dashboard); the same as tests/test_report.py's, without that module's imports."""
+dashboard); the same as tests/reporting/test_report.py's, without that module's imports."""
 
 from __future__ import annotations
 

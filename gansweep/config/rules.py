@@ -241,7 +241,7 @@ OUTPUT_RANGES: dict[str, tuple[float, float]] = {"tanh": (-1.0, 1.0), "sigmoid":
 RANGE_TAIL = 0.001
 # [low, high] holding all but RANGE_TAIL of a built-in 2D set's points at each end of either
 # coordinate: the quantiles of the distributions engine/data.py samples, each symmetric about
-# 0 (tests/test_engine.py checks them against generated points). line: t ~ U[-1, 1] and
+# 0 (tests/engine/test_engine.py checks them against generated points). line: t ~ U[-1, 1] and
 # t^2 sin t / sin 1 + N(0, 0.02^2), whose noise carries the curve's ends (exactly +-1) to
 # 1.006; circle: 0.7 (cos, sin) + N(0, 0.08^2); ring8: 8 modes at radius 1, std 0.02
 # (1 + 0.02 z with P(Z > z) = 8 RANGE_TAIL); grid25: modes at -1 .. 1, std 0.02 (P = 5 RANGE_TAIL).

@@ -192,7 +192,7 @@ class FusedUpdate:
     """The eager execution's form of UPDATES[optimizer]: torch.optim's own fused kernel
     (_fused_adam_, _fused_sgd_: one call for all of a network's parameters) on the module's
     parameters and on views of the state's moments, in place. The same update, in fewer ops
-    (a dozen per parameter tensor fewer); tests/test_engine.py holds it to adam_update and
+    (a dozen per parameter tensor fewer); tests/engine/test_engine.py holds it to adam_update and
     sgd_update. Its settings are Python floats, read once per epoch's Hyper."""
 
     def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout],

@@ -17,7 +17,7 @@ run` of the same study hands its unfinished members out again. `Ledger` keeps it
 
 The Tune adapters (searcher.py, pruner.py, callback.py) only translate Tune's calls
 into these and carry out the actions; tests drive the ledger with plain result dicts and a
-real Optuna study, without Ray (tests/test_ledger.py), as Ray Tune tests its schedulers.
+real Optuna study, without Ray (tests/service/test_ledger.py), as Ray Tune tests its schedulers.
 Every unit, a lone trial or a pack, goes through the same steps.
 
 With budget.replicates = R > 1 (service/replicates.py) a unit's members are the R seeds of

@@ -44,7 +44,7 @@ class S3Storage(pyarrow.fs.S3FileSystem):
     pickles the RunConfig's storage_filesystem into files it writes, tuner.pkl and
     search_gen_state-*.json: both in the driver's Ray session folder on local disk
     (/tmp/ray/session_*/artifacts/.../driver_artifacts) and uploaded next to the checkpoints
-    in the bucket. tests/test_storage.py found AWS_SECRET_ACCESS_KEY in both places, which
+    in the bucket. tests/service/test_storage.py found AWS_SECRET_ACCESS_KEY in both places, which
     defeated sweep.withheld_from_ray. A pickled S3Storage carries only the endpoint, scheme and
     region; the process that unpickles it (a Ray worker) takes the keys from its own environment
     (or the default AWS chain), as cluster nodes have them (docker-compose.yml, k8s/ray) and as

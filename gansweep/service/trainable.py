@@ -5,7 +5,7 @@ gansweep.service.protocol's); the training code behind it (gansweep.service.work
 torch) is imported only in the Ray worker processes that run units. The driver's start-up
 then does not import torch, about 2 s of its 4.5 s of imports on 2 cores, spent while Ray
 and the first trial's actor wait for it (benchmarks/README.md, sweep overhead).
-tests/test_sweep.py checks that the driver's modules leave torch unimported.
+tests/service/test_sweep.py checks that the driver's modules leave torch unimported.
 """
 
 from __future__ import annotations

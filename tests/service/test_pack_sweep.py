@@ -93,7 +93,7 @@ budget: {max_concurrent: 2, pack_size: 2}
 def test_a_sweep_of_compiled_packs_gives_the_packed_losses(tmp_path: Path) -> None:
     """`compile: true` with budget.pack_size 2 through `gansweep run`: two compiled packs of
     two, every member COMPLETE with finite losses, at the eager pack's numbers (the library's
-    packed execution here, rel 1e-3 as tests/test_engine.py's compiled tolerance)."""
+    packed execution here, rel 1e-3 as tests/engine/test_engine.py's compiled tolerance)."""
     (tmp_path / "compiled.yaml").write_text(COMPILED_PACKS_STUDY)
     done = gansweep("run", "compiled.yaml", "--output", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

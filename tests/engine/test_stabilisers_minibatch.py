@@ -1,7 +1,7 @@
 """Seed 004's other two stabilisers (issue 16): minibatch discrimination in D and virtual batch
 normalisation in G (Salimans et al. 2016). Their maths against direct computations on fixed
 tensors, the networks that carry them, a few hundred steps of training with finite losses,
-the executions agreeing as in tests/test_stabilisers.py, and a resumed trial keeping VBN's
+the executions agreeing as in tests/engine/test_stabilisers.py, and a resumed trial keeping VBN's
 reference batch."""
 
 from __future__ import annotations

@@ -489,4 +489,4 @@ def test_a_disk_already_short_is_a_clear_error_before_anything_starts(tmp_path: 
 
 
 # -------------------------------------------------------------------- 6. load
-# On the stack's own parts: tests/test_pgstorage.py, 1,000 trials on PostgreSQL.
+# On the stack's own parts: tests/service/test_pgstorage.py, 1,000 trials on PostgreSQL.

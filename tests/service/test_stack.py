@@ -7,7 +7,7 @@ artifacts proxied to S3), a Ray head and two workers with token authentication, 
 driver with the environment of the compose `sweep` service.
 
 Where the rehearsal departs from the containers, and why:
-  - S3 is moto's server (tests/test_storage.py), not MinIO: moto makes the keys of the user it
+  - S3 is moto's server (tests/service/test_storage.py), not MinIO: moto makes the keys of the user it
     creates, so AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are moto's, not .env's; the buckets
     `mlflow` and `gansweep` are made as deploy/minio/init.sh makes them.
   - MLflow runs with --workers=1 (two shared cores), on 127.0.0.1 and a free port.

@@ -1,5 +1,5 @@
 """Seed replicates and rankings per scale field, without Ray: the ledger driven with plain
-result dicts over a real Optuna study (as tests/test_ledger.py), and results.csv built from it."""
+result dicts over a real Optuna study (as tests/service/test_ledger.py), and results.csv built from it."""
 
 from __future__ import annotations
 

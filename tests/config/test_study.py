@@ -21,7 +21,7 @@ from gansweep.config.rules import STUDY_RULES, TRIAL_RULES
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import decode_choice, encode_choice, search_order, trial_from_study
 
-STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.yaml"))
+STUDIES = sorted(Path(__file__).parents[2].joinpath("studies").glob("*.yaml"))
 GOOD = """\
 name: ok
 trial:

@@ -1,6 +1,6 @@
 """Seed 004's stabilisers (issue 16), each in the one iteration: its maths against a direct
 computation on fixed tensors, a few hundred steps of training with finite losses, and the
-executions agreeing as in tests/test_engine.py."""
+executions agreeing as in tests/engine/test_engine.py."""
 
 from __future__ import annotations
 
