@@ -18,6 +18,9 @@ FIGURES = {  # file -> caption; the page shows those that could be drawn, in thi
 }
 BEST_CURVES = 5  # trials in the objective-per-epoch figure
 LOSS_CURVES_PER_ALPHA = 8  # trials per panel of the loss figure, best first
+# Panels of the loss figure: alpha searched over a range gives each trial its own value, and
+# 1,000 panels took the report minutes and 3 GiB (constrained layout over every axes).
+LOSS_PANELS = 8
 MOSAIC_ROWS, MOSAIC_COLS = 12, 6
 MIN_COMPLETE_FOR_IMPORTANCE = 4
 
@@ -29,12 +32,17 @@ def figure_losses(view: StudyView) -> Any:
     for t in view.trials:  # best first
         if t.config is None or not (t.history.get("d_loss") or t.history.get("g_loss")):
             continue
+        if t.config.alpha not in per_alpha and len(per_alpha) == LOSS_PANELS:
+            continue  # a panel per alpha: a searched range gives every trial its own
         per_alpha[t.config.alpha] = per_alpha.get(t.config.alpha, 0) + 1
         if per_alpha[t.config.alpha] <= LOSS_CURVES_PER_ALPHA:
             curves.append(plots.LossCurves(t.label, t.config.alpha, t.config.loss, t.config.label_smoothing,
                                            t.history.get("d_loss", []), t.history.get("g_loss", [])))
     if any(n > LOSS_CURVES_PER_ALPHA for n in per_alpha.values()):
         view.notes.append(f"The loss figure shows the best {LOSS_CURVES_PER_ALPHA} trials of each alpha.")
+    alphas = {t.config.alpha for t in view.trials if t.config is not None}
+    if len(alphas) > LOSS_PANELS:
+        view.notes.append(f"The loss figure shows the {LOSS_PANELS} alphas of the best trials, of {len(alphas)}.")
     return plots.plot_losses_by_alpha(curves) if curves else None
 
 

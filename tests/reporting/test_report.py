@@ -281,3 +281,23 @@ def test_mlflow_ui_shows_the_trials_and_their_metrics(sweep: Path, server: Mlflo
         with Image.open(ARTIFACTS / shot) as image:
             assert image.size == (1400, 900)
         print(f"screenshot: {ARTIFACTS / shot}")
+
+
+def test_the_loss_figure_shows_the_alphas_of_the_best_trials_only() -> None:
+    """alpha searched over a range gives each trial its own panel: the figure keeps the
+    alphas of the best LOSS_PANELS trials and says so (1,000 panels took minutes and 3 GiB)."""
+    from gansweep.config.schema import TrialConfig
+    from gansweep.reporting import figures
+    from gansweep.reporting.view import StudyView, TrialView
+
+    history = {"d_loss": [(1, 0.69), (2, 0.68)], "g_loss": [(1, 0.7), (2, 0.71)]}
+    trials = [
+        TrialView(number=n, state="COMPLETE", row={}, label=str(n),
+                  config=TrialConfig(dataset="circle", alpha=round(0.2 + 0.01 * n, 2)), history=history)
+        for n in range(30)
+    ]
+    view = StudyView(Path("."), "s", pd.DataFrame(), ["alpha"], trials, "parzen_ll", "maximize", "")
+    figure = figures.figure_losses(view)
+    panels = [a for a in figure.axes if a.get_lines()]
+    assert len(panels) == figures.LOSS_PANELS
+    assert any(f"{figures.LOSS_PANELS} alphas of the best trials, of 30" in note for note in view.notes)
