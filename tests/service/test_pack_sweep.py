@@ -8,15 +8,16 @@ consistency rules as one-trial sweeps; the numbers are checked against the pack 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
+from conftest import gansweep, mlflow_runs
 from mlflow.tracking import MlflowClient
-from test_sweep import check_consistent, children, optuna_reports, optuna_states, rerun_finishes_the_alpha_grid_once
+from test_sweep import (
+    check_consistent, children, kill_midway, optuna_reports, optuna_states, rerun_finishes_the_alpha_grid_once,
+)
 
 from gansweep.engine.data import load_dataset
 from gansweep.engine.train import train_pack
@@ -178,18 +179,10 @@ budget: {max_concurrent: 1, pack_size: 2}
 
 @pytest.mark.slow  # about a minute: two sweeps, the first killed midway
 def test_packed_sweep_killed_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
-    (tmp_path / "resume.yaml").write_text(RESUME_PACKS_STUDY)
-    driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
-    db = tmp_path / "out" / "optuna.db"
-    deadline = time.monotonic() + 300
     # kill once a pack has finished and the next has reported (and checkpointed) two epochs:
     # 2 x 6 evaluations of the first pack, 2 x 2 of the second
-    while time.monotonic() < deadline and not (
-        optuna_states(db).count("COMPLETE") >= 2 and optuna_reports(db) >= 16
-    ):
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()
-        time.sleep(0.2)
-    kill_group(driver)  # SIGKILL: no cleanup at all
+    db = kill_midway(tmp_path, RESUME_PACKS_STUDY,
+                     lambda db: optuna_states(db).count("COMPLETE") >= 2 and optuna_reports(db) >= 16)
     states = optuna_states(db)
     assert states.count("RUNNING") >= 2 and len(states) < 5, states
     rerun_finishes_the_alpha_grid_once(tmp_path, "resumepack")

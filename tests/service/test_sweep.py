@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -245,19 +246,27 @@ def rerun_finishes_the_alpha_grid_once(tmp_path: Path, experiment: str) -> None:
         assert steps == [1, 2, 3, 4, 5, 6]  # no epoch lost, none logged twice
 
 
-def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
-    (tmp_path / "resume.yaml").write_text(RESUME_STUDY)
+def kill_midway(tmp_path: Path, study: str, killed_when: Callable[[Path], bool], settle: float = 0.0) -> Path:
+    """`gansweep run` of `study` (as resume.yaml, output out/), SIGKILLed (no cleanup at all,
+    MLflow runs left RUNNING) `settle` s after `killed_when(optuna.db)` holds; the database."""
+    (tmp_path / "resume.yaml").write_text(study)
     driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
     db = tmp_path / "out" / "optuna.db"
     deadline = time.monotonic() + 300
-    # kill once a trial has finished and others are midway
-    while time.monotonic() < deadline and not (
-        optuna_states(db).count("COMPLETE") >= 1 and optuna_states(db).count("RUNNING") >= 1
-    ):
+    while time.monotonic() < deadline and not killed_when(db):
         assert driver.poll() is None, (tmp_path / "first.log").read_text()
-        time.sleep(0.5)
-    time.sleep(2)
-    kill_group(driver)  # SIGKILL: no cleanup at all, MLflow runs left RUNNING
+        time.sleep(0.2)
+    time.sleep(settle)
+    kill_group(driver)
+    return db
+
+
+def one_finished_one_midway(db: Path) -> bool:
+    return optuna_states(db).count("COMPLETE") >= 1 and optuna_states(db).count("RUNNING") >= 1
+
+
+def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
+    db = kill_midway(tmp_path, RESUME_STUDY, one_finished_one_midway, settle=2.0)
     states = optuna_states(db)
     assert "RUNNING" in states and len(states) < 5 + 2, states
     assert forget_checkpointed_epochs(tmp_path), "no trial was killed after a checkpoint"

@@ -4,15 +4,14 @@ real CLI, Ray, Optuna and MLflow (slow: a Ray start and a few small sweeps, minu
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import gansweep, kill_group, mlflow_runs, start_gansweep
-from test_sweep import optuna_states
+from conftest import gansweep, mlflow_runs
+from test_sweep import kill_midway, one_finished_one_midway, optuna_states
 
 pytestmark = pytest.mark.slow
 
@@ -89,17 +88,7 @@ budget: {replicates: 2, max_concurrent: 2}
 
 
 def test_a_killed_sweep_with_replicates_resumes_every_replicate_exactly_once(tmp_path: Path) -> None:
-    (tmp_path / "resume.yaml").write_text(RESUME)
-    driver = start_gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path, log=tmp_path / "first.log")
-    db = tmp_path / "out" / "optuna.db"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (
-        optuna_states(db).count("COMPLETE") >= 1 and optuna_states(db).count("RUNNING") >= 1
-    ):
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()
-        time.sleep(0.5)
-    time.sleep(2)
-    kill_group(driver)  # SIGKILL: no cleanup, MLflow runs left RUNNING
+    db = kill_midway(tmp_path, RESUME, one_finished_one_midway, settle=2.0)
     assert "RUNNING" in optuna_states(db)
     done = gansweep("run", "resume.yaml", "--output", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
