@@ -29,7 +29,13 @@ GANSWEEP = tuple(sorted(
 
 
 def run_python(code: str, cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean_env(), capture_output=True,
+    """`code` in a fresh interpreter, its last line. Without the MLflow settings a Tracker or
+    report made earlier in this pytest process left in os.environ (they are set where a client
+    is made, tracking.mlflow_defaults): the child must start from a user's environment."""
+    from gansweep.service.tracking import MLFLOW_DEFAULTS
+
+    env = {k: v for k, v in clean_env().items() if k not in MLFLOW_DEFAULTS}
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
