@@ -16,7 +16,8 @@ from gansweep.config.rules import RuleBroken, check_study
 from gansweep.config.schema import (
     TRIAL_FIELDS, Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
 )
-from gansweep.config.space import ConditionCycle, check_condition, search_order
+from gansweep.config.conditions import ConditionCycle, search_order
+from gansweep.config.space import check_condition
 from gansweep.errors import ConfigError
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

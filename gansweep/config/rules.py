@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gansweep.config.conditions import reachable
 from gansweep.config.names import BATCH_NORM_CRITICS, BATCH_NORM_GENERATORS, PENALISED_LOSSES, SMOOTHABLE_LOSSES
-from gansweep.config.names import TOY_DATASETS
 from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
 from gansweep.errors import ConfigError
 
@@ -261,36 +261,6 @@ def output_range_problem(dataset: str, output: str, dataset_field: str = "datase
         f"[{extent[0]:g}, {extent[1]:g}] ({1 - 2 * RANGE_TAIL:.1%} of its points; 2D points keep their "
         "coordinates): use g_output: identity, the default for 2D sets"
     )
-
-
-ANY = object()  # a ranged field's value in reachable(): it may equal any value a condition names
-
-
-def reachable(study: StudyConfig, names: tuple[str, ...]) -> list[dict[str, object]]:
-    """Every combination of the fields `names` that a trial of the study can have: fixed
-    values, and each value of a searched choice whose `when` can hold (a condition on a range
-    may hold or not), following the conditions through the fields they name."""
-    from gansweep.config.space import search_order  # space imports schema, which imports rules
-
-    need, todo = set(names), list(names)
-    while todo:
-        param = study.search.get(todo.pop())
-        for other in (param.when or {}) if param else ():
-            if other not in need:
-                need.add(other)
-                todo.append(other)
-    combos: list[dict[str, object]] = [{name: getattr(study.trial, name) for name in need}]
-    for name in (n for n in search_order(study.search) if n in need):
-        param, grown = study.search[name], []
-        values = param.values if param.kind == "choice" else (ANY,)
-        for combo in combos:
-            conditions = [(combo[f], v) for f, v in (param.when or {}).items()]
-            if all(got is ANY or got == v for got, v in conditions):
-                grown += [{**combo, name: value} for value in values]
-            if not all(got is not ANY and got == v for got, v in conditions):
-                grown.append(combo)  # the condition may fail: the fixed value stays
-        combos = grown
-    return combos
 
 
 def check_output_ranges(study: StudyConfig, path: object) -> None:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from gansweep.config.conditions import search_order
 from gansweep.config.schema import Choice, IntRange, SearchParam, StudyConfig, TrialConfig
 
 
@@ -54,42 +55,6 @@ def first_value(param: SearchParam) -> Any:
     if param.kind == "log_uniform":
         return math.sqrt(param.low * param.high)
     return (param.low + param.high) / 2
-
-
-def search_order(search: dict[str, SearchParam]) -> list[str]:
-    """The searched fields in the order their values are decided: a field after every searched
-    field its `when` names, whatever order the file lists them in. Otherwise the file's order,
-    unconditional fields first (so that Optuna's define-by-run asks as it always has)."""
-    depth = _condition_depths(search)
-    index = {name: i for i, name in enumerate(search)}
-    return sorted(search, key=lambda name: (depth[name], index[name]))
-
-
-class ConditionCycle(ValueError):
-    """Searched fields whose `when` conditions depend on each other in a loop."""
-
-    def __init__(self, cycle: list[str]) -> None:
-        self.cycle = cycle
-        super().__init__(" -> ".join(cycle))
-
-
-def _condition_depths(search: dict[str, SearchParam]) -> dict[str, int]:
-    """0 for a field without `when`, else 1 + the deepest searched field it names. Raises
-    ConditionCycle. (Recursive: a chain is at most as long as TrialConfig has fields.)"""
-    depth: dict[str, int] = {}
-
-    def visit(name: str, chain: list[str]) -> int:
-        if name in chain:
-            raise ConditionCycle(chain[chain.index(name):] + [name])
-        if name not in depth:
-            when = search[name].when
-            deps = [visit(other, [*chain, name]) for other in (when or {}) if other in search]
-            depth[name] = 1 + max(deps, default=0) if when else 0
-        return depth[name]
-
-    for name in search:
-        visit(name, [])
-    return depth
 
 
 def check_condition(name: str, search: dict[str, SearchParam], trial: TrialConfig) -> None:
