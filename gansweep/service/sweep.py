@@ -293,26 +293,39 @@ def run_tune(
         board_name = f"gansweep-prune-board-{uuid.uuid4().hex}"
         board = PruneBoard.options(name=board_name).remote()  # one for every fit
     filesystem = storage_filesystem(storage_path)
+    trainable = tune.with_resources(run_unit, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
     experiment = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def fit(ledger: Ledger, units: int, name: str) -> None:
+        """One Tune experiment of `units` units handed out by the ledger."""
+        tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name),
+                scheduler=LedgerPruner(ledger, board),
+                num_samples=units,
+                max_concurrent_trials=budget.max_concurrent,
+                reuse_actors=True,
+                trial_name_creator=unit_name,
+                trial_dirname_creator=unit_name,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=strip_scheme(storage_path),
+                storage_filesystem=filesystem,
+                failure_config=tune.FailureConfig(max_failures=budget.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                stop=disk_guard,
+                callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure, filesystem),
+                           *tune_loggers()],
+                verbose=0,
+            ),
+        ).fit()
+
     with progress.live(), withheld_from_ray(RAY_PROPAGATED_SECRETS):
-        for fit in itertools.count():
+        for index in itertools.count():
             units = ledger.plan(to_run)
-            tuner = study_tuner(
-                study, ledger, min(units, per_fit), (board, board_name),
-                tune.RunConfig(
-                    name=experiment if fit == 0 else f"{experiment}-{fit + 1}",
-                    storage_path=strip_scheme(storage_path),
-                    storage_filesystem=filesystem,
-                    failure_config=tune.FailureConfig(max_failures=budget.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    stop=disk_guard,
-                    callbacks=[TrackingCallback(ledger, tracker, list(study.search), progress, figure, filesystem),
-                               *tune_loggers()],
-                    verbose=0,
-                ),
-            )
-            tuner.fit()
-            del tuner
+            fit(ledger, min(units, per_fit), experiment if index == 0 else f"{experiment}-{index + 1}")
             gc.collect()  # the fit's trial records, before the next fit makes its own
             to_run = requested_trials(study) - optuna_study.finished_count()
             if units <= per_fit or to_run <= 0 or disk_guard.short is not None or optuna_study.unfinished():
@@ -321,26 +334,3 @@ def run_tune(
     if disk_guard.short is not None:
         raise disk_full_error(disk_guard.short, min_free, len(optuna_study.unfinished()))
     shutil.rmtree(p.OutputLayout(output).tune_tmp, ignore_errors=True)
-
-
-def study_tuner(
-    study: StudyConfig, ledger: Ledger, units: int, board: tuple[Any, str | None], run_config: tune.RunConfig,
-) -> tune.Tuner:
-    """One Tune experiment of `units` units handed out by the ledger; `board`: the PruneBoard
-    actor and its name, or None twice when units have one member."""
-    budget = study.budget
-    board_actor, board_name = board
-    trainable = tune.with_resources(run_unit, {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial})
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name),
-            scheduler=LedgerPruner(ledger, board_actor),
-            num_samples=units,
-            max_concurrent_trials=budget.max_concurrent,
-            reuse_actors=True,
-            trial_name_creator=unit_name,
-            trial_dirname_creator=unit_name,
-        ),
-        run_config=run_config,
-    )
