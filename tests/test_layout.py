@@ -231,14 +231,7 @@ def test_every_module_sits_in_its_layer() -> None:
     assert [name for name in MODULES if layer_of(name) is None] == []
 
 
-# Modules known to be over: name -> why they wait (a non-strict xfail, visible in the summary).
-LONG: dict[str, str] = {}  # module -> why it is still over 400 lines
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=LONG[name], strict=False)) if name in LONG else name
-    for name in sorted(MODULES)
-])
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_module_over_about_400_lines(name: str) -> None:
     lines = MODULES[name].path.read_text().count("\n")
     assert 0 <= lines <= 450, f"{MODULES[name].path}: {lines} lines"
