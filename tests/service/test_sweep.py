@@ -265,8 +265,23 @@ def one_finished_one_midway(db: Path) -> bool:
     return optuna_states(db).count("COMPLETE") >= 1 and optuna_states(db).count("RUNNING") >= 1
 
 
+def one_finished_one_checkpointed(db: Path) -> bool:
+    """A trial COMPLETE and a RUNNING one whose checkpoint Optuna has recorded (a fixed wait
+    after the first COMPLETE could land before the next trial's first checkpoint)."""
+    if optuna_states(db).count("COMPLETE") < 1:
+        return False
+    try:
+        with sqlite3.connect(db, timeout=5) as connection:
+            return connection.execute(
+                "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                "where t.state = 'RUNNING' and a.key = 'checkpoint'"
+            ).fetchone()[0] > 0
+    except sqlite3.OperationalError:
+        return False
+
+
 def test_driver_killed_mid_sweep_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
-    db = kill_midway(tmp_path, RESUME_STUDY, one_finished_one_midway, settle=2.0)
+    db = kill_midway(tmp_path, RESUME_STUDY, one_finished_one_checkpointed)
     states = optuna_states(db)
     assert "RUNNING" in states and len(states) < 5 + 2, states
     assert forget_checkpointed_epochs(tmp_path), "no trial was killed after a checkpoint"
