@@ -227,7 +227,16 @@ class OptunaStudy:
         raise RuntimeError("100 sampled combinations in a row were invalid; narrow the search")
 
     def values_of(self, number: int) -> dict[str, Any]:
-        return values_from_params(self.config, self.frozen(number).params)
+        """Trial `number`'s values. An unfinished trial's are resolved again through the study's
+        one resolver: a driver killed between Optuna's ask and the trial's suggestions leaves a
+        RUNNING trial with some or none of its params, and reading only those gave the study's
+        defaults instead (seen in CI: a killed alpha grid resumed with 0.5 twice, 0.7 never).
+        Suggesting again returns the params already recorded and samples the missing ones
+        as that trial would have (the grid sampler from the grid point given at ask)."""
+        frozen = self.frozen(number)
+        if frozen.state != TrialState.RUNNING:
+            return values_from_params(self.config, frozen.params)
+        return sample_trial_values(self.config, Trial(self.study, self.trial_id(number)))
 
     def trial_id(self, number: int) -> int:
         if number not in self._trial_ids:

@@ -111,6 +111,32 @@ def test_an_interrupted_unit_stays_running_and_resumes_together_from_its_checkpo
     assert again.hand_out("r2") is None
 
 
+GRID_STUDY = """\
+name: grid
+sampler: {name: grid, seed: 1}
+trial: {dataset: circle, epochs: 3}
+search:
+  alpha: [0.3, 0.4, 0.5, 0.6, 0.7]
+"""
+
+
+def test_a_trial_killed_between_ask_and_its_suggestions_resumes_with_its_grid_point(tmp_path: Path) -> None:
+    """Optuna's ask commits a RUNNING trial (and the grid point it is given) before the
+    suggestions record its params; a driver killed in between left a trial without alpha,
+    which resumed with the default 0.5: one grid point twice, another never (seen in CI)."""
+    (tmp_path / "grid.yaml").write_text(GRID_STUDY)
+    study = OptunaStudy(load_study(tmp_path / "grid.yaml"), f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.ask()  # trial 0: asked and suggested, then the driver dies...
+    study.study.ask()  # ...while trial 1 has been asked but not yet suggested
+    assert study.frozen(1).params == {}
+    ledger = Ledger(OptunaStudy(load_study(tmp_path / "grid.yaml"), f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert ledger.resumable == [[0], [1]]
+    assert ledger.plan(5) == 5
+    handed = [ledger.hand_out(f"t{i}") for i in range(5)]
+    assert sorted(v["alpha"] for h in handed for v in h.values) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert ledger.optuna.frozen(1).params == {"alpha": handed[1].values[0]["alpha"]}  # recorded now
+
+
 def test_a_study_from_before_the_one_protocol_resumes_its_packs_and_lone_trials(tmp_path: Path) -> None:
     """Optuna attrs of the old protocol: a pack member's "pack" attr, a lone trial none."""
     study = make_study(tmp_path, 2)
