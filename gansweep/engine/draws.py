@@ -32,36 +32,38 @@ def draw(
     streams: list[torch.Generator],
 ) -> Draws:
     """One iteration's draws for the P = len(streams) members, member p's from streams[p].
-    train_data (n_train, *shape) on the device."""
+    train_data (n_train, *shape) on the device. A lone member's tensors are its draws as
+    drawn; a pack's are the members' concatenated along the trial dimension."""
     per_member = [_member_draws(spec, train_data, noise_kind, noise_dim, batch_size, s) for s in streams]
     if len(per_member) == 1:
-        return Draws(*(t.unsqueeze(1) for t in per_member[0][:4]), per_member[0].g_noise.unsqueeze(0))
-    return Draws(*(torch.stack(parts, dim=1) for parts in zip(*(m[:4] for m in per_member), strict=True)),
-                 torch.stack([m.g_noise for m in per_member]))
+        return per_member[0]
+    by_update = [tuple(torch.cat(parts) for parts in zip(*field, strict=True))
+                 for field in zip(*(m[:4] for m in per_member), strict=True)]
+    return Draws(*by_update, torch.cat([m.g_noise for m in per_member]))
 
 
 def _member_draws(
     spec: Spec, train_data: Tensor, noise_kind: str, noise_dim: int, batch_size: int, stream: torch.Generator,
 ) -> Draws:
-    """One member's draws, in the order of the module docstring: reals (k, n_real, *shape),
-    d_noise (k, n_fake, noise_dim), coins (k, m) or (k, 0), mixes (k, n_mix, 1, ...) or
-    (k, 0), g_noise (m, noise_dim)."""
+    """One member's draws, in the order of the module docstring, each with a trial dimension
+    of 1: per D update reals (1, n_real, *shape), d_noise (1, n_fake, noise_dim), coins (1, m)
+    or (1, 0), mixes (1, n_mix, 1, ...) or (1, 0); then g_noise (1, m, noise_dim)."""
     device = train_data.device
     shape = tuple(train_data.shape[1:])
-    empty = torch.empty(0, device=device)
+    empty = torch.empty((1, 0), device=device)
     reals, d_noise, coins, mixes = [], [], [], []
     for _ in range(spec.k):
-        index = torch.randint(0, train_data.shape[0], (spec.n_real,), device=device, generator=stream)
+        index = torch.randint(0, train_data.shape[0], (1, spec.n_real), device=device, generator=stream)
         reals.append(train_data[index])
-        d_noise.append(noise(noise_kind, (spec.n_fake, noise_dim), device, stream))
+        d_noise.append(noise(noise_kind, (1, spec.n_fake, noise_dim), device, stream))
         bernoulli = spec.alpha_mode == "bernoulli"
-        coins.append(torch.rand(batch_size, device=device, generator=stream) if bernoulli else empty)
+        coins.append(torch.rand((1, batch_size), device=device, generator=stream) if bernoulli else empty)
         if spec.gradient_penalty:
-            mixes.append(torch.rand((spec.n_mix,) + (1,) * len(shape), device=device, generator=stream))
+            mixes.append(torch.rand((1, spec.n_mix) + (1,) * len(shape), device=device, generator=stream))
         else:
             mixes.append(empty)
-    g_noise = noise(noise_kind, (batch_size, noise_dim), device, stream)
-    return Draws(torch.stack(reals), torch.stack(d_noise), torch.stack(coins), torch.stack(mixes), g_noise)
+    g_noise = noise(noise_kind, (1, batch_size, noise_dim), device, stream)
+    return Draws(tuple(reals), tuple(d_noise), tuple(coins), tuple(mixes), g_noise)
 
 
 @torch.no_grad()

@@ -206,7 +206,7 @@ class FusedUpdate:
 
     def settings(self, hyper: Hyper) -> dict[str, float]:
         if self.floats[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
-            values = {name: float(getattr(hyper, name).item()) for name in ("lr_d", "lr_g", "beta1", "beta2", "momentum")}
+            values = {name: float(getattr(hyper, name)) for name in ("lr_d", "lr_g", "beta1", "beta2", "momentum")}
             self.floats = (hyper, values)
         return self.floats[1]
 
@@ -256,7 +256,28 @@ def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state
         update = FusedUpdate(spec.optimizer, params_of, by_id, rates)
     else:
         update = in_place(UPDATES[spec.optimizer])
-    return partial(iteration, spec, nets, ModuleAutograd(params_of, flat=not fused), update=update)
+    one_iteration = partial(iteration, spec, nets, ModuleAutograd(params_of, flat=not fused), update=update)
+    as_floats = FloatHyper()
+
+    def step(state: TrainState, draws: Draws, hyper: Hyper) -> tuple[TrainState, Tensor]:
+        return one_iteration(state, draws, as_floats(hyper))
+
+    return step
+
+
+class FloatHyper:
+    """A lone trial's Hyper with its (1, 1) columns as Python floats (iteration.Hyper says
+    why), converted once per Hyper, i.e. per epoch; loss_masks stay tensors."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Hyper | None, Hyper | None] = (None, None)
+
+    def __call__(self, hyper: Hyper) -> Hyper:
+        if self.last[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
+            floats = {name: float(value) for name, value in hyper._asdict().items()
+                      if name != "loss_masks" and isinstance(value, Tensor)}
+            self.last = (hyper, hyper._replace(**floats))
+        return self.last[1]  # type: ignore[return-value]
 
 
 def packed_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout]) -> Step:

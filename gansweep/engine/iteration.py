@@ -69,7 +69,11 @@ class Spec:
 
 
 class Hyper(NamedTuple):
-    """Per-trial hyperparameters, each (P, 1) float32; loss_masks (n_losses, P, 1) bool."""
+    """Per-trial hyperparameters, each (P, 1) float32; loss_masks (n_losses, P, 1) bool.
+    The eager execution of one trial passes the numbers as Python floats instead (loss_masks
+    stays a tensor): a float is the kernels' scalar argument, a (1, 1) tensor an op and an
+    autograd node of its own in every term it scales (benchmarks/README.md, "The one
+    iteration against the three"). The maths below takes either."""
 
     alpha: Tensor
     smoothing: Tensor  # one-sided label smoothing s
@@ -103,15 +107,17 @@ class TrainState(NamedTuple):
 
 
 class Draws(NamedTuple):
-    """One iteration's random inputs for P trials (draws.py makes them, in one order):
-    reals (k, P, n_real, *shape), d_noise (k, P, n_fake, noise_dim), coins (k, P, m) the
-    bernoulli mode's uniforms ((k, P, 0) otherwise), mixes (k, P, n_mix, 1, ...) the penalty's
-    interpolation weights ((k, P, 0) without one), g_noise (P, m, noise_dim)."""
+    """One iteration's random inputs for P trials (draws.py makes them, in one order), the
+    first four one tensor per D update j < k: reals[j] (P, n_real, *shape), d_noise[j] (P,
+    n_fake, noise_dim), coins[j] (P, m) the bernoulli mode's uniforms ((P, 0) otherwise),
+    mixes[j] (P, n_mix, 1, ...) the penalty's interpolation weights ((P, 0) without one);
+    g_noise (P, m, noise_dim). Tuples, not (k, P, ...) stacks: a lone trial's draws are then
+    the tensors its stream gave, with no op to stack or index them."""
 
-    reals: Tensor
-    d_noise: Tensor
-    coins: Tensor
-    mixes: Tensor
+    reals: tuple[Tensor, ...]
+    d_noise: tuple[Tensor, ...]
+    coins: tuple[Tensor, ...]
+    mixes: tuple[Tensor, ...]
     g_noise: Tensor
 
 
@@ -151,25 +157,30 @@ class Autodiff(Protocol):
 # ---------------------------------------------------------------------------- alpha
 
 
-def _compose_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+Weight = Tensor | float  # a sample weight: (P or 1, n) tensor, or one number for all
+
+
+def _compose_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
     del coins  # round(alpha m) real samples, each sample counts once
     share = 1.0 / (n_real + n_fake)
+    if isinstance(alpha, float):
+        return share, share
     return alpha.new_full((1, n_real), share), alpha.new_full((1, n_fake), share)
 
 
-def _weight_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+def _weight_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
     del coins  # m of each, the terms weighted alpha and 1 - alpha
     return alpha / n_real, (1.0 - alpha) / n_fake
 
 
-def _bernoulli_weights(alpha: Tensor, coins: Tensor, n_real: int, n_fake: int) -> tuple[Tensor, Tensor]:
+def _bernoulli_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
     # Slot i holds the real sample with probability alpha, else the fake one (seed 003's
     # future work): the share of real samples is random per minibatch.
     is_real = (coins < alpha).float()  # (P, m)
     return is_real / n_real, (1.0 - is_real) / n_fake
 
 
-ALPHA_WEIGHTS: dict[str, Callable[[Tensor, Tensor, int, int], tuple[Tensor, Tensor]]] = {
+ALPHA_WEIGHTS: dict[str, Callable[[Tensor | float, Tensor, int, int], tuple[Weight, Weight]]] = {
     "compose": _compose_weights,
     "weight": _weight_weights,
     "bernoulli": _bernoulli_weights,
@@ -180,17 +191,18 @@ ALPHA_WEIGHTS: dict[str, Callable[[Tensor, Tensor, int, int], tuple[Tensor, Tens
 
 
 def _select(masks: Tensor, values: list[Tensor]) -> Tensor:
-    """Each trial's own loss's value: values[i] where masks[i]; one loss needs no mask."""
+    """Each trial's own loss's value: values[i] where masks[i] ((n_losses, P, 1) masks); one
+    loss needs no mask."""
     if len(values) == 1:
         return values[0]
     chosen = torch.zeros_like(values[0])
-    for mask, value in zip(masks, values, strict=True):
+    for mask, value in zip(masks.squeeze(-1), values, strict=True):
         chosen = torch.where(mask, value, chosen)
     return chosen
 
 
 def d_losses(
-    spec: Spec, real_logits: Tensor, fake_logits: Tensor, w_real: Tensor, w_fake: Tensor, hyper: Hyper
+    spec: Spec, real_logits: Tensor, fake_logits: Tensor, w_real: Weight, w_fake: Weight, hyper: Hyper
 ) -> Tensor:
     """(P, n_real), (P, n_fake) logits -> (P,) alpha-weighted D loss (losses.py's terms)."""
     values = []
@@ -199,7 +211,7 @@ def d_losses(
         real = (w_real * loss.real_term(real_logits, hyper.smoothing)).sum(1)
         fake = (w_fake * loss.fake_term(fake_logits)).sum(1)
         values.append(real + fake)
-    return _select(hyper.loss_masks.squeeze(-1), values)
+    return _select(hyper.loss_masks, values)
 
 
 def g_losses(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
@@ -218,7 +230,7 @@ def g_losses(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
 def d_outputs(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
     """(P, B) logits -> (P,) mean 'D(x)': a probability for BCE losses, the score otherwise."""
     values = [_output(LOSSES[name], logits).mean(1) for name in spec.losses]
-    return _select(hyper.loss_masks.squeeze(-1), values)
+    return _select(hyper.loss_masks, values)
 
 
 def _output(loss: Loss, logits: Tensor) -> Tensor:
@@ -242,7 +254,12 @@ def historical_penalty(diff: Autodiff, net: NetState, params: Tensor, hyper: Hyp
     """Historical averaging's (P,) lambda || theta - (1/t) sum_i theta_i ||^2 (Salimans et al.
     2016), the mean held constant: its gradient is 2 lambda (theta - mean)."""
     gap = diff.tracked(params) - net.average
-    return hyper.historical_weight.squeeze(1) * (gap * gap).sum(1)
+    return per_trial(hyper.historical_weight) * (gap * gap).sum(1)
+
+
+def per_trial(value: Tensor | float) -> Tensor | float:
+    """A hyperparameter as a factor of a (P,) value: a (P, 1) column squeezed, a float as it is."""
+    return value.squeeze(1) if isinstance(value, Tensor) else value
 
 
 def average_update(net: NetState) -> NetState:
@@ -316,11 +333,12 @@ def iteration(
         w_real, w_fake = ALPHA_WEIGHTS[spec.alpha_mode](hyper.alpha, draws.coins[j], spec.n_real, spec.n_fake)
         mix = draws.mixes[j]
         # the minibatch layer's counts: the alpha weights of the samples of each D call
-        counts = (minibatch_counts(w_real, w_fake, spec.joint_discriminator, real.shape[0], spec.n_real, spec.n_fake)
+        counts = (minibatch_counts(*(_tensor(w, real) for w in (w_real, w_fake)), spec.joint_discriminator,
+                                   real.shape[0], spec.n_real, spec.n_fake)
                   if spec.minibatch_features else ())
 
         def d_objective(params: Tensor, buffers: tuple[Tensor, ...], real: Tensor = real, fake: Tensor = fake,
-                        w_real: Tensor = w_real, w_fake: Tensor = w_fake, mix: Tensor = mix,
+                        w_real: Weight = w_real, w_fake: Weight = w_fake, mix: Tensor = mix,
                         counts: tuple = counts) -> tuple[Tensor, object]:
             current = d._replace(params=params, buffers=buffers)
             with autocast():
@@ -334,11 +352,12 @@ def iteration(
             total = value
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
                 penalty = gradient_penalty(nets, diff, current, real, fake, mix)
-                total = value + hyper.gp_weight.squeeze(1) * penalty_masks(spec, hyper) * penalty
+                total = value + per_trial(hyper.gp_weight) * penalty_masks(spec, hyper) * penalty
             if spec.historical_averaging:
                 total = total + historical_penalty(diff, current, params, hyper)
-            outputs = (d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper))
-            return total.sum(), torch.stack((value, *outputs)).detach()
+            with torch.no_grad():  # statistics only: no graph to record, none to detach
+                stats = torch.stack((value, d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper)))
+            return total.sum(), stats
 
         grad, stats = diff.grad(d_objective, d.params, d.buffers)
         d = update(d, grad, hyper.lr_d, hyper)
@@ -368,6 +387,10 @@ def iteration(
     d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (3, P)
     stats = torch.stack((d_stats[0], g_value, d_stats[1], d_stats[2]), dim=1)  # type: ignore[arg-type]
     return TrainState(g, d), stats
+
+
+def _tensor(weight: Weight, like: Tensor) -> Tensor:
+    return weight if isinstance(weight, Tensor) else like.new_full((1, 1), weight)
 
 
 def _autocast(spec: Spec) -> Callable[[], torch.autocast | _NoCast]:

@@ -28,7 +28,10 @@ Term = Callable[[Tensor], Tensor]
 
 def _bce_real(logits: Tensor, smoothing: float | Tensor) -> Tensor:
     # cross-entropy against target s: s * -log D + (1 - s) * -log(1 - D). s may be a (P, 1)
-    # tensor (one per trial); s = 1 gives -log D exactly, the second term times 0.
+    # tensor (one per trial); s = 1 gives -log D exactly, the second term times 0 (a float 1,
+    # the eager execution's unsmoothed trial, skips that term and its gradient).
+    if isinstance(smoothing, float) and smoothing == 1.0:
+        return F.softplus(-logits)
     return smoothing * F.softplus(-logits) + (1.0 - smoothing) * F.softplus(logits)
 
 
