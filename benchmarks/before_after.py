@@ -8,7 +8,9 @@ The commit is checked out in a temporary git worktree; each tree's own benchmark
 (--small, one case, one torch thread) runs in a fresh process, the two trees alternating
 `repeats` times, so that a change in machine load hits both alike. Reported: per case and row
 (gansweep's default loop, and `compile: true` with --compile) the median over the repeats of
-each run's median it/s, and the ratio now / before.
+each run's median it/s, and the ratio now / before; then the same ratio with each run's rate
+divided by that run's textbook loop (the same code in both trees, measured in the same
+process), which cancels the load that drifts between the runs of a shared machine.
 """
 
 from __future__ import annotations
@@ -23,11 +25,25 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = {"default": r"^\| ours \(default[^|]*\| ([\d.]+) \|", "compiled": r"^\| ours \+ torch\.compile[^|]*\| ([\d.]+) \|"}
+ROWS = {"default": r"^\| ours \(default[^|]*\| ([\d.]+) \|", "compiled": r"^\| ours \+ torch\.compile[^|]*\| ([\d.]+) \|",
+        "textbook": r"^\| textbook \(DataLoader[^|]*\| ([\d.]+) \|"}
+
+
+# Each tree's train_bench with only the loops compared: the others (the old tree's plain path,
+# this tree's pack of one) share the process and move its rates; an eager loop beside a vmap
+# one ran about 4% slower here than alone.
+COMPARED_LOOPS = """
+import sys
+import benchmarks.train_bench as bench
+compared = ("textbook (DataLoader", "ours (default", "ours + torch.compile")
+measure = bench.measure
+bench.measure = lambda loops, steps, rounds: measure([l for l in loops if l.name.startswith(compared)], steps, rounds)
+bench.main(sys.argv[1:])
+"""
 
 
 def run_bench(tree: Path, case: str, compile_rows: bool) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.train_bench", "--small", "--case", case, "--threads", "1"]
+    command = [sys.executable, "-c", COMPARED_LOOPS, "--small", "--case", case, "--threads", "1"]
     if compile_rows:
         command.append("--compile")
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -53,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(before), args.commit], cwd=ROOT, check=True)
         try:
             print(f"now: {ROOT} ({git_head(ROOT)}), before: {args.commit}; {args.repeats} alternating runs per tree")
-            print("\n| case | row | before it/s | now it/s | now / before |\n|---|---|---:|---:|---:|")
+            print("\n| case | row | before it/s | now it/s | now / before | per textbook: before | now | now / before |"
+                  "\n|---|---|---:|---:|---:|---:|---:|---:|")
             for case in cases:
                 samples: dict[str, dict[str, list[float]]] = {"before": {}, "now": {}}
                 for _ in range(args.repeats):
@@ -61,12 +78,19 @@ def main(argv: list[str] | None = None) -> None:
                         for row, rate in run_bench(tree, case, args.compile).items():
                             samples[label].setdefault(row, []).append(rate)
                 for row in samples["now"]:
-                    if row not in samples["before"]:
+                    if row not in samples["before"] or row == "textbook":
                         continue
                     old, new = statistics.median(samples["before"][row]), statistics.median(samples["now"][row])
-                    print(f"| {case} | {row} | {old:.1f} | {new:.1f} | {new / old:.2f}x |", flush=True)
+                    old_rel, new_rel = (per_textbook(samples[label], row) for label in ("before", "now"))
+                    print(f"| {case} | {row} | {old:.1f} | {new:.1f} | {new / old:.2f}x | {old_rel:.3f} | {new_rel:.3f} "
+                          f"| {new_rel / old_rel:.2f}x |", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+
+
+def per_textbook(runs: dict[str, list[float]], row: str) -> float:
+    """The median over the runs of the row's rate divided by the same run's textbook rate."""
+    return statistics.median(rate / textbook for rate, textbook in zip(runs[row], runs["textbook"], strict=True))
 
 
 def git_head(tree: Path) -> str:
