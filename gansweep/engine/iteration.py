@@ -10,7 +10,9 @@ and how a gradient is taken (`Autodiff`), never the losses, the alpha weights, t
 the optimiser's update: a loss, alpha mode or optimiser added here is in all four.
 
 Shapes: P trials, m = batch size, n_real / n_fake the D minibatch's real and fake counts.
-Every per-trial value is (P, 1) so that it broadcasts over samples and over flat parameters.
+Every per-trial value is (P, 1) so that it broadcasts over samples and over flat parameters;
+the losses are (P, 1) too (reduced over the samples with keepdim: no squeeze, and no unsqueeze
+in their backward).
 Batch-norm running statistics (buffers) are updated in place by the forward passes, as
 nn.BatchNorm does; everything else is returned new. An objective takes the buffers it updates
 as an input beside the parameters it is differentiated by: torch.func's transforms refuse an
@@ -31,7 +33,7 @@ from gansweep.engine.losses import LOSSES, Loss
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
 # The step statistics' columns, in the order iteration() returns them.
-STATS = ("d_loss", "g_loss", "d_real", "d_fake")
+STATS = ("d_loss", "d_real", "d_fake", "g_loss")
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,12 @@ ALPHA_WEIGHTS: dict[str, Callable[[Tensor | float, Tensor, int, int], tuple[Weig
 
 
 def _select(masks: Tensor, values: list[Tensor]) -> Tensor:
-    """Each trial's own loss's value: values[i] where masks[i] ((n_losses, P, 1) masks); one
-    loss needs no mask."""
+    """Each trial's own loss's value: values[i] where masks[i] ((n_losses, P, 1) masks, (P, 1)
+    values); one loss needs no mask."""
     if len(values) == 1:
         return values[0]
     chosen = torch.zeros_like(values[0])
-    for mask, value in zip(masks.squeeze(-1), values, strict=True):
+    for mask, value in zip(masks, values, strict=True):
         chosen = torch.where(mask, value, chosen)
     return chosen
 
@@ -204,32 +206,32 @@ def _select(masks: Tensor, values: list[Tensor]) -> Tensor:
 def d_losses(
     spec: Spec, real_logits: Tensor, fake_logits: Tensor, w_real: Weight, w_fake: Weight, hyper: Hyper
 ) -> Tensor:
-    """(P, n_real), (P, n_fake) logits -> (P,) alpha-weighted D loss (losses.py's terms)."""
+    """(P, n_real), (P, n_fake) logits -> (P, 1) alpha-weighted D loss (losses.py's terms)."""
     values = []
     for name in spec.losses:
         loss = LOSSES[name]
-        real = (w_real * loss.real_term(real_logits, hyper.smoothing)).sum(1)
-        fake = (w_fake * loss.fake_term(fake_logits)).sum(1)
+        real = (w_real * loss.real_term(real_logits, hyper.smoothing)).sum(1, keepdim=True)
+        fake = (w_fake * loss.fake_term(fake_logits)).sum(1, keepdim=True)
         values.append(real + fake)
     return _select(hyper.loss_masks, values)
 
 
 def g_losses(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
-    """(P, m) logits of G's samples -> (P,) each trial's generator cost."""
+    """(P, m) logits of G's samples -> (P, 1) each trial's generator cost."""
     if len(spec.losses) == 1:
-        return LOSSES[spec.losses[0]].generator_term(logits).mean(1)
+        return LOSSES[spec.losses[0]].generator_term(logits).mean(1, keepdim=True)
     chosen = torch.zeros_like(logits)
     for name, mask in zip(spec.losses, hyper.loss_masks, strict=True):
         # The inner where feeds another loss's slots a harmless 0: exp(large logit) there
         # would be inf, and the zero gradient the outer where gives it would become nan.
         term = LOSSES[name].generator_term
         chosen = torch.where(mask, term(torch.where(mask, logits, 0.0)), chosen)
-    return chosen.mean(1)
+    return chosen.mean(1, keepdim=True)
 
 
 def d_outputs(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
-    """(P, B) logits -> (P,) mean 'D(x)': a probability for BCE losses, the score otherwise."""
-    values = [_output(LOSSES[name], logits).mean(1) for name in spec.losses]
+    """(P, B) logits -> (P, 1) mean 'D(x)': a probability for BCE losses, the score otherwise."""
+    values = [_output(LOSSES[name], logits).mean(1, keepdim=True) for name in spec.losses]
     return _select(hyper.loss_masks, values)
 
 
@@ -245,21 +247,16 @@ def feature_distance(real_features: Tensor, fake_features: Tensor) -> Tensor:
 
 
 def feature_masks(spec: Spec, hyper: Hyper) -> Tensor:
-    """(P,) 1 for the trials whose generator matches features."""
+    """(P, 1) 1 for the trials whose generator matches features."""
     masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].feature_matching]
-    return torch.stack(masks).any(0).squeeze(-1).float()
+    return torch.stack(masks).any(0).float()
 
 
 def historical_penalty(diff: Autodiff, net: NetState, params: Tensor, hyper: Hyper) -> Tensor:
-    """Historical averaging's (P,) lambda || theta - (1/t) sum_i theta_i ||^2 (Salimans et al.
+    """Historical averaging's (P, 1) lambda || theta - (1/t) sum_i theta_i ||^2 (Salimans et al.
     2016), the mean held constant: its gradient is 2 lambda (theta - mean)."""
     gap = diff.tracked(params) - net.average
-    return per_trial(hyper.historical_weight) * (gap * gap).sum(1)
-
-
-def per_trial(value: Tensor | float) -> Tensor | float:
-    """A hyperparameter as a factor of a (P,) value: a (P, 1) column squeezed, a float as it is."""
-    return value.squeeze(1) if isinstance(value, Tensor) else value
+    return hyper.historical_weight * (gap * gap).sum(1, keepdim=True)
 
 
 def average_update(net: NetState) -> NetState:
@@ -269,19 +266,19 @@ def average_update(net: NetState) -> NetState:
 
 
 def penalty_masks(spec: Spec, hyper: Hyper) -> Tensor:
-    """(P,) 1 for the trials whose loss carries the gradient penalty."""
+    """(P, 1) 1 for the trials whose loss carries the gradient penalty."""
     masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].gradient_penalty]
-    return torch.stack(masks).any(0).squeeze(-1).float()
+    return torch.stack(masks).any(0).float()
 
 
 def gradient_penalty(nets: Nets, diff: Autodiff, d: NetState, real: Tensor, fake: Tensor, mix: Tensor) -> Tensor:
-    """WGAN-GP's (P,) E[(||grad D(x_hat)|| - 1)^2] at the interpolates of paired real/fake
+    """WGAN-GP's (P, 1) E[(||grad D(x_hat)|| - 1)^2] at the interpolates of paired real/fake
     samples. Each trial's interpolates feed only its own logits, so the gradient of their sum
     is each trial's own."""
     n = mix.shape[1]
     x_hat = mix * real[:, :n] + (1 - mix) * fake[:, :n]  # (P, n, *shape)
     grads = diff.input_grad(lambda x: nets.d(d.params, d.buffers, x).sum(), x_hat)
-    return ((grads.flatten(2).norm(dim=2) - 1.0) ** 2).mean(1)
+    return ((grads.flatten(2).norm(dim=2) - 1.0) ** 2).mean(1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -348,15 +345,15 @@ def iteration(
                 else:
                     real_logits = nets.d(params, buffers, real, *counts[:1]).float()
                     fake_logits = nets.d(params, buffers, fake, *counts[1:]).float()
-            value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P,)
+            value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P, 1)
             total = value
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
                 penalty = gradient_penalty(nets, diff, current, real, fake, mix)
-                total = value + per_trial(hyper.gp_weight) * penalty_masks(spec, hyper) * penalty
+                total = value + hyper.gp_weight * penalty_masks(spec, hyper) * penalty
             if spec.historical_averaging:
                 total = total + historical_penalty(diff, current, params, hyper)
             with torch.no_grad():  # statistics only: no graph to record, none to detach
-                stats = torch.stack((value, d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper)))
+                stats = torch.cat((value, d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper)), dim=1)
             return total.sum(), stats
 
         grad, stats = diff.grad(d_objective, d.params, d.buffers)
@@ -376,7 +373,7 @@ def iteration(
                 fake_features = nets.d_features(d.params, d_buffers, samples).float()
         value = g_losses(spec, logits, hyper)
         if spec.feature_matching:
-            value = value + feature_masks(spec, hyper) * feature_distance(real_features, fake_features)
+            value = value + feature_masks(spec, hyper) * feature_distance(real_features, fake_features).unsqueeze(1)
         total = value + historical_penalty(diff, g, params, hyper) if spec.historical_averaging else value
         return total.sum(), value.detach()
 
@@ -384,8 +381,8 @@ def iteration(
     g = update(g, grad, hyper.lr_g, hyper)
     if spec.historical_averaging:
         g = average_update(g)
-    d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (3, P)
-    stats = torch.stack((d_stats[0], g_value, d_stats[1], d_stats[2]), dim=1)  # type: ignore[arg-type]
+    d_stats = stats_d[0] if spec.k == 1 else torch.stack(stats_d).mean(0)  # (P, 3)
+    stats = torch.cat((d_stats, g_value), dim=1)  # type: ignore[arg-type]
     return TrainState(g, d), stats
 
 
