@@ -118,7 +118,9 @@ def module_nets(generator: nn.Module, discriminator: nn.Module, feature_end: int
 
     def call(module: nn.Module, params: Tensor, buffers: tuple[Tensor, ...], x: Tensor, *counts: Tensor) -> Tensor:
         del params, buffers  # the module's own tensors are views of them
-        return module(x[0], *(c[0] for c in counts)).unsqueeze(0)
+        if counts:
+            return module(x[0], *(c[0] for c in counts)).unsqueeze(0)
+        return module(x[0]).unsqueeze(0)
 
     features = features_of(discriminator, feature_end)
     return Nets(partial(call, generator), partial(call, discriminator), partial(call, features))
@@ -203,6 +205,7 @@ class FusedUpdate:
         self.rates = rates  # id(flat row) -> its learning rate's Hyper field, lr_g or lr_d
         self.views: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
         self.floats: tuple[Hyper | None, dict[str, float]] = (None, {})
+        self.no_grad = torch.no_grad()
 
     def settings(self, hyper: Hyper) -> dict[str, float]:
         if self.floats[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
@@ -219,9 +222,12 @@ class FusedUpdate:
             self.views[key] = (first, second, [net.steps.view(())] * len(first))
         return self.views[key]
 
-    @torch.no_grad()
     def __call__(self, net: NetState, grads: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
         del lr  # the same value as a float: settings()
+        with self.no_grad:  # one context kept, not a decorator's new one per call
+            return self.update(net, grads, hyper)
+
+    def update(self, net: NetState, grads: Tensor, hyper: Hyper) -> NetState:
         floats = self.settings(hyper)
         rate = floats[self.rates[id(net.params)]]
         params = self.params_of[id(net.params)]

@@ -22,7 +22,7 @@ in-place update of a tensor the function captured, and allow one of its inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import torch
@@ -55,14 +55,13 @@ class Spec:
     historical_averaging: bool = False  # some member's historical_averaging lambda is > 0
     # D has a minibatch layer (layers.py): each D call gets its samples' counts in D's minibatch
     minibatch_features: bool = False
+    # Derived from `losses` once (the iteration reads them several times per call).
+    feature_matching: bool = field(init=False, repr=False, compare=False)
+    gradient_penalty: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def feature_matching(self) -> bool:
-        return any(LOSSES[name].feature_matching for name in self.losses)
-
-    @property
-    def gradient_penalty(self) -> bool:
-        return any(LOSSES[name].gradient_penalty for name in self.losses)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_matching", any(LOSSES[n].feature_matching for n in self.losses))
+        object.__setattr__(self, "gradient_penalty", any(LOSSES[n].gradient_penalty for n in self.losses))
 
     @property
     def n_mix(self) -> int:
