@@ -22,6 +22,7 @@ in-place update of a tensor the function captured, and allow one of its inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -389,15 +390,7 @@ def _tensor(weight: Weight, like: Tensor) -> Tensor:
     return weight if isinstance(weight, Tensor) else like.new_full((1, 1), weight)
 
 
-def _autocast(spec: Spec) -> Callable[[], torch.autocast | _NoCast]:
+def _autocast(spec: Spec) -> Callable[[], AbstractContextManager[object]]:
     if spec.autocast:
         return lambda: torch.autocast(device_type=spec.device_type, dtype=torch.bfloat16)
-    return _NoCast
-
-
-class _NoCast:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return nullcontext
