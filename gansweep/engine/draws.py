@@ -51,12 +51,12 @@ def _member_draws(
     device = train_data.device
     shape = tuple(train_data.shape[1:])
     empty = torch.empty((1, 0), device=device)
+    bernoulli = spec.alpha_mode == "bernoulli"
     reals, d_noise, coins, mixes = [], [], [], []
     for _ in range(spec.k):
         index = torch.randint(0, train_data.shape[0], (1, spec.n_real), device=device, generator=stream)
         reals.append(train_data[index])
         d_noise.append(noise(noise_kind, (1, spec.n_fake, noise_dim), device, stream))
-        bernoulli = spec.alpha_mode == "bernoulli"
         coins.append(torch.rand((1, batch_size), device=device, generator=stream) if bernoulli else empty)
         if spec.gradient_penalty:
             mixes.append(torch.rand((1, spec.n_mix) + (1,) * len(shape), device=device, generator=stream))

@@ -195,23 +195,15 @@ class FusedUpdate:
     (_fused_adam_, _fused_sgd_: one call for all of a network's parameters) on the module's
     parameters and on views of the state's moments, in place. The same update, in fewer ops
     (a dozen per parameter tensor fewer); tests/engine/test_engine.py holds it to adam_update and
-    sgd_update. Its settings are Python floats, read once per epoch's Hyper."""
+    sgd_update. Its settings are the kernels' Python floats: eager_step's FloatHyper makes
+    them so once per epoch (float() of a one-element tensor works too, with a host sync)."""
 
-    def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout],
-                 rates: dict[int, str]) -> None:
+    def __init__(self, optimizer: str, params_of: dict[int, list[Tensor]], layouts: dict[int, Layout]) -> None:
         self.optimizer = optimizer
         self.params_of = params_of
         self.layouts = layouts  # id(flat row) -> its network's layout
-        self.rates = rates  # id(flat row) -> its learning rate's Hyper field, lr_g or lr_d
         self.views: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-        self.floats: tuple[Hyper | None, dict[str, float]] = (None, {})
         self.no_grad = torch.no_grad()
-
-    def settings(self, hyper: Hyper) -> dict[str, float]:
-        if self.floats[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
-            values = {name: float(getattr(hyper, name)) for name in ("lr_d", "lr_g", "beta1", "beta2", "momentum")}
-            self.floats = (hyper, values)
-        return self.floats[1]
 
     def moments(self, net: NetState) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         key = id(net.params)
@@ -222,25 +214,22 @@ class FusedUpdate:
             self.views[key] = (first, second, [net.steps.view(())] * len(first))
         return self.views[key]
 
-    def __call__(self, net: NetState, grads: Tensor, lr: Tensor, hyper: Hyper) -> NetState:
-        del lr  # the same value as a float: settings()
+    def __call__(self, net: NetState, grads: Tensor, lr: Tensor | float, hyper: Hyper) -> NetState:
         with self.no_grad:  # one context kept, not a decorator's new one per call
-            return self.update(net, grads, hyper)
+            return self.update(net, grads, float(lr), hyper)
 
-    def update(self, net: NetState, grads: Tensor, hyper: Hyper) -> NetState:
-        floats = self.settings(hyper)
-        rate = floats[self.rates[id(net.params)]]
+    def update(self, net: NetState, grads: Tensor, lr: float, hyper: Hyper) -> NetState:
         params = self.params_of[id(net.params)]
         first, second, steps = self.moments(net)
         net.steps.add_(1)
         if self.optimizer == "adam":
             torch._fused_adam_(
-                params, list(grads), first, second, [], steps, lr=rate, beta1=floats["beta1"],
-                beta2=floats["beta2"], weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False,
+                params, list(grads), first, second, [], steps, lr=lr, beta1=float(hyper.beta1),
+                beta2=float(hyper.beta2), weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False,
             )
         else:  # zero-started buffers: momentum * 0 + grad is torch's first-step buffer
             torch._fused_sgd_(
-                params, list(grads), first, weight_decay=0.0, momentum=floats["momentum"], lr=rate,
+                params, list(grads), first, weight_decay=0.0, momentum=float(hyper.momentum), lr=lr,
                 dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
             )
         return net
@@ -258,8 +247,7 @@ def eager_step(spec: Spec, generator: nn.Module, discriminator: nn.Module, state
     fused = fused and state.g.params.device.type in ("cpu", "cuda")
     if fused:
         by_id = {id(state.g.params): layouts[0], id(state.d.params): layouts[1]}
-        rates = {id(state.g.params): "lr_g", id(state.d.params): "lr_d"}
-        update = FusedUpdate(spec.optimizer, params_of, by_id, rates)
+        update = FusedUpdate(spec.optimizer, params_of, by_id)
     else:
         update = in_place(UPDATES[spec.optimizer])
     one_iteration = partial(iteration, spec, nets, ModuleAutograd(params_of, flat=not fused), update=update)

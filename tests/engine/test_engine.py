@@ -303,7 +303,7 @@ def test_the_eager_fused_update_is_the_update(optimizer: str) -> None:
     hyper = hyper_for(p=1)
     grad = torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
     expected = iteration.UPDATES[optimizer](net, grad, hyper.lr_d, hyper)
-    fused = executions.FusedUpdate(optimizer, {id(net.params): params}, {id(net.params): layout}, {id(net.params): "lr_d"})
+    fused = executions.FusedUpdate(optimizer, {id(net.params): params}, {id(net.params): layout})
     grads = list(layout.unflatten(grad[0]).values())
     got = fused(net, grads, hyper.lr_d, hyper)  # type: ignore[arg-type]
     torch.testing.assert_close(got.params, expected.params, rtol=1e-6, atol=1e-7)
