@@ -1,7 +1,7 @@
 """Algorithm 1 as a textbook loop: nn.Modules, torch.optim, loss.backward(), opt.step().
 
 An independent reference for gansweep.engine: it shares only the per-sample loss terms
-(gansweep.engine.losses, tested against closed forms in test_losses.py) and the networks' builders,
+(gansweep.engine.losses.loss_terms, tested against closed forms in test_losses.py) and the networks' builders,
 and writes everything else (alpha weights, penalty, optimiser, the order of the draws that
 gansweep.engine.draws documents) again, the plain way. It also writes a checkpoint in the
 layout gansweep wrote before the one iteration (format 1), to test that it still resumes.
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
 from gansweep.engine.data import Dataset
-from gansweep.engine.losses import LOSSES, discriminator_loss, discriminator_output, generator_loss
+from gansweep.engine.losses import loss_terms
 from gansweep.engine.models import build_models
 
 
@@ -44,7 +44,7 @@ class ReferenceTrial:
         self.g, self.d = build_models(trial, data.shape)
         self.opt_g = _optimizer(trial, self.g, trial.effective_lr_g)
         self.opt_d = _optimizer(trial, self.d, trial.lr_d)
-        self.loss = LOSSES[trial.loss]
+        self.loss = loss_terms(trial.loss)
         self.epoch = 0
         m = trial.batch_size
         self.n_real = round(trial.alpha * m) if trial.alpha_mode == "compose" else m
@@ -67,7 +67,7 @@ class ReferenceTrial:
         z = _noise(t, self.n_fake)
         coins = torch.rand(t.batch_size) if t.alpha_mode == "bernoulli" else None
         mix = None
-        if self.loss.gradient_penalty:
+        if self.loss.d_input_gradient is not None:  # the penalty, written out below
             mix = torch.rand((min(self.n_real, self.n_fake),) + (1,) * (real.dim() - 1))
         with torch.no_grad():
             fake = self.g(z)
@@ -77,7 +77,8 @@ class ReferenceTrial:
             logits = self.d(torch.cat((real, fake)))
             real_logits, fake_logits = logits[: self.n_real], logits[self.n_real :]
         w_real, w_fake = self.weights(coins)
-        loss = discriminator_loss(self.loss, real_logits, fake_logits, w_real, w_fake, t.label_smoothing)
+        real_cost = self.loss.real_term(real_logits, t.label_smoothing)
+        loss = (w_real * real_cost).sum() + (w_fake * self.loss.d_fake(fake_logits)).sum()
         total = loss
         if mix is not None:
             n = mix.shape[0]
@@ -89,12 +90,12 @@ class ReferenceTrial:
         self.opt_d.step()
         return [
             loss.item(),
-            discriminator_output(self.loss, real_logits).mean().item(),
-            discriminator_output(self.loss, fake_logits).mean().item(),
+            self.loss.output(real_logits).mean().item(),
+            self.loss.output(fake_logits).mean().item(),
         ]
 
     def g_step(self) -> float:
-        loss = generator_loss(self.loss, self.d(self.g(_noise(self.trial, self.trial.batch_size))))
+        loss = self.loss.g(self.d(self.g(_noise(self.trial, self.trial.batch_size)))).mean()
         self.opt_g.zero_grad()
         loss.backward()
         self.opt_g.step()

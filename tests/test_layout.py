@@ -32,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gansweep"
 LAYERS = ("config", "engine", "service", "reporting")
 TOP_LEVEL = {  # the modules that stay at gansweep's top: the composition root and the base
     "gansweep": "base", "gansweep.errors": "base", "gansweep.files": "base",
-    "gansweep.cli": "cli", "gansweep.__main__": "cli", "gansweep.single": "cli",
+    "gansweep.cli": "cli", "gansweep.__main__": "cli", "gansweep.single": "cli", "gansweep.extend": "base",
 }
 # Module -> the layers and modules it may import when imported (module level), and lazily.
 ALLOWED = {

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gansweep.config import datafile
+from gansweep.config import datafile, plugins
 from gansweep.config.rules import RuleBroken, check_study
 from gansweep.config.schema import (
     TRIAL_FIELDS, Choice, FloatRange, IntRange, SearchParam, StudyConfig, TrialConfig,
@@ -27,11 +27,13 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     raw, line_of = _parse_yaml(text, path)
     # A data file named in the study is found beside it; one given with --set, from where
     # the command runs (a path already absolute stays as it is).
-    raw = resolve_datasets(raw, path.parent.resolve())
+    raw = plugins.resolve(resolve_datasets(raw, path.parent.resolve()), path.parent.resolve())
     for override in overrides:
         raw = apply_override(raw, override, path)
-    raw = resolve_datasets(raw, Path.cwd())
+    raw = plugins.resolve(resolve_datasets(raw, Path.cwd()), Path.cwd())
     check_data_files(raw, path, line_of)
+    # Before the schema: a plugin's names are valid values of trial, search and objective.
+    plugins.load(raw.get("plugins") or [], f"{_at(path, line_of, ('plugins',))}: plugins")
     return _validate(raw, path, line_of)
 
 

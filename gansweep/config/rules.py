@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gansweep.config.conditions import reachable
-from gansweep.config.names import BATCH_NORM_CRITICS, BATCH_NORM_GENERATORS, PENALISED_LOSSES, SMOOTHABLE_LOSSES
-from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
+from gansweep.config.names import ARCHITECTURES, LOSSES, metric_direction, quality_metrics
 from gansweep.errors import ConfigError
 
 if TYPE_CHECKING:  # config.schema runs these rules in its validators
@@ -49,17 +48,21 @@ def compose_leaves_both_kinds(trial: TrialConfig) -> str | None:
     )
 
 
-def dcgan_needs_images(trial: TrialConfig) -> str | None:
-    if trial.architecture == "dcgan" and trial.is_toy:  # a built-in 2D set or a file of points
-        return f"architecture 'dcgan' needs an image dataset, got dataset={trial.dataset!r}"
+def _losses_where(key: str) -> list[str]:
+    return [name for name in LOSSES if LOSSES.meta(name, key)]
+
+
+def architecture_fits_the_data(trial: TrialConfig) -> str | None:
+    if ARCHITECTURES.meta(trial.architecture, "images_only") and trial.is_toy:  # a 2D set or a file of points
+        return f"architecture {trial.architecture!r} needs an image dataset, got dataset={trial.dataset!r}"
     return None
 
 
 def smoothing_needs_a_real_target(trial: TrialConfig) -> str | None:
-    if trial.label_smoothing == 1.0 or trial.loss in SMOOTHABLE_LOSSES:
+    if trial.label_smoothing == 1.0 or LOSSES.meta(trial.loss, "smoothable"):
         return None
     return (
-        f"label_smoothing applies to {', '.join(SMOOTHABLE_LOSSES)}; "
+        f"label_smoothing applies to {', '.join(_losses_where('smoothable'))}; "
         f"got label_smoothing={trial.label_smoothing} with loss={trial.loss!r}"
     )
 
@@ -68,11 +71,12 @@ def penalty_needs_a_per_sample_critic(trial: TrialConfig) -> str | None:
     # The penalty holds each input's gradient norm near 1; with batch norm D's output for one
     # sample depends on the rest of its batch, so that gradient is not the critic's
     # (Gulrajani et al. 2017, section 4: "no critic batch normalization").
-    if trial.loss in PENALISED_LOSSES and trial.architecture in BATCH_NORM_CRITICS:
+    if LOSSES.meta(trial.loss, "input_gradient") and ARCHITECTURES.meta(trial.architecture, "batch_norm_critic"):
+        fit = [a for a in ARCHITECTURES if not ARCHITECTURES.meta(a, "batch_norm_critic")]
         return (
             f"loss={trial.loss!r} penalises D's gradient per sample, and architecture="
             f"{trial.architecture!r} has batch norm in D, which mixes the samples of a batch; "
-            "use mlp or maxout with this loss"
+            f"use {' or '.join(fit)} with this loss"
         )
     return None
 
@@ -80,7 +84,7 @@ def penalty_needs_a_per_sample_critic(trial: TrialConfig) -> str | None:
 def penalty_needs_no_minibatch_features(trial: TrialConfig) -> str | None:
     # As batch norm above: minibatch discrimination makes D's output for a sample a function
     # of the other samples of its batch, so the per-sample gradient norm is not the critic's.
-    if trial.loss in PENALISED_LOSSES and trial.minibatch_discrimination:
+    if LOSSES.meta(trial.loss, "input_gradient") and trial.minibatch_discrimination:
         return (
             f"loss={trial.loss!r} penalises D's gradient per sample, and minibatch_discrimination="
             f"{trial.minibatch_discrimination} makes D's output for a sample depend on the rest of its "
@@ -90,7 +94,7 @@ def penalty_needs_no_minibatch_features(trial: TrialConfig) -> str | None:
 
 
 def batch_norm_is_new_to_the_generator(trial: TrialConfig) -> str | None:
-    if trial.g_norm != "batch" or trial.architecture not in BATCH_NORM_GENERATORS:
+    if trial.g_norm != "batch" or not ARCHITECTURES.meta(trial.architecture, "batch_norm_generator"):
         return None
     return (
         f"g_norm='batch' adds batch norm to G's hidden layers, and architecture={trial.architecture!r} "
@@ -99,15 +103,16 @@ def batch_norm_is_new_to_the_generator(trial: TrialConfig) -> str | None:
 
 
 def feature_layer_needs_feature_matching(trial: TrialConfig) -> str | None:
-    if trial.feature_layer is None or trial.loss == "feature_matching":
+    if trial.feature_layer is None or LOSSES.meta(trial.loss, "features"):
         return None
-    return f"feature_layer picks the features of loss 'feature_matching'; got feature_layer={trial.feature_layer} with loss={trial.loss!r}"
+    return (f"feature_layer picks the features of {' and '.join(repr(n) for n in _losses_where('features'))}; "
+            f"got feature_layer={trial.feature_layer} with loss={trial.loss!r}")
 
 
 def feature_layer_is_a_hidden_layer(trial: TrialConfig) -> str | None:
     # dcgan's count of hidden layers follows the image size: models.feature_end checks it
-    hidden = {"mlp": len(trial.d_hidden), "maxout": 2}.get(trial.architecture)
-    if trial.loss != "feature_matching" or hidden is None:
+    hidden = len(trial.d_hidden) if trial.architecture == "mlp" else ARCHITECTURES.meta(trial.architecture, "d_hidden_layers")
+    if not LOSSES.meta(trial.loss, "features") or hidden is None:
         return None
     layer = -1 if trial.feature_layer is None else trial.feature_layer
     if -hidden <= layer < hidden:
@@ -120,7 +125,7 @@ def feature_layer_is_a_hidden_layer(trial: TrialConfig) -> str | None:
 
 TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the field it names
     compose_leaves_both_kinds: "alpha",
-    dcgan_needs_images: "architecture",
+    architecture_fits_the_data: "architecture",
     smoothing_needs_a_real_target: "label_smoothing",
     feature_layer_needs_feature_matching: "feature_layer",
     feature_layer_is_a_hidden_layer: "feature_layer",
@@ -162,7 +167,7 @@ def _objectives(study: StudyConfig, second: bool) -> list[tuple[str, ObjectiveSp
 def quality_objective_is_computed(study: StudyConfig, second: bool = False) -> str | None:
     # a quality metric is computed only when trial.metrics lists it (it costs an evaluation)
     for where, spec in _objectives(study, second):
-        if spec.metric in QUALITY_METRICS and spec.metric not in study.trial.metrics and "metrics" not in study.search:
+        if spec.metric in quality_metrics() and spec.metric not in study.trial.metrics and "metrics" not in study.search:
             return (
                 f"{where}.metric={spec.metric!r} is computed only when trial.metrics lists it "
                 f"(trial.metrics: {list(study.trial.metrics)}); add it there"
@@ -172,8 +177,8 @@ def quality_objective_is_computed(study: StudyConfig, second: bool = False) -> s
 
 def quality_objective_has_its_direction(study: StudyConfig, second: bool = False) -> str | None:
     for where, spec in _objectives(study, second):
-        expected = METRIC_DIRECTIONS.get(spec.metric)
-        if spec.metric in QUALITY_METRICS and spec.direction != expected:
+        expected = metric_direction(spec.metric)
+        if spec.metric in quality_metrics() and spec.direction != expected:
             return (
                 f"{where}.direction={spec.direction!r}, but {spec.metric} is better {expected[:3]}imised "
                 f"({'lower' if expected == 'minimize' else 'higher'} is better): direction: {expected}, or leave it out"
@@ -288,25 +293,15 @@ KEY_FIELDS: tuple[str, ...] = (
     "minibatch_discrimination", "minibatch_dim", "g_norm",  # the networks' layers
 )
 
-# What a pack cannot train, field -> (test, what a packed trial needs). Empty since the one
-# iteration (gansweep.engine): every loss, alpha mode, optimiser, architecture and dropout
-# packs; what remains is shapes, checked by pack_key and compose_reals.
-REQUIREMENTS: dict[str, tuple[Callable[[TrialConfig], bool], str]] = {}
-
-
 def compose_reals(trial: TrialConfig) -> int | None:
     """The real samples of a compose-mode minibatch, round(alpha m): a shape members share."""
     return round(trial.alpha * trial.batch_size) if trial.alpha_mode == "compose" else None
 
 
 def pack_key(trial: TrialConfig) -> tuple[tuple[str, object], ...]:
-    """(field, value) pairs that trials must share to train in one pack.
-    Raises ConfigError naming the first field a pack cannot vary or implement."""
-    for name, (allowed, need) in REQUIREMENTS.items():
-        if not allowed(trial):
-            raise ConfigError(
-                f"trial cannot be packed: {name}={getattr(trial, name)!r}; a pack needs {need}"
-            )
+    """(field, value) pairs that trials must share to train in one pack: since the one
+    iteration (gansweep.engine) every loss, alpha mode, optimiser, architecture and dropout
+    packs, and what members share is the shapes."""
     key = tuple((name, getattr(trial, name)) for name in KEY_FIELDS)
     return key + (("round(alpha * batch_size)", compose_reals(trial)),)
 
@@ -322,10 +317,6 @@ def check_pack_study(study: StudyConfig, path: object) -> None:
                 f"{path}: search.{name}: {why}, and a pack's trials share {name}; "
                 "search it with budget.pack_size 1"
             )
-    try:
-        pack_key(study.trial)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: trial: {err} ({why})") from None
     alpha = study.search.get("alpha")
     if alpha is not None and study.trial.alpha_mode == "compose":
         m = study.trial.batch_size
@@ -337,13 +328,4 @@ def check_pack_study(study: StudyConfig, path: object) -> None:
                 f"batch_size) real samples per minibatch; these values give {reals} (batch_size "
                 f"{m}): use alpha_mode weight or bernoulli, or budget.pack_size 1"
             )
-    for name, param in study.search.items():
-        if name not in REQUIREMENTS:
-            continue
-        if param.kind != "choice":  # every requirement is a set of allowed values
-            raise ConfigError(f"{path}: search.{name}: trial cannot be packed: a range over {name} ({why})")
-        for value in param.values:
-            try:
-                pack_key(study.trial.model_copy(update={name: value}))
-            except ConfigError as err:
-                raise ConfigError(f"{path}: search.{name}: {err} ({why})") from None
+

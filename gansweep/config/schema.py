@@ -11,16 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gansweep.config.names import (
-    METRIC_DIRECTIONS, TOY_DATASETS, Activation, ArchitectureName, DatasetName, FeatureKind,
-    GeneratorOutput, GNorm, LossName, PrunerName, QualityMetric, SamplerName,
+    TOY_DATASETS, Activation, DatasetName, FeatureKind, GeneratorOutput, GNorm, metric_direction, quality_metrics,
 )
 from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
+from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, SAMPLERS
+from gansweep.extend import Registry
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+def _quality_metric(name: str) -> str:
+    if name not in quality_metrics():
+        raise ValueError(f"unknown metric {name!r}; valid: {', '.join(quality_metrics())}")
+    return name
+
+
+QualityMetric = Annotated[str, AfterValidator(_quality_metric)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -29,6 +37,14 @@ MINIBATCH_DIM = 5  # C of minibatch discrimination when minibatch_dim is left ou
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def registered(registry: Registry, name: str) -> str:
+    """`name` when the registry (built-ins and the study's plugins) has it; else the error
+    lists the valid names."""
+    if name not in registry:
+        raise ValueError(registry.unknown(name))
+    return name
 
 
 class TrialConfig(Frozen):
@@ -43,7 +59,7 @@ class TrialConfig(Frozen):
     data_dir: str | None = None
     n_train: PositiveInt | None = None  # cap on training examples (None: the protocol's size)
     # architecture
-    architecture: ArchitectureName = "mlp"
+    architecture: str = "mlp"  # extend.ARCHITECTURES: mlp maxout dcgan, and the plugins'
     g_hidden: tuple[PositiveInt, ...] = (128, 128)
     d_hidden: tuple[PositiveInt, ...] = (128, 128)
     g_activation: Activation = "relu"
@@ -56,7 +72,7 @@ class TrialConfig(Frozen):
     noise_dim: PositiveInt = 100
     noise: Literal["normal", "uniform"] = "normal"
     # the game
-    loss: LossName = "non_saturating"
+    loss: str = "non_saturating"  # extend.LOSSES: the built-ins and the plugins'
     alpha: Probability = 0.5
     alpha_mode: Literal["compose", "weight", "bernoulli"] = "compose"
     label_smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # real target s; 1 = none
@@ -104,7 +120,7 @@ class TrialConfig(Frozen):
     sample_epochs: tuple[PositiveInt, ...] | None = None  # None: every evaluation epoch
     # Sample-quality metrics computed at each evaluation beside Parzen (engine/quality.py):
     # fid, kid, precision, recall, c2st_accuracy, d_auc. None by default: today's cost.
-    metrics: tuple[QualityMetric, ...] = ()
+    metrics: tuple[QualityMetric, ...] = ()  # extend.METRICS but parzen_ll (always computed), plugins' too
     # Their feature space on images: domain (a CNN gansweep trains on the set's own labels,
     # offline) or inception (Inception-v3 weights on disk). 2D sets use their points.
     features: FeatureKind = "domain"
@@ -127,6 +143,16 @@ class TrialConfig(Frozen):
         if self.is_toy:
             return "identity"
         return "sigmoid" if self.architecture == "maxout" else "tanh"
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, value: str) -> str:
+        return registered(LOSSES, value)
+
+    @field_validator("architecture")
+    @classmethod
+    def _registered_architecture(cls, value: str) -> str:
+        return registered(ARCHITECTURES, value)
 
     @field_validator("metrics")
     @classmethod
@@ -174,12 +200,17 @@ SearchParam = Choice | FloatRange | IntRange
 
 
 class SamplerConfig(Frozen):
-    name: SamplerName = "tpe"
+    name: str = "tpe"  # extend.SAMPLERS
     seed: int | None = 0
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return registered(SAMPLERS, value)
 
 
 class PrunerConfig(Frozen):
-    name: PrunerName = "none"
+    name: str = "none"  # extend.PRUNERS
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # never prune before this many epochs
     startup_trials: Annotated[int, Field(ge=0)] = 2  # median/percentile: trials before pruning
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0
@@ -189,6 +220,11 @@ class PrunerConfig(Frozen):
     # wilcoxon: prune when a signed-rank test of the trial's evaluations against the best
     # trial's at the same epochs gives a p-value below this (service/search.py)
     p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return registered(PRUNERS, value)
 
 
 class BudgetConfig(Frozen):
@@ -214,14 +250,15 @@ class BudgetConfig(Frozen):
 
 class ObjectiveSpec(Frozen):
     metric: str = "parzen_ll"
-    direction: Literal["maximize", "minimize"] = "maximize"  # unset: the metric's (METRIC_DIRECTIONS)
+    direction: Literal["maximize", "minimize"] = "maximize"  # unset: the metric's (extend.METRICS)
 
     @model_validator(mode="before")
     @classmethod
     def _direction_of_the_metric(cls, data: Any) -> Any:
         # `objective: {metric: fid}` minimises; config.rules refuses the other direction
-        if isinstance(data, dict) and "direction" not in data and data.get("metric") in METRIC_DIRECTIONS:
-            return {**data, "direction": METRIC_DIRECTIONS[data["metric"]]}
+        direction = metric_direction(data.get("metric")) if isinstance(data, dict) else None
+        if direction is not None and "direction" not in data:
+            return {**data, "direction": direction}
         return data
 
 
@@ -245,6 +282,10 @@ class StudyConfig(Frozen):
     description: str = ""
     output: str | None = None  # None: runs/<name>, relative to the working directory
     storage: str | None = None  # Optuna storage URL; None: SQLite in the output folder
+    # Python files that register losses, metrics and architectures (gansweep.extend), made
+    # absolute against the study file's folder; config.plugins imports them before the rest
+    # of the study is validated
+    plugins: tuple[str, ...] = ()
     trial: TrialConfig = TrialConfig()
     search: dict[str, SearchParam] = {}
     sampler: SamplerConfig = SamplerConfig()

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gansweep.config.names import LOSSES
+
 
 @dataclass(frozen=True)
 class Equilibrium:
@@ -20,7 +22,9 @@ class Equilibrium:
 
     d_loss: float
     g_loss: float
-    d_output: float  # D(x) = D(G(z)) there (a probability for BCE losses, a score otherwise)
+    # D(x) = D(G(z)) there (a probability for BCE losses, a score otherwise); None for a
+    # plugin's loss, which gives only the two losses (d_star, g_star)
+    d_output: float | None
 
 
 Rule = Callable[[float, float], Equilibrium]  # (alpha, smoothing) -> the equilibrium
@@ -62,11 +66,16 @@ EQUILIBRIA: dict[str, Rule | None] = {
 
 
 def equilibrium(loss: str, alpha: float, smoothing: float = 1.0) -> Equilibrium | None:
-    """Theoretical (L_D*, L_G*) at p_g = p_data, or None where theory gives no unique value."""
-    if loss not in EQUILIBRIA:
-        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(EQUILIBRIA)}")
-    rule = EQUILIBRIA[loss]
-    return None if rule is None else rule(alpha, smoothing)
+    """Theoretical (L_D*, L_G*) at p_g = p_data, or None where theory gives no unique value:
+    a built-in's from EQUILIBRIA, a plugin loss's from its d_star and g_star where it has them."""
+    if loss in EQUILIBRIA:
+        rule = EQUILIBRIA[loss]
+        return None if rule is None else rule(alpha, smoothing)
+    entry = LOSSES.get(loss)  # an unknown name's error lists the valid ones
+    if not entry.meta.get("equilibrium") or entry.code is None:
+        return None
+    rules = entry.code()
+    return Equilibrium(float(rules.d_star(alpha, smoothing)), float(rules.g_star(alpha, smoothing)), None)
 
 
 # A blind-discriminator equilibrium (THEORY.md; issue 15): the losses sit at the theory's

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from gansweep.engine.layers import minibatch_counts
-from gansweep.engine.losses import LOSSES, Loss
+from gansweep.engine.losses import Terms, loss_terms
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
 # The step statistics' columns, in the order iteration() returns them.
@@ -46,6 +46,7 @@ class Spec:
     n_fake: int
     alpha_mode: str  # compose | weight | bernoulli
     losses: tuple[str, ...]  # the losses of the P trials, each trial picks one (Hyper.loss_masks)
+    # by their registered names (gansweep.extend.LOSSES: built-ins and plugins alike)
     optimizer: str  # adam | sgd
     joint_discriminator: bool  # one D forward on cat(real, fake): D has no batch norm
     autocast: bool  # forwards under bf16 autocast
@@ -56,13 +57,18 @@ class Spec:
     historical_averaging: bool = False  # some member's historical_averaging lambda is > 0
     # D has a minibatch layer (layers.py): each D call gets its samples' counts in D's minibatch
     minibatch_features: bool = False
-    # Derived from `losses` once (the iteration reads them several times per call).
+    # Derived from `losses` once (the iteration reads them several times per call): each
+    # loss's terms, and whether some loss declares a cost on D's features or on D's input
+    # gradient (losses.Terms.g_features, d_input_gradient).
+    terms: tuple[Terms, ...] = field(init=False, repr=False, compare=False)
     feature_matching: bool = field(init=False, repr=False, compare=False)
     gradient_penalty: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "feature_matching", any(LOSSES[n].feature_matching for n in self.losses))
-        object.__setattr__(self, "gradient_penalty", any(LOSSES[n].gradient_penalty for n in self.losses))
+        terms = tuple(loss_terms(n) for n in self.losses)
+        object.__setattr__(self, "terms", terms)
+        object.__setattr__(self, "feature_matching", any(t.g_features is not None for t in terms))
+        object.__setattr__(self, "gradient_penalty", any(t.d_input_gradient is not None for t in terms))
 
     @property
     def n_mix(self) -> int:
@@ -208,48 +214,41 @@ def d_losses(
 ) -> Tensor:
     """(P, n_real), (P, n_fake) logits -> (P, 1) alpha-weighted D loss (losses.py's terms)."""
     values = []
-    for name in spec.losses:
-        loss = LOSSES[name]
+    for loss in spec.terms:
         real = (w_real * loss.real_term(real_logits, hyper.smoothing)).sum(1, keepdim=True)
-        fake = (w_fake * loss.fake_term(fake_logits)).sum(1, keepdim=True)
+        fake = (w_fake * loss.d_fake(fake_logits)).sum(1, keepdim=True)
         values.append(real + fake)
     return _select(hyper.loss_masks, values)
 
 
 def g_losses(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
     """(P, m) logits of G's samples -> (P, 1) each trial's generator cost."""
-    if len(spec.losses) == 1:
-        return LOSSES[spec.losses[0]].generator_term(logits).mean(1, keepdim=True)
+    if len(spec.terms) == 1:
+        return spec.terms[0].g(logits).mean(1, keepdim=True)
     chosen = torch.zeros_like(logits)
-    for name, mask in zip(spec.losses, hyper.loss_masks, strict=True):
+    for loss, mask in zip(spec.terms, hyper.loss_masks, strict=True):
         # The inner where feeds another loss's slots a harmless 0: exp(large logit) there
         # would be inf, and the zero gradient the outer where gives it would become nan.
-        term = LOSSES[name].generator_term
-        chosen = torch.where(mask, term(torch.where(mask, logits, 0.0)), chosen)
+        chosen = torch.where(mask, loss.g(torch.where(mask, logits, 0.0)), chosen)
     return chosen.mean(1, keepdim=True)
 
 
 def d_outputs(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
     """(P, B) logits -> (P, 1) mean 'D(x)': a probability for BCE losses, the score otherwise."""
-    values = [_output(LOSSES[name], logits).mean(1, keepdim=True) for name in spec.losses]
+    values = [loss.output(logits).mean(1, keepdim=True) for loss in spec.terms]
     return _select(hyper.loss_masks, values)
 
 
-def _output(loss: Loss, logits: Tensor) -> Tensor:
-    return torch.sigmoid(logits) if loss.probabilistic else logits
-
-
-def feature_distance(real_features: Tensor, fake_features: Tensor) -> Tensor:
-    """Feature matching's (P,) || E f(x) - E f(G(z)) ||^2 (Salimans et al. 2016): the squared
-    distance between the minibatches' mean activations, (P, B, ...) each."""
-    gap = real_features.flatten(2).mean(1) - fake_features.flatten(2).mean(1)
-    return (gap * gap).sum(1)
-
-
-def feature_masks(spec: Spec, hyper: Hyper) -> Tensor:
-    """(P, 1) 1 for the trials whose generator matches features."""
-    masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].feature_matching]
-    return torch.stack(masks).any(0).float()
+def feature_costs(spec: Spec, hyper: Hyper, real_features: Tensor, fake_features: Tensor) -> Tensor:
+    """(P, 1) each trial's cost on D's features (losses.Terms.g_features, e.g. feature
+    matching's || E f(x) - E f(G(z)) ||^2), 0 for the trials whose loss has none."""
+    total = None
+    for loss, mask in zip(spec.terms, hyper.loss_masks, strict=True):
+        if loss.g_features is not None:
+            cost = mask.float() * loss.g_features(real_features, fake_features).unsqueeze(1)
+            total = cost if total is None else total + cost
+    assert total is not None, "feature_costs is called only when some loss declares g_features"
+    return total
 
 
 def historical_penalty(diff: Autodiff, net: NetState, params: Tensor, hyper: Hyper) -> Tensor:
@@ -265,20 +264,23 @@ def average_update(net: NetState) -> NetState:
     return net._replace(average=net.average + (net.params - net.average) / (net.steps + 1.0))
 
 
-def penalty_masks(spec: Spec, hyper: Hyper) -> Tensor:
-    """(P, 1) 1 for the trials whose loss carries the gradient penalty."""
-    masks = [m for name, m in zip(spec.losses, hyper.loss_masks, strict=True) if LOSSES[name].gradient_penalty]
-    return torch.stack(masks).any(0).float()
-
-
-def gradient_penalty(nets: Nets, diff: Autodiff, d: NetState, real: Tensor, fake: Tensor, mix: Tensor) -> Tensor:
-    """WGAN-GP's (P, 1) E[(||grad D(x_hat)|| - 1)^2] at the interpolates of paired real/fake
-    samples. Each trial's interpolates feed only its own logits, so the gradient of their sum
-    is each trial's own."""
+def gradient_penalty(
+    spec: Spec, hyper: Hyper, nets: Nets, diff: Autodiff, d: NetState, real: Tensor, fake: Tensor, mix: Tensor,
+) -> Tensor:
+    """(P, 1) each trial's cost on D's gradient at the interpolates of paired real/fake
+    samples (losses.Terms.d_input_gradient, e.g. WGAN-GP's E[(||grad D(x_hat)|| - 1)^2]),
+    0 for the trials whose loss has none. Each trial's interpolates feed only its own
+    logits, so the gradient of their sum is each trial's own."""
     n = mix.shape[1]
     x_hat = mix * real[:, :n] + (1 - mix) * fake[:, :n]  # (P, n, *shape)
     grads = diff.input_grad(lambda x: nets.d(d.params, d.buffers, x).sum(), x_hat)
-    return ((grads.flatten(2).norm(dim=2) - 1.0) ** 2).mean(1, keepdim=True)
+    total = None
+    for loss, mask in zip(spec.terms, hyper.loss_masks, strict=True):
+        if loss.d_input_gradient is not None:
+            cost = mask.float() * loss.d_input_gradient(grads)
+            total = cost if total is None else total + cost
+    assert total is not None, "gradient_penalty is called only when some loss declares d_input_gradient"
+    return total
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -348,8 +350,7 @@ def iteration(
             value = d_losses(spec, real_logits, fake_logits, w_real, w_fake, hyper)  # (P, 1)
             total = value
             if spec.gradient_penalty:  # in float32: it differentiates D's input gradient
-                penalty = gradient_penalty(nets, diff, current, real, fake, mix)
-                total = value + hyper.gp_weight * penalty_masks(spec, hyper) * penalty
+                total = value + hyper.gp_weight * gradient_penalty(spec, hyper, nets, diff, current, real, fake, mix)
             if spec.historical_averaging:
                 total = total + historical_penalty(diff, current, params, hyper)
             with torch.no_grad():  # statistics only: no graph to record, none to detach
@@ -373,7 +374,7 @@ def iteration(
                 fake_features = nets.d_features(d.params, d_buffers, samples).float()
         value = g_losses(spec, logits, hyper)
         if spec.feature_matching:
-            value = value + feature_masks(spec, hyper) * feature_distance(real_features, fake_features).unsqueeze(1)
+            value = value + feature_costs(spec, hyper, real_features, fake_features)
         total = value + historical_penalty(diff, g, params, hyper) if spec.historical_averaging else value
         return total.sum(), value.detach()
 

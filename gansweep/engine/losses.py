@@ -1,139 +1,190 @@
-"""GAN losses on discriminator outputs (logits), the alpha parametrisation and equilibria.
+"""GAN losses as registry entries: three per-sample costs of D's logits (gansweep.extend.loss).
 
-Every loss is three per-sample terms: the discriminator's cost on a real sample, its cost on a
-fake sample, and the generator's cost on a fake sample. The discriminator loss of a minibatch
-is a weighted sum of the first two, and the weights carry alpha (THEORY.md section 2):
+Every loss is a class with d_real(logits) (D's cost on a real sample), d_fake(logits) (D's
+cost on a generated one) and g(logits) (G's cost on a generated one), each per sample. The
+iteration weights the first two with alpha (THEORY.md section 2):
 
-    L_D = sum_i w_real[i] * real_term(l_real[i]) + sum_j w_fake[j] * fake_term(l_fake[j])
+    L_D = sum_i w_real[i] * real_term(l_real[i]) + sum_j w_fake[j] * d_fake(l_fake[j])
 
-with the weights summing to alpha and 1 - alpha in expectation. The BCE-based terms use the
-stable forms: -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l).
+where real_term is d_real, or with one-sided label smoothing (real target s) the mixture
+s * d_real + (1 - s) * d_fake: the cross-entropy against target s for the BCE losses. A loss
+whose smoothed cost is another (least squares: (l - s)^2) says so in smoothed_d_real. What a
+cost needs beyond the logits is declared as a method the iteration calls when it is there:
+g_features (G's cost on D's features: feature matching) and d_input_gradient (D's cost on
+its gradient at interpolates of real and generated samples, weighted by gp_weight: WGAN-GP).
+The built-ins below are registered with the decorator a plugin uses; their names,
+descriptions and needs are declared torch-free in gansweep.config.names. The BCE-based terms
+use the stable forms: -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 # The equilibria are pure arithmetic, kept apart so that the driver and the report draw them
 # without importing torch; re-exported here beside the losses they belong to.
 from gansweep.config.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
+from gansweep.config.names import LOSSES  # the registry, with the built-ins declared
+from gansweep.extend import loss
 
 Term = Callable[[Tensor], Tensor]
 
 
-def _bce_real(logits: Tensor, smoothing: float | Tensor) -> Tensor:
-    # cross-entropy against target s: s * -log D + (1 - s) * -log(1 - D). s may be a (P, 1)
-    # tensor (one per trial); s = 1 gives -log D exactly, the second term times 0 (a float 1,
-    # the eager execution's unsmoothed trial, skips that term and its gradient).
-    if isinstance(smoothing, float) and smoothing == 1.0:
+class _CrossEntropy:
+    """D's binary cross-entropy: -log D(x) on real samples, -log(1 - D(G(z))) on generated."""
+
+    probabilistic = True
+
+    def d_real(self, logits: Tensor) -> Tensor:
         return F.softplus(-logits)
-    return smoothing * F.softplus(-logits) + (1.0 - smoothing) * F.softplus(logits)
+
+    def d_fake(self, logits: Tensor) -> Tensor:
+        return F.softplus(logits)
 
 
-def _bce_fake(logits: Tensor) -> Tensor:
-    return F.softplus(logits)  # -log(1 - D)
+@loss("minimax")
+class Minimax(_CrossEntropy):
+    def g(self, logits: Tensor) -> Tensor:
+        return -F.softplus(logits)  # E[log(1 - D(G(z)))]: the zero-sum cost
 
 
-def _least_squares_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
-    return (scores - smoothing) ** 2
+@loss("non_saturating")
+class NonSaturating(_CrossEntropy):
+    def g(self, logits: Tensor) -> Tensor:
+        return F.softplus(-logits)  # -E[log D(G(z))]: same fixed point, strong early gradients
 
 
-def _least_squares_fake(scores: Tensor) -> Tensor:
-    return scores**2
+@loss("max_likelihood")
+class MaxLikelihood(_CrossEntropy):
+    def g(self, logits: Tensor) -> Tensor:
+        return -torch.exp(logits)  # -E[D / (1 - D)]: KL(p_data || p_g) at the optimal D
 
 
-def _hinge_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
-    del smoothing  # rejected by study validation for hinge
-    return F.relu(1.0 - scores)
+@loss("least_squares")
+class LeastSquares:
+    """LSGAN (Mao et al. 2017): targets real 1 (or s), fake 0; G aims at 1."""
+
+    def d_real(self, scores: Tensor) -> Tensor:
+        return (scores - 1.0) ** 2
+
+    def smoothed_d_real(self, scores: Tensor, smoothing: float | Tensor) -> Tensor:
+        return (scores - smoothing) ** 2  # the real target moves to s (config.theory's D* = alpha s)
+
+    def d_fake(self, scores: Tensor) -> Tensor:
+        return scores**2
+
+    def g(self, scores: Tensor) -> Tensor:
+        return 0.5 * (scores - 1.0) ** 2
 
 
-def _hinge_fake(scores: Tensor) -> Tensor:
-    return F.relu(1.0 + scores)
+@loss("hinge")
+class Hinge:
+    def d_real(self, scores: Tensor) -> Tensor:
+        return F.relu(1.0 - scores)
+
+    def d_fake(self, scores: Tensor) -> Tensor:
+        return F.relu(1.0 + scores)
+
+    def g(self, scores: Tensor) -> Tensor:
+        return -scores
 
 
-def _critic_real(scores: Tensor, smoothing: float | Tensor) -> Tensor:
-    del smoothing
-    return -scores
+@loss("wasserstein_gp")
+class WassersteinGP:
+    """Critic scores; the penalty pulls the critic's gradient norm at interpolates towards 1."""
+
+    def d_real(self, scores: Tensor) -> Tensor:
+        return -scores
+
+    def d_fake(self, scores: Tensor) -> Tensor:
+        return scores
+
+    def g(self, scores: Tensor) -> Tensor:
+        return -scores
+
+    def d_input_gradient(self, grads: Tensor) -> Tensor:
+        """(P, n, *shape) gradients at the interpolates -> (P, 1) E[(||grad|| - 1)^2]."""
+        return ((grads.flatten(2).norm(dim=2) - 1.0) ** 2).mean(1, keepdim=True)
 
 
-def _critic_fake(scores: Tensor) -> Tensor:
-    return scores
+@loss("feature_matching")
+class FeatureMatching(_CrossEntropy):
+    """D keeps the cross-entropy; G matches the mean of D's hidden features on real and
+    generated samples, a cost no logit carries (its per-logit term is 0)."""
+
+    def g(self, logits: Tensor) -> Tensor:
+        return torch.zeros_like(logits)
+
+    def g_features(self, real_features: Tensor, fake_features: Tensor) -> Tensor:
+        """(P, B, ...) each -> (P,) || E f(x) - E f(G(z)) ||^2 (Salimans et al. 2016)."""
+        gap = real_features.flatten(2).mean(1) - fake_features.flatten(2).mean(1)
+        return (gap * gap).sum(1)
 
 
 @dataclass(frozen=True)
-class Loss:
-    real_term: Callable[[Tensor, float | Tensor], Tensor]  # (logits, smoothing) -> per-sample cost
-    fake_term: Term
-    generator_term: Term
-    probabilistic: bool  # D's output is a logit of a probability (report sigmoid of it)
-    gradient_penalty: bool = False
-    # G's cost is || E f(x) - E f(G(z)) ||^2 over D's features (iteration.feature_distance),
-    # added to generator_term's, which is 0 for feature matching.
-    feature_matching: bool = False
+class Terms:
+    """What the iteration reads of a loss entry: its per-sample costs and its declared extras."""
+
+    name: str
+    d_real: Term
+    d_fake: Term
+    g: Term
+    smoothed_d_real: Callable[[Tensor, float | Tensor], Tensor]
+    probabilistic: bool  # D's output is a logit of a probability (report its sigmoid)
+    g_features: Callable[[Tensor, Tensor], Tensor] | None = None
+    d_input_gradient: Callable[[Tensor], Tensor] | None = None
+
+    def real_term(self, logits: Tensor, smoothing: float | Tensor) -> Tensor:
+        """D's cost on real samples against the real target s: a float 1 (an unsmoothed
+        eager trial) is d_real itself, with no second term and no gradient through it."""
+        if isinstance(smoothing, float) and smoothing == 1.0:
+            return self.d_real(logits)
+        return self.smoothed_d_real(logits, smoothing)
+
+    def output(self, logits: Tensor) -> Tensor:
+        """What 'D(x)' means for reporting: a probability for BCE losses, the raw score otherwise."""
+        return torch.sigmoid(logits) if self.probabilistic else logits
 
 
-LOSSES: dict[str, Loss] = {
-    # G minimises E[log(1 - D(G(z)))] = -softplus(l): the original zero-sum cost.
-    "minimax": Loss(
-        _bce_real,
-        _bce_fake,
-        lambda logits: -F.softplus(logits),
-        probabilistic=True,
-    ),
-    # G minimises -E[log D(G(z))] = softplus(-l): same fixed point, strong early gradients.
-    "non_saturating": Loss(
-        _bce_real,
-        _bce_fake,
-        lambda logits: F.softplus(-logits),
-        probabilistic=True,
-    ),
-    # G minimises -E[exp(logit D(G(z)))]: KL(p_data || p_g) when D is optimal (Goodfellow 2014b).
-    "max_likelihood": Loss(
-        _bce_real,
-        _bce_fake,
-        lambda logits: -torch.exp(logits),
-        probabilistic=True,
-    ),
-    # LSGAN (Mao et al. 2017), targets real 1 (or s), fake 0; G aims at 1.
-    "least_squares": Loss(
-        _least_squares_real,
-        _least_squares_fake,
-        lambda scores: 0.5 * (scores - 1.0) ** 2,
-        probabilistic=False,
-    ),
-    # Geometric GAN / SAGAN hinge loss (its equilibrium is not unique: theory.py gives none).
-    "hinge": Loss(_hinge_real, _hinge_fake, lambda scores: -scores, probabilistic=False),
-    # WGAN-GP (Gulrajani et al. 2017): critic scores, gradient penalty towards unit norm.
-    "wasserstein_gp": Loss(
-        _critic_real,
-        _critic_fake,
-        lambda scores: -scores,
-        probabilistic=False,
-        gradient_penalty=True,
-    ),
-    # Feature matching (Salimans et al. 2016): D keeps the (alpha-weighted, smoothable)
-    # cross-entropy; G matches the mean of D's hidden features on real and generated samples,
-    # a cost no logit carries (its per-logit term is 0).
-    "feature_matching": Loss(
-        _bce_real,
-        _bce_fake,
-        torch.zeros_like,
-        probabilistic=True,
-        feature_matching=True,
-    ),
-}
+def _mixture(instance: object) -> Callable[[Tensor, float | Tensor], Tensor]:
+    d_real, d_fake = instance.d_real, instance.d_fake  # type: ignore[attr-defined]
+
+    def smoothed(logits: Tensor, smoothing: float | Tensor) -> Tensor:
+        return smoothing * d_real(logits) + (1.0 - smoothing) * d_fake(logits)
+
+    return smoothed
 
 
-def get_loss(name: str) -> Loss:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
+def terms_of(instance: object, name: str) -> Terms:
+    """A loss class's instance as the iteration reads it."""
+    smoothed = getattr(instance, "smoothed_d_real", None) or _mixture(instance)
+    return Terms(
+        name=name, d_real=instance.d_real, d_fake=instance.d_fake, g=instance.g,  # type: ignore[attr-defined]
+        smoothed_d_real=smoothed,
+        probabilistic=bool(getattr(instance, "probabilistic", False)),
+        g_features=getattr(instance, "g_features", None),
+        d_input_gradient=getattr(instance, "d_input_gradient", None),
+    )
+
+
+@lru_cache(maxsize=None)
+def _cached_terms(name: str, code: type) -> Terms:
+    return terms_of(code(), name)
+
+
+def loss_terms(name: str) -> Terms:
+    """The registered loss `name` (a built-in or a plugin's); an unknown name's error lists
+    the valid ones. Keyed by the class too: a plugin file loaded again gives its new code."""
+    entry = LOSSES.get(name)
+    if entry.code is None:
+        raise ValueError(f"loss {name!r} is declared but its code was never registered")
+    return _cached_terms(name, entry.code)
 
 
 # ---------------------------------------------------------------------------- alpha
@@ -141,7 +192,7 @@ def get_loss(name: str) -> Loss:
 
 @dataclass(frozen=True)
 class MinibatchPlan:
-    """How many real and fake samples one discriminator step draws, and their loss weights."""
+    """How many real and fake samples one discriminator step draws."""
 
     n_real: int
     n_fake: int
@@ -153,92 +204,3 @@ def minibatch_plan(mode: str, alpha: float, batch_size: int) -> MinibatchPlan:
         n_real = round(alpha * batch_size)
         return MinibatchPlan(n_real=n_real, n_fake=batch_size - n_real)
     return MinibatchPlan(n_real=batch_size, n_fake=batch_size)
-
-
-def _compose_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    total = n_real + n_fake  # each sample counts once: shares round(alpha m)/m and the rest
-    return (
-        torch.full((n_real,), 1.0 / total, device=device),
-        torch.full((n_fake,), 1.0 / total, device=device),
-    )
-
-
-def _weight_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    return (
-        torch.full((n_real,), alpha / n_real, device=device),
-        torch.full((n_fake,), (1.0 - alpha) / n_fake, device=device),
-    )
-
-
-def _bernoulli_weights(alpha: float, n_real: int, n_fake: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    # Slot i holds the real sample with probability alpha, else the fake one: the share of
-    # real samples is random per minibatch (seed 003's future work). Drawn on the device,
-    # so the step stays free of host syncs and shapes stay static.
-    assert n_real == n_fake, "bernoulli mode pairs one real and one fake sample per slot"
-    is_real = (torch.rand(n_real, device=device) < alpha).float()
-    return is_real / n_real, (1.0 - is_real) / n_fake
-
-
-ALPHA_MODES: dict[str, Callable[[float, int, int, torch.device], tuple[Tensor, Tensor]]] = {
-    "compose": _compose_weights,
-    "weight": _weight_weights,
-    "bernoulli": _bernoulli_weights,
-}
-
-
-def alpha_weights(
-    mode: str, alpha: float, plan: MinibatchPlan, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Per-sample weights (real (n_real,), fake (n_fake,)) of the discriminator loss."""
-    return ALPHA_MODES[mode](alpha, plan.n_real, plan.n_fake, device)
-
-
-# ---------------------------------------------------------------------------- losses
-
-
-def discriminator_loss(
-    loss: Loss,
-    real_logits: Tensor,
-    fake_logits: Tensor,
-    real_weights: Tensor,
-    fake_weights: Tensor,
-    smoothing: float = 1.0,
-) -> Tensor:
-    """Weighted D loss (scalar) of one minibatch; see the module docstring."""
-    real = (real_weights * loss.real_term(real_logits, smoothing)).sum()
-    fake = (fake_weights * loss.fake_term(fake_logits)).sum()
-    return real + fake
-
-
-def generator_loss(loss: Loss, fake_logits: Tensor) -> Tensor:
-    return loss.generator_term(fake_logits).mean()
-
-
-def penalty_mix(n_real: int, n_fake: int, example_dims: int, device: torch.device) -> Tensor:
-    """WGAN-GP's interpolation weights, one per real/fake pair: (min(n_real, n_fake), 1, ...)
-    with a 1 for each of an example's `example_dims` dimensions."""
-    return torch.rand((min(n_real, n_fake),) + (1,) * example_dims, device=device)
-
-
-def interpolate(mix: Tensor, real: Tensor, fake: Tensor) -> Tensor:
-    n = mix.shape[0]
-    return mix * real[:n] + (1 - mix) * fake[:n]
-
-
-def gradient_norm_penalty(input_grad: Tensor) -> Tensor:
-    """E[(||grad D(x_hat)|| - 1)^2] from D's gradients at the interpolates, (n, ...)."""
-    return ((input_grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
-
-
-def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-    """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of paired real/fake."""
-    mix = penalty_mix(real.shape[0], fake.shape[0], real.dim() - 1, real.device)
-    interpolates = interpolate(mix, real, fake).requires_grad_(True)
-    scores = discriminator(interpolates)
-    (grad,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
-    return gradient_norm_penalty(grad)
-
-
-def discriminator_output(loss: Loss, logits: Tensor) -> Tensor:
-    """What 'D(x)' means for reporting: a probability for BCE losses, the raw score otherwise."""
-    return torch.sigmoid(logits) if loss.probabilistic else logits

@@ -1,4 +1,4 @@
-"""Generator and discriminator builders: ARCHITECTURES maps a name to (G, D).
+"""Generator and discriminator builders: gansweep.extend.ARCHITECTURES maps a name to (G, D).
 
 Contract shared by every architecture, so that losses and training never look inside:
   G: (B, noise_dim) -> (B, *data_shape), squashed by `trial.generator_output`;
@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
+from gansweep.config.names import ARCHITECTURES  # the registry, with the built-ins declared
+from gansweep.extend import architecture
 from gansweep.engine.layers import (
     Discriminator,
     MinibatchDiscrimination,
@@ -20,7 +23,6 @@ from gansweep.engine.layers import (
     VirtualBatchNorm,
 )
 
-Builder = Callable[[TrialConfig, tuple[int, ...]], tuple[nn.Module, nn.Module]]
 
 # Hidden-layer activations, by the names study.py's `Activation` allows.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -49,14 +51,35 @@ DCGAN_INIT_STD = 0.02  # Radford et al.: weights from N(0, 0.02)
 
 
 def build_models(trial: TrialConfig, data_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for `trial.architecture` on examples of `data_shape`.
-    Seed torch before calling for reproducible initial weights."""
-    builder = ARCHITECTURES.get(trial.architecture)
-    if builder is None:
-        raise ValueError(
-            f"unknown architecture {trial.architecture!r}; valid names: {', '.join(ARCHITECTURES)}"
-        )
-    return builder(trial, tuple(data_shape))
+    """(generator, discriminator) for `trial.architecture` (a built-in or a plugin's) on
+    examples of `data_shape`. Seed torch before calling for reproducible initial weights."""
+    entry = ARCHITECTURES.get(trial.architecture)
+    generator, discriminator = entry.code(tuple(data_shape), trial.noise_dim, trial)
+    if not entry.built_in:
+        check_contract(entry.origin, trial, tuple(data_shape), generator, discriminator)
+    return generator, discriminator
+
+
+@torch.no_grad()
+def check_contract(origin: str, trial: TrialConfig, data_shape: tuple[int, ...], generator: nn.Module,
+                   discriminator: nn.Module) -> None:
+    """A plugin's networks keep the contract above, checked on two rows of zeros in eval mode
+    (no random draw, no batch-norm statistic moved): an error names the plugin file."""
+    name = f"architecture {trial.architecture!r} ({origin})"
+    for module, role in ((generator, "generator"), (discriminator, "discriminator")):
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"{name} must return torch modules (generator, discriminator), got a {type(module).__name__} as {role}")
+    modes = generator.training, discriminator.training
+    generator.eval(), discriminator.eval()
+    try:
+        samples = generator(torch.zeros(2, trial.noise_dim))
+        if tuple(samples.shape) != (2, *data_shape):
+            raise ValueError(f"{name}: G maps (B, {trial.noise_dim}) noise to (B, *{data_shape}), got {tuple(samples.shape)} for B = 2")
+        logits = discriminator(torch.zeros(2, *data_shape))
+        if tuple(logits.shape) != (2,):
+            raise ValueError(f"{name}: D maps (B, *{data_shape}) to (B,) logits, got {tuple(logits.shape)} for B = 2")
+    finally:
+        generator.train(modes[0]), discriminator.train(modes[1])
 
 
 def _output(trial: TrialConfig) -> nn.Module:
@@ -280,10 +303,6 @@ def _discriminator(layers: list[nn.Module], hidden_ends: list[int]) -> nn.Sequen
     return discriminator
 
 
-def hidden_layers(discriminator: nn.Module) -> int:
-    return len(discriminator.hidden_ends)
-
-
 def feature_end(discriminator: nn.Module, layer: int | None) -> int:
     """The Sequential index where D's hidden layer `layer` (Python indexing; None: the last)
     ends: D[:feature_end] computes that layer's activations."""
@@ -294,11 +313,10 @@ def feature_end(discriminator: nn.Module, layer: int | None) -> int:
     return ends[index]
 
 
-ARCHITECTURES: dict[str, Builder] = {
-    "mlp": build_mlp,
-    "maxout": build_maxout,
-    "dcgan": build_dcgan,
-}
+# The built-ins, registered as a plugin's architecture is: (data_shape, noise_dim, trial).
+architecture("mlp")(lambda data_shape, noise_dim, trial: build_mlp(trial, data_shape))
+architecture("maxout")(lambda data_shape, noise_dim, trial: build_maxout(trial, data_shape))
+architecture("dcgan")(lambda data_shape, noise_dim, trial: build_dcgan(trial, data_shape))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -36,7 +36,7 @@ from gansweep.engine.epochs import (  # noqa: F401 (the worker reads them here t
 )
 from gansweep.engine.executions import Step, compiled_step, eager_step, packed_step
 from gansweep.engine.iteration import STATS, Hyper, Spec, TrainState
-from gansweep.engine.losses import minibatch_plan
+from gansweep.engine.losses import loss_terms, minibatch_plan
 from gansweep.engine.models import build_models, feature_end
 from gansweep.engine.scoring import blind_flag
 from gansweep.engine.state import (
@@ -72,10 +72,15 @@ def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.d
         joint_discriminator=not has_batch_norm(discriminator),
         autocast=autocast,
         device_type=device.type,
-        feature_end=feature_end(discriminator, first.feature_layer) if any(t.loss == "feature_matching" for t in trials) else 0,
+        feature_end=feature_end(discriminator, first.feature_layer) if reads_features(trials) else 0,
         historical_averaging=averaging(trials),
         minibatch_features=first.minibatch_discrimination > 0,
     )
+
+
+def reads_features(trials: list[TrialConfig]) -> bool:
+    """Whether some member's loss declares a cost on D's features (losses.Terms.g_features)."""
+    return any(loss_terms(t.loss).g_features is not None for t in trials)
 
 
 def averaging(trials: list[TrialConfig]) -> bool:

@@ -19,6 +19,8 @@ from gansweep.config.theory import blind_discriminator
 from gansweep.engine.dataset import Dataset, to_model_scale
 from gansweep.engine.features import FeatureSpace, chunked, domain_model
 from gansweep.engine.quality import c2st_accuracy, fid, kid, precision_recall, roc_auc
+from gansweep.config.names import METRICS
+from gansweep.extend import Entry
 
 Scores = dict[str, float | str]
 FEATURE_METRICS = ("fid", "kid", "precision", "recall", "c2st_accuracy")
@@ -87,12 +89,34 @@ def quality_scores(
     trial: TrialConfig, data: Dataset, samples: Tensor, discriminator: nn.Module | None, epoch: int
 ) -> Scores:
     """trial.metrics of an evaluation's samples (data scale); {} when it lists none."""
-    scores = feature_scores(trial, data, real_test(trial, data), samples, seed=trial.seed + epoch)
+    real = real_test(trial, data)
+    scores = feature_scores(trial, data, real, samples, seed=trial.seed + epoch)
+    scores.update(plugin_scores(trial, data, real, samples))
     if "d_auc" in trial.metrics:
         if discriminator is None:
             raise ValueError("d_auc needs the trial's discriminator")
         scores["d_auc"] = discriminator_auc(trial, data, discriminator, samples)
     return scores
+
+
+def plugin_scores(trial: TrialConfig, data: Dataset, real: Tensor, samples: Tensor) -> Scores:
+    """The plugin metrics trial.metrics names (gansweep.extend.metric): each a function of
+    the samples and the real test rows, float tensors in the data's own space ([n, d] points
+    or [n, c, h, w] images)."""
+    wanted = [METRICS.get(name) for name in trial.metrics if not METRICS.get(name).built_in]
+    if not wanted:
+        return {}
+    generated = samples.float().reshape(-1, *data.shape)
+    held_out = real.float().reshape(-1, *data.shape)
+    return {entry.name: _plugin_value(entry, generated, held_out) for entry in wanted}
+
+
+def _plugin_value(entry: Entry, generated: Tensor, real: Tensor) -> float:
+    value = entry.code(generated, real)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"metric {entry.name!r} ({entry.origin}) must return a number, got {value!r}") from None
 
 
 def blind_flag(metrics: dict[str, float]) -> dict[str, float]:

@@ -143,17 +143,3 @@ def state_from_dict(saved: dict[str, Any], rows: list[int], device: torch.device
         )
 
     return TrainState(net_of(saved["g"]), net_of(saved["d"]))
-
-
-@torch.no_grad()
-def copy_into(target: TrainState, source: TrainState) -> None:
-    """target's tensors take source's values in place (eager aliases stay valid)."""
-    for t_net, s_net in zip(target, source, strict=True):
-        for t, s in zip(_tensors(t_net), _tensors(s_net), strict=True):
-            if t is not s:
-                t.copy_(s)
-
-
-def _tensors(net: NetState) -> list[Tensor]:
-    average = [] if net.average is None else [net.average]
-    return [net.params, *net.buffers, net.moment1, net.moment2, net.steps, *average]

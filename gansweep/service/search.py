@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from gansweep import extend
+from gansweep.config import names  # noqa: F401 (the built-ins' declarations, before their code)
 from gansweep.config.schema import (
     Choice,
     FloatRange,
@@ -86,9 +88,15 @@ PRUNERS: dict[str, Callable[[StudyConfig], optuna.pruners.BasePruner | None]] = 
 }
 
 
+# The code of the samplers and pruners gansweep.config.names declares (extend's registries).
+for _registry, _makers in ((extend.SAMPLERS, SAMPLERS), (extend.PRUNERS, PRUNERS)):
+    for _name, _make in _makers.items():
+        _registry.add(_name, _make, extend.BUILT_IN)
+
+
 def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
     quiet_optuna()  # PatientPruner is experimental
-    pruner = PRUNERS[study.pruner.name](study)
+    pruner = extend.PRUNERS.get(study.pruner.name).code(study)
     if study.pruner.patience is not None:
         # PatientPruner waits `patience` reports without improvement before asking the
         # wrapped pruner (or, with none, prunes on the stall alone).
@@ -185,7 +193,7 @@ class OptunaStudy:
             self._study = optuna.create_study(
                 study_name=self.config.name,
                 storage=self.storage,  # the same backend as frozen() and set_attrs()
-                sampler=SAMPLERS[self.config.sampler.name](self.config),
+                sampler=extend.SAMPLERS.get(self.config.sampler.name).code(self.config),
                 pruner=make_pruner(self.config),
                 directions=directions,
                 load_if_exists=True,

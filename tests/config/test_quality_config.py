@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gansweep.config.load import load_study
-from gansweep.config.names import METRIC_DIRECTIONS, QUALITY_METRICS
+from gansweep.config.names import QUALITY_METRICS, metric_direction
 from gansweep.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def test_default_is_no_quality_metric() -> None:
 @pytest.mark.parametrize("metric", QUALITY_METRICS)
 def test_a_quality_objective_takes_its_metrics_direction(tmp_path: Path, metric: str) -> None:
     loaded = load_study(study(tmp_path, f"trial:\n  metrics: [{metric}]\nobjective:\n  metric: {metric}\n"))
-    assert loaded.objective.direction == METRIC_DIRECTIONS[metric]
+    assert loaded.objective.direction == metric_direction(metric)
     assert loaded.objective.direction == ("maximize" if metric in ("precision", "recall") else "minimize")
 
 
@@ -46,7 +46,7 @@ def test_the_wrong_direction_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("trial:\n  metrics: [fid, fd]\n", r"study.yaml:3: trial.metrics.1: .*got 'fd'"),
+    ("trial:\n  metrics: [fid, fd]\n", r"study.yaml:3: trial.metrics.1: unknown metric 'fd'; valid: fid, kid"),
     ("trial:\n  metrics: [fid, fid]\n", r"trial.metrics: .*fid more than once"),
     ("trial:\n  features: imagenet\n", r"trial.features: .*'domain' or 'inception'"),
 ])

@@ -16,7 +16,8 @@ from gansweep.config.schema import TrialConfig
 from gansweep.config.theory import equilibrium
 from gansweep.engine import run
 from gansweep.engine.executions import features_of
-from gansweep.engine.iteration import STATS, feature_distance
+from gansweep.engine.iteration import STATS
+from gansweep.engine.losses import FeatureMatching
 from gansweep.engine.models import build_models, feature_end
 
 FEATURE_MATCHING = {"loss": "feature_matching"}
@@ -29,9 +30,9 @@ def test_feature_distance_is_the_squared_gap_of_the_mean_features() -> None:
     gen = np.random.default_rng(0)
     real, fake = gen.normal(size=(2, 5, 3, 2)), gen.normal(size=(2, 7, 3, 2))  # (P, B, ...)
     want = [float(np.sum((real[p].reshape(5, -1).mean(0) - fake[p].reshape(7, -1).mean(0)) ** 2)) for p in range(2)]
-    got = feature_distance(torch.tensor(real), torch.tensor(fake))
+    got = FeatureMatching().g_features(torch.tensor(real), torch.tensor(fake))
     assert got.tolist() == pytest.approx(want, rel=1e-12)
-    assert feature_distance(torch.tensor(real), torch.tensor(real)).tolist() == [0.0, 0.0]
+    assert FeatureMatching().g_features(torch.tensor(real), torch.tensor(real)).tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(("layer", "width"), [(None, 8), (-1, 8), (0, 16), (-2, 16)])

@@ -13,8 +13,7 @@ from gansweep.service.search import (
     PRUNERS, SAMPLERS, OptunaStudy, decode_choice, encode_choice, grid_size, make_pruner,
     requested_trials,
 )
-from gansweep.config.names import PRUNERS as PRUNER_NAMES
-from gansweep.config.names import SAMPLERS as SAMPLER_NAMES
+from gansweep.config.names import PRUNER_NAMES, SAMPLER_NAMES
 from gansweep.config.schema import Choice, TrialConfig
 from gansweep.config.load import load_study
 
