@@ -142,7 +142,7 @@ def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], 
     table = Table(title=f"{trial.dataset} / {trial.architecture} / {trial.loss}, alpha={trial.alpha}, k={trial.k}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in SUMMARY_METRICS:
+    for name in SUMMARY_METRICS + tuple(m for m in trial.metrics if m not in SUMMARY_METRICS):  # plugins' too
         if name in last:
             table.add_row(name, f"{last[name]:.4f}")
     console.print(table)

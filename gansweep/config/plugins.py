@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gansweep.errors import ConfigError
-from gansweep.extend import PLUGIN_MODULE_PREFIX
+from gansweep.extend import PLUGIN_MODULE_PREFIX, REGISTRIES
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,13 @@ def install_all(sent: list[dict[str, str]] | None) -> None:
     """A worker's side: import the plugins a unit's config carries (PluginFile.as_dict)."""
     for plugin in sent or []:
         install(PluginFile(**plugin))
+
+
+def forget_all() -> None:
+    """Unload every plugin: their entries, modules and versions (a process that loads
+    another study's, and tests)."""
+    for registry in REGISTRIES.values():
+        registry.drop_plugins()
+    for name in [n for n in sys.modules if n.startswith(PLUGIN_MODULE_PREFIX)]:
+        del sys.modules[name]
+    _LOADED.clear()

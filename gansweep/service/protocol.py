@@ -86,6 +86,9 @@ class UnitConfig(TypedDict):
     packed: bool  # the packed execution (vmap), even for one member
     board: str | None  # name of the PruneBoard actor the unit reads, None when nothing prunes
     select: Selection | None  # objective.select: best (the worker keeps each member's best), else None
+    # the study's plugin files (config.plugins.PluginFile.as_dict: path, sha256, source), which
+    # the worker imports before it reads the values; None in configs from before plugins
+    plugins: list[dict[str, str]] | None
 
 
 class MemberResult(TypedDict, total=False):
@@ -105,9 +108,10 @@ class CheckpointState(TypedDict):
 
 
 def unit_config(numbers: list[int], values: list[dict[str, Any]], *, resume: str | None, threads: int,
-                packed: bool, board: str | None, select: Selection | None = None) -> UnitConfig:
+                packed: bool, board: str | None, select: Selection | None = None,
+                plugins: list[dict[str, str]] | None = None) -> UnitConfig:
     return UnitConfig(numbers=[int(n) for n in numbers], values=values, resume=resume, threads=threads,
-                      packed=packed, board=board, select=select)
+                      packed=packed, board=board, select=select, plugins=plugins or [])
 
 
 class UnreadableConfig(ValueError):

@@ -11,18 +11,21 @@ from gansweep.service.ledger import Ledger
 
 
 class LedgerSearcher(Searcher):
-    def __init__(self, ledger: Ledger, threads: int, board: str | None = None) -> None:
+    def __init__(self, ledger: Ledger, threads: int, board: str | None = None,
+                 plugins: list[dict[str, str]] | None = None) -> None:
         super().__init__()
         self.ledger = ledger
         self.threads = threads
         self.board = board  # the PruneBoard's name, when units may lose members
+        self.plugins = plugins or []  # the study's plugin files, sent with every unit
 
     def suggest(self, trial_id: str) -> p.UnitConfig | None:  # type: ignore[override]
         given = self.ledger.hand_out(trial_id)
         if given is None:
             return None
         return p.unit_config(given.numbers, given.values, resume=given.resume, threads=self.threads,
-                             packed=given.packed, board=self.board, select=self.ledger.selection())
+                             packed=given.packed, board=self.board, select=self.ledger.selection(),
+                             plugins=self.plugins)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not error:  # errors are recorded by the callback's on_trial_error

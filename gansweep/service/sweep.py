@@ -48,6 +48,7 @@ from gansweep.service.searcher import LedgerSearcher
 from gansweep.service.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
 )
+from gansweep.config import plugins
 from gansweep.config.schema import StudyConfig
 from gansweep.config.space import scale_fields
 from gansweep.service.tracking import Tracker, resolve_tracking_uri
@@ -179,6 +180,7 @@ def run_as_the_driver(
         {"study_file": str(study_path), **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in study.search.items()}},
         study_path,
     )
+    tracker.log_plugins([(Path(f.path), f.sha256) for f in plugins.files(study.plugins)])
     total = requested_trials(study)
     to_run = total - optuna_study.finished_count()
     progress = SweepProgress(total=total, done=optuna_study.finished_count(), metric=study.objective.metric,
@@ -301,7 +303,8 @@ def run_tune(
         tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name),
+                search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name,
+                                          plugins=[p.as_dict() for p in plugins.files(study.plugins)]),
                 scheduler=LedgerPruner(ledger, board),
                 num_samples=units,
                 max_concurrent_trials=budget.max_concurrent,

@@ -49,6 +49,7 @@ TAG_FEATURES = "gansweep.features"  # the feature space of the quality metrics (
 # "true" when the last evaluation showed a blind-discriminator equilibrium (config.theory)
 TAG_BLIND = "gansweep.blind_discriminator"
 TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is the param `seed`)
+TAG_PLUGIN = "gansweep.plugin"  # + ".<file name>": the sha256 of a plugin file the study loaded
 TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)
 TAG_BEST_EPOCH = "gansweep.best_epoch"  # objective.select: best: the epoch of the model logged
 MODEL_EPOCH = "epoch"  # a logged model's param: the epoch its generator is from
@@ -196,6 +197,16 @@ class Tracker:
         if fresh:
             self.call_later("log_batch parent params", lambda: self.client.log_batch(self.parent_id, params=fresh))
         self.call_later("log study file", lambda: self.client.log_artifact(self.parent_id, str(study_file), "study"))
+
+    def log_plugins(self, files: list[tuple[Path, str]]) -> None:
+        """The study's plugin files (path, sha256) as artifacts under plugins/, each hash as
+        the tag gansweep.plugin.<file name> (a tag, not a param: an edited plugin's new hash
+        replaces the old one on a resume)."""
+        for path, sha256 in files:
+            self.call_later(f"log plugin {path.name}",
+                            lambda p=path: self.client.log_artifact(self.parent_id, str(p), "plugins"))
+            self.call_later(f"tag plugin {path.name}",
+                            lambda p=path, h=sha256: self.client.set_tag(self.parent_id, f"{TAG_PLUGIN}.{p.name}", h))
 
     def finish_study(self, status: str, artifacts: list[Path]) -> None:
         for path in artifacts:

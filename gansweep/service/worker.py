@@ -47,6 +47,7 @@ from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
 from gansweep.service.storage import storage_filesystem, strip_scheme
 from gansweep.service.sysmetrics import SystemSampler
+from gansweep.config import plugins
 from gansweep.config.schema import TrialConfig
 
 
@@ -156,6 +157,7 @@ def run_unit(raw_config: dict[str, Any]) -> None:
     """The Tune trainable: a protocol.UnitConfig."""
     config = p.read_unit_config(raw_config)
     torch.set_num_threads(max(1, int(config["threads"])))
+    plugins.install_all(config.get("plugins"))  # their names are valid values of the trials below
     numbers = list(config["numbers"])
     trials = [TrialConfig.model_validate(v) for v in config["values"]]
     resume, best, history = load_resume_state(config, trials[0].seed)
