@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from gansweep.config import plugins
 from gansweep.config.load import load_study
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import SCALE_FIELDS
@@ -128,14 +129,28 @@ def resolve_output(target: Path, client: MlflowClient | None, uri: str) -> Path:
 
 
 def logged_study_config(client: MlflowClient, parent: Any, folder: Path) -> StudyConfig | None:
-    """The study file logged with the parent run (overrides given with --set are not in it)."""
+    """The study file logged with the parent run (overrides given with --set are not in it),
+    its plugins imported first from the run's copies (tracking.log_plugins), beside it: the
+    trials' losses and architectures are then names the report can read back."""
     try:
+        install_logged_plugins(client, parent, folder / "study")
         names = [a.path for a in client.list_artifacts(parent.info.run_id, "study") if a.path.endswith((".yaml", ".yml"))]
         if not names:
             return None
         return load_study(client.download_artifacts(parent.info.run_id, names[0], str(folder)))
     except Exception:
         return None
+
+
+def install_logged_plugins(client: MlflowClient, parent: Any, folder: Path) -> None:
+    """The study's plugin files as the sweep logged them, copied into `folder` and imported."""
+    logged = [a.path for a in client.list_artifacts(parent.info.run_id, "plugins") if a.path.endswith(".py")]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in logged:
+        path = Path(client.download_artifacts(parent.info.run_id, name, str(folder.parent)))
+        copy = folder / path.name
+        copy.write_bytes(path.read_bytes())
+        plugins.install(plugins.read(str(copy), f"MLflow run {parent.info.run_id}: {name}"))
 
 
 def parse_param(text: str) -> Any:

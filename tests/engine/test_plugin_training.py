@@ -109,3 +109,16 @@ def test_the_example_architecture_trains_alone_and_in_packs(circle) -> None:
 def test_a_plugin_architecture_that_breaks_the_contract_is_named(circle) -> None:
     with pytest.raises(ValueError, match=r"architecture 'wrong_logits' \(.*mine.py\): D maps .* to \(B,\) logits, got \(2, 1\)"):
         build_models(TrialConfig(**TOY, architecture="wrong_logits"), circle.shape)
+
+
+def test_halving_ds_costs_changes_no_adam_update(circle) -> None:
+    """The example's my_least_squares is the built-in least_squares with D's costs halved
+    (G's the same, s = 1): Adam's step is invariant to the scale of a gradient (up to its eps),
+    so D, and with it G, train the same; only the logged d_loss halves."""
+    trial = TrialConfig(**{**TOY, "label_smoothing": 1.0}, loss="least_squares")
+    (built_in,) = losses_of([trial], circle, "eager")
+    (mine,) = losses_of([trial.model_copy(update={"loss": "my_least_squares"})], circle, "eager")
+    for got, expected in zip(mine, built_in, strict=True):
+        assert got["d_loss"] == pytest.approx(0.5 * expected["d_loss"], rel=1e-4)
+        for name in ("g_loss", "d_real", "d_fake", "parzen_ll"):
+            assert got[name] == pytest.approx(expected[name], rel=1e-4), name

@@ -61,3 +61,7 @@ def test_a_plugin_sweep_killed_midway_then_rerun_finishes_exactly_once(tmp_path:
     assert parent.data.tags["gansweep.plugin.my_gan.py"] == digest
     logged = client.download_artifacts(parent.info.run_id, "plugins/my_gan.py", str(tmp_path / "logged"))
     assert Path(logged).read_bytes() == (tmp_path / "my_gan.py").read_bytes()
+    # the report imports the logged copy of the plugin: the trials' losses are drawn
+    reported = gansweep("report", "out", cwd=tmp_path)
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert (tmp_path / "out" / "report" / "losses.png").is_file()
