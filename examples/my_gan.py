@@ -7,7 +7,6 @@ examples/my_gan.yaml and the README's "Extending gansweep".
 
 import math
 
-import torch
 from torch import nn
 
 from gansweep.extend import architecture, loss, metric

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,34 +57,18 @@ def epoch_summary(metrics: dict[str, float]) -> str:
 BEST_GENERATOR = "best_generator.pt"  # objective.select: best: the best evaluation's generator
 
 
-@dataclass
-class BestSoFar:
-    """objective.select: best in `gansweep train`: the best evaluation so far, its generator
-    kept in output/best_generator.pt as the sweep's worker keeps best.pt."""
+def keep_best_generator(path: Path, trial: TrialConfig, metric: str, epoch: int, value: float,
+                        generator: dict[str, Any]) -> None:
+    """objective.select: best in `gansweep train`: the best evaluation's generator in
+    output/best_generator.pt, as the sweep's worker keeps best.pt; never a half-written file
+    under the final name."""
+    import torch
 
-    objective: ObjectiveConfig
-    path: Path
-    value: float | None = None
-    epoch: int | None = None
-
-    def note(self, metrics: dict[str, float], epoch: int, state: Callable[[], dict[str, Any]], trial: TrialConfig) -> None:
-        """Keep this epoch's generator when it is the best so far, and add best_epoch and
-        best_<metric> to its metrics (as the sweep's results have them)."""
-        import torch
-
-        from gansweep.engine.train import improves
-
-        value = metrics.get(self.objective.metric)
-        if value is not None and improves(float(value), self.value, self.objective.direction):
-            self.value, self.epoch = float(value), epoch
-            kept = {"generator": state()["generator"], "trial": trial.model_dump(mode="json"), "epoch": epoch,
-                    "value": self.value, "metric": self.objective.metric}
-            partial = self.path.with_suffix(".partial")
-            torch.save(kept, partial)
-            partial.replace(self.path)  # never a half-written file under the final name
-        if self.epoch is not None:
-            metrics["best_epoch"] = float(self.epoch)
-            metrics[f"best_{self.objective.metric}"] = float(self.value)  # type: ignore[arg-type]
+    kept = {"generator": generator, "trial": trial.model_dump(mode="json"), "epoch": epoch, "value": value,
+            "metric": metric}
+    partial = path.with_suffix(".partial")
+    torch.save(kept, partial)
+    partial.replace(path)
 
 
 def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | None = None) -> int:
@@ -93,7 +76,7 @@ def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | Non
     generator (best_generator.pt)."""
     from gansweep.engine.data import load_dataset
     from gansweep.engine.run import resolve_device
-    from gansweep.engine.train import train_gan
+    from gansweep.engine.train import BestTracker, train_gan
 
     console = Console()
     device = resolve_device(trial.device)
@@ -113,12 +96,15 @@ def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | Non
         disable=not console.is_terminal,  # CI logs stay readable: only the summary is printed
     )
 
-    best = BestSoFar(objective, output / BEST_GENERATOR) if objective is not None and objective.select == "best" else None
+    best = None
+    if objective is not None and objective.select == "best":
+        best = BestTracker(objective.metric, objective.direction, (objective.metric,))
     (output / BEST_GENERATOR).unlink(missing_ok=True)  # an earlier train's into this folder
 
     def report(metrics: dict[str, float], epoch: int, state: Callable[[], dict[str, Any]]) -> None:
-        if best is not None:
-            best.note(metrics, epoch, state, trial)
+        if best is not None and best.note(metrics, epoch, lambda: state()["generator"]):
+            keep_best_generator(output / BEST_GENERATOR, trial, best.metric, epoch, best.best.value,  # type: ignore[union-attr]
+                                best.best.generator)  # type: ignore[union-attr]
         rows.append(metrics)
         write_metrics(rows, output / "metrics.csv")
         progress.update(task, completed=epoch, description=epoch_summary(metrics))
@@ -132,8 +118,8 @@ def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | Non
             console.print(f"metrics so far: {output / 'metrics.csv'}")
             return 1
     print_summary(console, trial, rows[-1], output)
-    if best is not None and best.epoch is not None:
-        console.print(f"best evaluation: epoch {best.epoch}, {objective.metric} {best.value:.4f}; "  # type: ignore[union-attr]
+    if best is not None and best.best is not None:
+        console.print(f"best evaluation: epoch {best.best.epoch}, {best.metric} {best.best.value:.4f}; "
                       f"its generator: {output / BEST_GENERATOR}")
     return 0
 

@@ -1,15 +1,18 @@
-"""Training to the end: a lone trial (train_gan) or a pack of trials (train_pack), reporting
-after every epoch. Both are the unit epoch loop of run.py; this module adds the reports, the
-sample pictures, the replay of a finished checkpoint and the out-of-memory reason. It knows
-nothing of Ray or MLflow: a report is a plain callable, which may raise to stop (pruning).
+"""Training to the end: the one epoch loop (`epochs`) of every runner: a lone trial
+(train_gan, `gansweep train`), a pack of trials (train_pack) and a sweep's Tune unit
+(service/worker.py); and the one best-evaluation tracker (`BestTracker`, objective.select:
+best). The runners differ only in what they do with each epoch (report, checkpoint, keep the
+best) and in which members they stop (pruned ones). This module knows nothing of Ray or
+MLflow: a report is a plain callable, which may raise to stop (pruning).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import run
@@ -17,6 +20,91 @@ from gansweep.engine.data import Dataset
 from gansweep.errors import TrialOutOfMemory, is_out_of_memory
 
 Metrics = dict[str, float]
+Key = TypeVar("Key")  # how a runner names its members: an index, an Optuna trial number
+BEST_EPOCH = "best_epoch"  # reported with every result once a member has a best evaluation
+BEST_PREFIX = "best_"  # best_<metric>: the kept metrics' values at that epoch
+
+
+@dataclass
+class Epoch(Generic[Key]):
+    """One trained epoch of a unit: its members (`keys`, in row order) and their results
+    (run.train_epoch's, one per row; a diverged member's has diverged = 1.0), `size` members
+    shared its step. `unit` is the unit as it trained; `survivors()` the one that goes on."""
+
+    unit: run.Unit
+    keys: list[Key]
+    results: list[Metrics]
+    size: int
+
+    @property
+    def number(self) -> int:
+        return self.unit.epoch
+
+    def survivors(self) -> tuple[run.Unit, list[Key]]:
+        """The unit and keys of the members that did not diverge."""
+        return select(self.unit, self.keys, run.healthy_rows(self.results))
+
+
+def select(unit: run.Unit, keys: list[Key], rows: list[int]) -> tuple[run.Unit, list[Key]]:
+    """The unit of only these rows, with their keys."""
+    return run.keep_rows(unit, rows), [keys[row] for row in rows]
+
+
+class EpochLoop(Generic[Key]):
+    """The one epoch loop: iterating it trains each epoch of `unit` until its last, or until
+    no member is left, and yields it (the caller reports). Before each epoch the members
+    `stopped` names leave (pruned); after it, those whose loss turned NaN or infinite.
+    `unit` and `keys` are always the members of the epoch being trained (a failure's report)."""
+
+    def __init__(self, unit: run.Unit, keys: list[Key], stopped: Callable[[list[Key]], set[Key]] | None = None) -> None:
+        self.unit, self.keys, self.stopped = unit, keys, stopped
+
+    def __iter__(self) -> Iterator[Epoch[Key]]:
+        while self.unit.size and self.unit.epoch < self.unit.trials[0].epochs:
+            if self.stopped is not None:
+                gone = self.stopped(self.keys)
+                self.unit, self.keys = select(self.unit, self.keys, [r for r, k in enumerate(self.keys) if k not in gone])
+                if not self.unit.size:
+                    return
+            epoch = Epoch(self.unit, self.keys, run.train_epoch(self.unit), self.unit.size)
+            yield epoch
+            self.unit, self.keys = epoch.survivors()
+
+
+@dataclass
+class Best:
+    """A member's best evaluation so far and its generator."""
+
+    value: float
+    epoch: int
+    objectives: dict[str, float]  # the kept metrics at that epoch
+    generator: dict[str, Any]  # its state_dict on the CPU
+    model: Path | None = None  # its MLflow model folder, once the worker wrote one
+
+
+@dataclass
+class BestTracker:
+    """objective.select: best: a member's best evaluation by `metric` in `direction`,
+    keeping `kept` metrics of that epoch; every runner notes each result with it."""
+
+    metric: str
+    direction: str
+    kept: tuple[str, ...] = ()
+    best: Best | None = field(default=None)
+
+    def note(self, metrics: Metrics, epoch: int, generator: Callable[[], dict[str, Any]]) -> bool:
+        """Keep this epoch's generator when it is the best so far (True), and add best_epoch
+        and best_<metric> of the best so far to `metrics` (reported with every result)."""
+        value = metrics.get(self.metric)
+        better = value is not None and improves(float(value), None if self.best is None else self.best.value,
+                                                self.direction)
+        if better:
+            kept = {name: float(metrics[name]) for name in self.kept if name in metrics}
+            self.best = Best(float(value), epoch, kept, generator())  # type: ignore[arg-type]
+        if self.best is not None:
+            metrics[BEST_EPOCH] = float(self.best.epoch)
+            metrics.update({BEST_PREFIX + name: v for name, v in self.best.objectives.items()})
+        return better
 
 
 class Reporter(Protocol):
@@ -63,16 +151,16 @@ def train_gan(
             # Resumed from the final checkpoint (its driver stopped before recording the end):
             # say the last epoch's metrics again so that the caller can close the trial.
             report(last, unit.epoch, state)
-        while unit.epoch < trial.epochs:
-            (metrics,) = run.train_epoch(unit)
-            diverged = run.divergence(metrics, unit.epoch)
+        for epoch in EpochLoop(unit, [0]):
+            (metrics,) = epoch.results
+            diverged = run.divergence(metrics, epoch.number)
             if diverged is not None:
                 raise diverged
-            if sample_dir is not None and run.is_sample_epoch(trial, unit.epoch):
+            if sample_dir is not None and run.is_sample_epoch(trial, epoch.number):
                 run.save_member_samples(unit, 0, sample_dir)
             history.append(metrics)
             if report is not None:
-                report(metrics, unit.epoch, state)
+                report(metrics, epoch.number, state)
     except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
             raise
@@ -105,15 +193,10 @@ def train_pack(
     Exceptions raised by `report` propagate and stop the pack."""
     unit = run.build_unit(trials, data, execution=execution or run.default_execution(trials, packed=True))
     histories: list[list[Metrics]] = [[] for _ in trials]
-    indices = list(range(len(trials)))  # the original index of each row still in the pack
-    while unit.size and unit.epoch < trials[0].epochs:
-        size = unit.size
-        results = run.train_epoch(unit)
-        for index, metrics in zip(indices, results, strict=True):
-            metrics["pack_size"] = float(size)
+    for epoch in EpochLoop(unit, list(range(len(trials)))):  # keys: each member's index in `trials`
+        for index, metrics in zip(epoch.keys, epoch.results, strict=True):
+            metrics["pack_size"] = float(epoch.size)
             histories[index].append(metrics)
             if report is not None:
-                report(index, metrics, int(metrics["epoch"]))
-        rows = run.healthy_rows(results)
-        unit, indices = run.keep_rows(unit, rows), [indices[r] for r in rows]
+                report(index, metrics, epoch.number)
     return histories

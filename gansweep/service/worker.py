@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from ray import tune
 from gansweep.engine import run
 from gansweep.engine.data import Dataset, load_dataset
 from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch, resolve_device
-from gansweep.engine.train import improves, out_of_memory
+from gansweep.engine.train import Best, BestTracker, Epoch, EpochLoop, out_of_memory
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
 from gansweep.service.storage import storage_filesystem, strip_scheme
@@ -55,17 +54,6 @@ from gansweep.config.schema import TrialConfig
 def cached_dataset(name: str, data_dir: str | None, seed: int, device: str, n_train: int | None) -> Dataset:
     # Reused actors run many trials: load each dataset once per worker process.
     return load_dataset(name, data_dir=data_dir, seed=seed, device=device, n_train=n_train)
-
-
-@dataclass
-class Best:
-    """objective.select: best: a member's best evaluation so far and its generator."""
-
-    value: float
-    epoch: int
-    objectives: dict[str, float]  # the selected metrics at that epoch
-    generator: dict[str, Any]  # its state_dict on the CPU
-    model: Path | None = None  # its MLflow model folder, once written (rewritten when it changes)
 
 
 History = dict[int, list[p.MemberResult]]  # number -> the member's results so far, in epoch order
@@ -95,20 +83,9 @@ def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointStat
     return p.read_checkpoint_state(saved, config["numbers"], seed), best, history
 
 
-def is_better(value: float, best: Best | None, direction: str) -> bool:
-    return improves(value, None if best is None else best.value, direction)
-
-
-def note_best(best: dict[int, Best], select: p.Selection, unit: Unit, row: int, number: int, metrics: dict[str, float]) -> None:
-    """Keep the member's generator when this evaluation is its best, and report its best so
-    far (best_epoch, best_<metric>) with every result."""
-    value = metrics.get(select["metric"])
-    if value is not None and is_better(float(value), best.get(number), select["direction"]):
-        objectives = {name: float(metrics[name]) for name in select["metrics"] if name in metrics}
-        best[number] = Best(float(value), unit.epochs[row], objectives, run.member_generator_state(unit, row))
-    if number in best:
-        metrics[p.BEST_EPOCH] = float(best[number].epoch)
-        metrics.update({p.BEST_PREFIX + name: v for name, v in best[number].objectives.items()})
+def trackers(select: p.Selection, best: dict[int, Best], numbers: list[int]) -> dict[int, BestTracker]:
+    """objective.select: best: each member's tracker, from its best so far (a resume's)."""
+    return {n: BestTracker(select["metric"], select["direction"], tuple(select["metrics"]), best.get(n)) for n in numbers}
 
 
 def write_best(folder: Path, kept: Best, unit: Unit, row: int, scratch: Path) -> None:
@@ -202,63 +179,69 @@ def run_unit(raw_config: dict[str, Any]) -> None:
 
 def train_unit(unit: Unit, numbers: list[int], data_seed: int, attempt: dict[str, Any], board: Any, samples: Path,
                keep_best: tuple[p.Selection | None, dict[int, Best]] = (None, {}), history: History | None = None) -> None:
-    """The unit's epochs, each reported (with a checkpoint at evaluation epochs), until its
-    last epoch or until no member is left. keep_best: objective.select: best's selection and
-    the members' best evaluations so far; history: the members' results so far (a resume's)."""
+    """The unit's epochs (train.epochs), each reported (with a checkpoint at evaluation
+    epochs), until its last epoch or until no member is left. keep_best: objective.select:
+    best's selection and the members' best evaluations so far; history: the members' results
+    so far (a resume's). A member the driver pruned (on the board) leaves before an epoch."""
     select, best = keep_best
+    kept = trackers(select, best, numbers) if select is not None else {}
     history = {n: list(history.get(n, [])) if history else [] for n in numbers}
     first = unit.trials[0]
     device = resolve_device(first.device)
     system = SystemSampler(cuda_index=(device.index or 0) if device.type == "cuda" else None)
-    while unit.size and unit.epoch < first.epochs:
-        if board is not None:
-            pruned = set(ray.get(board.pruned.remote(numbers)))
-            unit, numbers = keep(unit, numbers, [row for row, n in enumerate(numbers) if n not in pruned])
-            if not unit.size:
-                break
-        size = unit.size
-        try:
-            results = run.train_epoch(unit)
-        except (RuntimeError, MemoryError) as err:
-            if not is_out_of_memory(err):
-                raise
-            tune.report(p.failed_unit(numbers, unit.epoch + 1, str(out_of_memory(err, first, unit)), attempt))
-            return
-        except GansweepError as err:
-            tune.report(p.failed_unit(numbers, unit.epoch + 1, str(err), attempt))
-            return
-        epoch = unit.epoch
-        usage = system.sample()  # this epoch's cost, shared by the unit's members
-        members: dict[int, p.MemberResult] = {}
-        for row, (number, metrics) in enumerate(zip(numbers, results, strict=True)):
-            diverged = divergence(metrics, epoch)
-            if diverged is not None:  # the reason, without the NaN metrics
-                members[number] = p.MemberResult(epoch=float(epoch), failure_reason=str(diverged))
-                continue
-            metrics[p.PACK_SIZE] = float(size)
-            metrics.update(usage)
-            if is_sample_epoch(unit.trials[row], epoch):
-                run.save_member_samples(unit, row, samples / str(number))
-            if select is not None:
-                note_best(best, select, unit, row, number, metrics)
-            members[number] = metrics  # type: ignore[assignment]
-            history[number].append({**metrics, p.EPOCH: float(epoch)})  # type: ignore[typeddict-item]
-        unit, numbers = keep(unit, numbers, run.healthy_rows(results))  # the diverged leave
-        result = p.unit_result(epoch, members, attempt)
-        attempt = {}
-        if unit.size and any(is_eval_epoch(t, epoch) for t in unit.trials):
-            state = p.CheckpointState(protocol=p.CHECKPOINT_PROTOCOL, epoch=epoch, numbers=numbers,
-                                      data_seed=data_seed, unit=run.unit_state(unit), last={})
-            with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
-                write_checkpoint(Path(folder), state, unit, numbers, samples, history)
-                for row, number in enumerate(numbers):
-                    if number in best:
-                        write_best(Path(folder) / p.MEMBERS_DIR / str(number), best[number], unit, row, samples / "best" / str(number))
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-        else:
-            tune.report(result)
+    stopped = (lambda keys: set(ray.get(board.pruned.remote(keys)))) if board is not None else None
+    loop = EpochLoop(unit, numbers, stopped)
+    try:
+        for epoch in loop:
+            usage = system.sample()  # this epoch's cost, shared by the unit's members
+            members = {n: member_result(epoch, row, usage, samples, kept.get(n), history[n])
+                       for row, n in enumerate(epoch.keys)}
+            report_epoch(epoch, members, attempt, data_seed, samples, kept, history)
+            attempt = {}
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        tune.report(p.failed_unit(loop.keys, loop.unit.epoch + 1, str(out_of_memory(err, first, loop.unit)), attempt))
+    except GansweepError as err:
+        tune.report(p.failed_unit(loop.keys, loop.unit.epoch + 1, str(err), attempt))
 
 
-def keep(unit: Unit, numbers: list[int], rows: list[int]) -> tuple[Unit, list[int]]:
-    """The unit of only these rows, with their Optuna numbers."""
-    return run.keep_rows(unit, rows), [numbers[row] for row in rows]
+def member_result(epoch: Epoch[int], row: int, usage: dict[str, float], samples: Path, tracker: BestTracker | None,
+                  history: list[p.MemberResult]) -> p.MemberResult:
+    """What the driver gets of one member's epoch: the reason a diverged member failed
+    (without its NaN metrics), else its metrics with the pack's size, the system's usage and
+    its best so far; its sample picture drawn, its history grown."""
+    unit, metrics = epoch.unit, epoch.results[row]
+    diverged = divergence(metrics, epoch.number)
+    if diverged is not None:
+        return p.MemberResult(epoch=float(epoch.number), failure_reason=str(diverged))
+    metrics[p.PACK_SIZE] = float(epoch.size)
+    metrics.update(usage)
+    number = epoch.keys[row]
+    if is_sample_epoch(unit.trials[row], epoch.number):
+        run.save_member_samples(unit, row, samples / str(number))
+    if tracker is not None:
+        tracker.note(metrics, unit.epochs[row], lambda: run.member_generator_state(unit, row))
+    history.append({**metrics, p.EPOCH: float(epoch.number)})  # type: ignore[typeddict-item]
+    return metrics  # type: ignore[return-value]
+
+
+def report_epoch(epoch: Epoch[int], members: dict[int, p.MemberResult], attempt: dict[str, Any], data_seed: int,
+                 samples: Path, kept: dict[int, BestTracker], history: History) -> None:
+    """tune.report of the epoch, with a checkpoint of the members that go on when one of
+    them evaluated."""
+    result = p.unit_result(epoch.number, members, attempt)
+    unit, numbers = epoch.survivors()
+    if not (unit.size and any(is_eval_epoch(t, epoch.number) for t in unit.trials)):
+        tune.report(result)
+        return
+    state = p.CheckpointState(protocol=p.CHECKPOINT_PROTOCOL, epoch=epoch.number, numbers=numbers,
+                              data_seed=data_seed, unit=run.unit_state(unit), last={})
+    with tempfile.TemporaryDirectory(prefix="gansweep-ckpt-") as folder:
+        write_checkpoint(Path(folder), state, unit, numbers, samples, history)
+        for row, number in enumerate(numbers):
+            tracker = kept.get(number)
+            if tracker is not None and tracker.best is not None:
+                write_best(Path(folder) / p.MEMBERS_DIR / str(number), tracker.best, unit, row,
+                           samples / "best" / str(number))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -14,7 +14,8 @@ import torch
 from gansweep.config.schema import TrialConfig
 from gansweep.engine import run
 from gansweep.service import protocol as p
-from gansweep.service.worker import Best, note_best, write_best
+from gansweep.engine.train import BEST_EPOCH, BEST_PREFIX, Best, BestTracker
+from gansweep.service.worker import write_best
 
 TRIAL = TrialConfig(dataset="circle", g_hidden=(16,), d_hidden=(16,), noise_dim=3, epochs=3, steps_per_epoch=5,
                     device="cpu")
@@ -23,8 +24,8 @@ TRIAL = TrialConfig(dataset="circle", g_hidden=(16,), d_hidden=(16,), noise_dim=
 @pytest.mark.parametrize(("direction", "kept"), [("maximize", 2), ("minimize", 3)])
 def test_the_best_evaluation_is_kept_by_the_objectives_direction(circle, direction: str, kept: int) -> None:
     unit = run.build_unit([TRIAL], circle)
-    select = p.Selection(metric="parzen_ll", direction=direction, metrics=["parzen_ll"])
-    best: dict[int, Best] = {}
+    assert (BEST_EPOCH, BEST_PREFIX) == (p.BEST_EPOCH, p.BEST_PREFIX)  # the engine's names are the protocol's
+    tracker = BestTracker("parzen_ll", direction, ("parzen_ll",))
     weights = {}
     for epoch, value in ((1, -3.0), (2, -1.0), (3, -4.0)):
         unit.epochs[0] = epoch
@@ -32,13 +33,13 @@ def test_the_best_evaluation_is_kept_by_the_objectives_direction(circle, directi
             unit.state.g.params.add_(0.5)  # a different generator each epoch
         weights[epoch] = run.member_generator_state(unit, 0)
         metrics = {"parzen_ll": value}
-        note_best(best, select, unit, 0, 7, metrics)
-        assert metrics[p.BEST_EPOCH] == best[7].epoch  # reported with every result
-        assert metrics[p.BEST_PREFIX + "parzen_ll"] == best[7].value
-    assert best[7].epoch == kept
-    assert best[7].value == {2: -1.0, 3: -4.0}[best[7].epoch]
-    for name, tensor in weights[best[7].epoch].items():
-        assert torch.equal(best[7].generator[name], tensor)  # that epoch's generator, not the last
+        tracker.note(metrics, epoch, lambda: run.member_generator_state(unit, 0))
+        assert metrics[p.BEST_EPOCH] == tracker.best.epoch  # reported with every result
+        assert metrics[p.BEST_PREFIX + "parzen_ll"] == tracker.best.value
+    assert tracker.best.epoch == kept
+    assert tracker.best.value == {2: -1.0, 3: -4.0}[tracker.best.epoch]
+    for name, tensor in weights[tracker.best.epoch].items():
+        assert torch.equal(tracker.best.generator[name], tensor)  # that epoch's generator, not the last
 
 
 def saved_best(circle, tmp_path: Path, epoch: int = 2):
