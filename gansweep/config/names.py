@@ -77,6 +77,8 @@ for _name, _text, _direction, _reads, _cost in (
      "features", "pairwise distances"),
     ("c2st_accuracy", "held-out accuracy of a classifier trained to tell real from generated features",
      "minimize", "features", "a small classifier's training"),
+    ("energy_distance", "Szekely and Rizzo's energy distance of real and generated features", "minimize",
+     "features", "pairwise distances"),
     ("d_auc", "ROC AUC of the trial's own D on held-out real against generated samples", "minimize",
      "discriminator", "one D pass"),
 ):

@@ -12,6 +12,9 @@
     c2st_accuracy    the classifier two-sample test (Lopez-Paz and Oquab 2017): a fresh
                      k-NN classifier, fitted on half of each set, labels the other halves;
                      its held-out accuracy is 0.5 when the sets are indistinguishable.
+    energy_distance  sqrt(2 E|X - Y| - E|X - X'| - E|Y - Y'|) (Szekely and Rizzo 2013): a
+                     metric between distributions, 0 only for equal ones, no kernel or
+                     bandwidth to choose; lower is better.
     d_auc            the ROC AUC of scores (a trial's own discriminator) real vs generated:
                      0.5 when D cannot tell them apart (whether because G is good or D blind).
 
@@ -22,14 +25,29 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from gansweep.config.names import METRICS  # the registry, with the built-ins declared
+from gansweep.extend import BUILT_IN
 
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al.'s k
 KID_SUBSETS = 10
 KID_SUBSET_SIZE = 1_000  # Binkowski et al.'s subsets (they use 100 of 1,000)
 CHUNK = 2_048  # rows of a distance matrix computed at once
+
+
+def feature_metric(name: str) -> Callable[[Callable[[Tensor, Tensor], float]], Callable[[Tensor, Tensor], float]]:
+    """A built-in metric of (real, generated) feature rows (config.names declares it, reads
+    features): scoring.feature_scores computes every registered one that trial.metrics names."""
+
+    def register(function: Callable[[Tensor, Tensor], float]) -> Callable[[Tensor, Tensor], float]:
+        return METRICS.add(name, function, BUILT_IN)
+
+    return register
 
 
 def _rows(x: Tensor, name: str) -> Tensor:
@@ -133,6 +151,26 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = PR_NEIGHBOURS) -> tupl
     recall = _inside_share(x, y, _kth_neighbour_radii(y, k))
     p, r = torch.stack((precision, recall)).tolist()
     return p, r
+
+
+# ---------------------------------------------------------------------------- energy distance
+
+
+def _mean_distance(x: Tensor, y: Tensor) -> Tensor:
+    """E|X - Y| over every pair of rows (a row with itself included: distance 0)."""
+    total = torch.zeros((), dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], CHUNK):
+        total = total + torch.cdist(x[start : start + CHUNK], y).sum()
+    return total / (x.shape[0] * y.shape[0])
+
+
+@feature_metric("energy_distance")
+def energy_distance(real: Tensor, fake: Tensor) -> float:
+    """Szekely and Rizzo's energy distance of the two sets' empirical distributions, the
+    V-statistic over all pairs: scipy.stats.energy_distance's definition in one dimension."""
+    x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
+    squared = 2 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y)
+    return math.sqrt(max(squared.item(), 0.0))  # >= 0 in exact arithmetic; rounding may dip below
 
 
 # ---------------------------------------------------------------------------- C2ST

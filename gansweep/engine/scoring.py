@@ -23,7 +23,8 @@ from gansweep.config.names import METRICS
 from gansweep.extend import Entry
 
 Scores = dict[str, float | str]
-FEATURE_METRICS = ("fid", "kid", "precision", "recall", "c2st_accuracy")
+# The metrics computed from feature rows (config.names: reads features), in their declared order.
+FEATURE_METRICS = tuple(n for n in METRICS.names(built_in=True) if METRICS.meta(n, "reads") == "features")
 FEATURES = "features"  # the result key of the feature space's name
 BLIND = "blind_discriminator"  # 1.0 where config.theory.blind_discriminator says so, else 0.0
 
@@ -66,6 +67,10 @@ def feature_scores(trial: TrialConfig, data: Dataset, real: Tensor, fake: Tensor
         scores.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in wanted})
     if "c2st_accuracy" in wanted:
         scores["c2st_accuracy"] = c2st_accuracy(real_f, fake_f, seed=seed)
+    for name in wanted:  # those with a function of the two sets alone (quality.feature_metric)
+        code = METRICS.get(name).code
+        if code is not None:
+            scores[name] = code(real_f, fake_f)
     return scores
 
 

@@ -5,14 +5,18 @@ scikit-learn; and the blind-discriminator decision (config/theory.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 
 from gansweep.config.theory import blind_discriminator, equilibrium
 from gansweep.engine.quality import (
     c2st_accuracy,
+    energy_distance,
     fid,
     frechet_distance,
     kid,
@@ -220,3 +224,22 @@ def test_blind_discriminator_unknown_without_its_metrics() -> None:
     metrics = at_equilibrium()
     del metrics["d_auc"]
     assert blind_discriminator(metrics) is None
+
+
+# ---------------------------------------------------------------------------- energy distance
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_energy_distance_agrees_with_scipy_in_one_dimension(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    real, fake = rng.normal(size=700), rng.normal(0.3, 1.4, size=500)
+    got = energy_distance(torch.tensor(real).unsqueeze(1), torch.tensor(fake).unsqueeze(1))
+    assert got == pytest.approx(scipy.stats.energy_distance(real, fake), rel=1e-9)
+
+
+def test_energy_distance_by_hand_in_two_dimensions() -> None:
+    # E|X - Y| = (0 + 0 + 5 + 5) / 4, E|X - X'| = (0 + 5 + 5 + 0) / 4, E|Y - Y'| = 0
+    real = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    fake = torch.zeros(2, 2)
+    assert energy_distance(real, fake) == pytest.approx(math.sqrt(2 * 2.5 - 2.5 - 0.0))
+    assert energy_distance(real, real) == pytest.approx(0.0, abs=1e-12)
