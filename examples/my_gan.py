@@ -1,4 +1,4 @@
-"""A gansweep plugin: a loss, a metric and an architecture, each in a few lines.
+"""A gansweep plugin: a loss, a metric, an architecture and a regulariser, each in a few lines.
 
 A study names this file (`plugins: [my_gan.py]`, relative to the study file) and then uses
 the names below in `trial`, `search` and `objective` exactly like the built-ins: see
@@ -9,7 +9,7 @@ import math
 
 from torch import nn
 
-from gansweep.extend import architecture, loss, metric
+from gansweep.extend import architecture, loss, metric, regulariser
 
 
 @loss("my_least_squares")
@@ -61,3 +61,11 @@ def my_mlp(data_shape, noise_dim, trial):
         nn.Linear(d_width, 1), nn.Flatten(0),  # (B, 1) -> (B,) logits
     )
     return generator, discriminator
+
+
+@regulariser("my_r1", player="d")
+def my_r1(real, d_grad):
+    """R1 (Mescheder et al. 2018) over gamma: 1/2 E ||grad D(x)||^2 at real x; the study's
+    weight is gamma. Inputs by parameter name, the trial axis first: real (P, n, *shape)."""
+    return 0.5 * d_grad(real).flatten(2).pow(2).sum(2).mean(1)  # one value per trial: (P,)
+

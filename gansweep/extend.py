@@ -17,6 +17,10 @@ A researcher adds a loss, a metric or an architecture in one Python file that a 
     @architecture("my_mlp")
     def my_mlp(data_shape, noise_dim, trial): ...   # -> (generator, discriminator)
 
+    @regulariser("my_r1", player="d")
+    def my_r1(real, d_grad):                        # inputs by name, one value per trial
+        return 0.5 * d_grad(real).flatten(2).pow(2).sum(2).mean(1)
+
 The built-ins are entries of the same registries: their names (with a description and what
 they need) are declared torch-free in gansweep.config.names, so that `gansweep validate`
 needs no torch, and the engine's modules attach their code with these same decorators. The
@@ -95,6 +99,8 @@ class Registry:
 
     def unknown(self, name: object) -> str:
         """The message for a name that is not registered: it lists the valid ones."""
+        if not self._entries:
+            return f"unknown {self.kind} {name!r}: no {self.plural} are registered (a study's plugins register them)"
         return f"unknown {self.kind} {name!r}; valid: {', '.join(self._entries)}"
 
     def meta(self, name: str, key: str, default: Any = None) -> Any:
@@ -136,12 +142,13 @@ class Registry:
 
 
 LOSSES = Registry("loss", "losses")
+REGULARISERS = Registry("regulariser", "regularisers")
 METRICS = Registry("metric", "metrics")
 ARCHITECTURES = Registry("architecture", "architectures")
 SAMPLERS = Registry("sampler", "samplers")
 PRUNERS = Registry("pruner", "pruners")
 SCHEDULERS = Registry("scheduler", "schedulers")
-REGISTRIES = {r.kind: r for r in (LOSSES, METRICS, ARCHITECTURES, SAMPLERS, PRUNERS, SCHEDULERS)}
+REGISTRIES = {r.kind: r for r in (LOSSES, REGULARISERS, METRICS, ARCHITECTURES, SAMPLERS, PRUNERS, SCHEDULERS)}
 
 T = TypeVar("T")
 
@@ -217,3 +224,38 @@ def architecture(name: str, description: str = "") -> Callable[[Callable[..., An
         return ARCHITECTURES.add(name, function, origin_of(function), description)
 
     return register
+
+
+PLAYERS = ("d", "g")
+# What a regulariser may read, by its parameters' names; tensors lead with the trial axis P
+# (1 for a lone trial, the pack's size in a pack): engine/regularisers.py builds them.
+REGULARISER_INPUTS = {
+    "real": "(P, n_real, *shape) the real samples of the step (G's step: of the last D step)",
+    "fake": "(P, n, *shape) generated samples (D's step: no gradient to G; G's step: G's own)",
+    "real_logits": "(P, n_real) D's logits of `real`",
+    "fake_logits": "(P, n) D's logits of `fake`",
+    "d": "x (P, B, *shape) -> (P, B) D's logits, differentiable",
+    "d_grad": "x (P, B, *shape) -> (P, B, *shape) the gradient of D's logits at x, differentiable",
+}
+
+
+def regulariser(name: str, player: str, description: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A function whose value is added to one player's cost (player d or g), times the
+    weight the trial gives it (`regularisers: {name: weight}`; 0 or absent: off). Its
+    parameters name what it reads (REGULARISER_INPUTS); it returns one value per trial, (P,)
+    or (P, 1). In every execution: eager, packed, compiled, compiled packs."""
+    if player not in PLAYERS:
+        raise ExtensionError(f"regulariser {name!r}: player must be one of {', '.join(PLAYERS)}, got {player!r}")
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(function):
+            raise ExtensionError(f"@regulariser({name!r}) decorates a function, got {function!r}")
+        inputs = tuple(inspect.signature(function).parameters)
+        unknown = [i for i in inputs if i not in REGULARISER_INPUTS]
+        if unknown or not inputs:
+            raise ExtensionError(f"regulariser {name!r} reads {', '.join(unknown) or 'nothing'}; its parameters name "
+                                 f"what it reads: {', '.join(REGULARISER_INPUTS)}")
+        return REGULARISERS.add(name, function, origin_of(function), description, player=player, inputs=inputs)
+
+    return register
+

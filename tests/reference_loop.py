@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from gansweep.config.schema import TrialConfig
 from gansweep.engine.data import Dataset
 from gansweep.engine.losses import loss_terms
+from gansweep.extend import REGULARISERS
 from gansweep.engine.models import build_models
 
 
@@ -85,6 +86,8 @@ class ReferenceTrial:
             x_hat = (mix * real[:n] + (1 - mix) * fake[:n]).requires_grad_(True)
             (grad,) = torch.autograd.grad(self.d(x_hat).sum(), x_hat, create_graph=True)
             total = loss + t.gp_weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        self.last_real = real
+        total = total + self.regularisation("d", real, fake, real_logits, fake_logits)
         self.opt_d.zero_grad()
         total.backward()
         self.opt_d.step()
@@ -95,11 +98,36 @@ class ReferenceTrial:
         ]
 
     def g_step(self) -> float:
-        loss = self.loss.g(self.d(self.g(_noise(self.trial, self.trial.batch_size)))).mean()
+        fake = self.g(_noise(self.trial, self.trial.batch_size))
+        logits = self.d(fake)
+        loss = self.loss.g(logits).mean()
         self.opt_g.zero_grad()
-        loss.backward()
+        (loss + self.regularisation("g", self.last_real, fake, None, logits)).backward()
         self.opt_g.step()
         return loss.item()
+
+    def regularisation(self, player: str, real: Tensor, fake: Tensor, real_logits: Tensor | None,
+                       fake_logits: Tensor) -> Tensor | float:
+        """The trial's regularisers of `player`, weighted: each plugin function given its
+        inputs for one trial (P = 1) the plain way, D's input gradient by autograd.grad."""
+
+        def d_grad(x: Tensor) -> Tensor:
+            x0 = x[0] if x.requires_grad else x[0].detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.d(x0).sum(), x0, create_graph=True)
+            return grad.unsqueeze(0)
+
+        total: Tensor | float = 0.0
+        for name, weight in self.trial.regularisers:
+            entry = REGULARISERS.get(name)
+            if weight == 0 or entry.meta["player"] != player:
+                continue
+            inputs = {"real": lambda: real.unsqueeze(0), "fake": lambda: fake.unsqueeze(0),
+                      "real_logits": lambda: (self.d(real) if real_logits is None else real_logits).unsqueeze(0),
+                      "fake_logits": lambda: fake_logits.unsqueeze(0),
+                      "d": lambda: (lambda x: self.d(x[0]).unsqueeze(0)), "d_grad": lambda: d_grad}
+            value = entry.code(**{n: inputs[n]() for n in entry.meta["inputs"]})
+            total = total + weight * value.reshape(())
+        return total
 
     def train_epoch(self) -> dict[str, float]:
         t = self.trial

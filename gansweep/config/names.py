@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from gansweep.extend import ARCHITECTURES, LOSSES, METRICS, PRUNERS, SAMPLERS
+from gansweep.extend import ARCHITECTURES, LOSSES, METRICS, PRUNERS, REGULARISERS, SAMPLERS  # noqa: F401 (read here)
 
 ToyDataset = Literal["line", "circle", "ring8", "grid25"]
 ImageDataset = Literal["digits", "mnist", "fashion-mnist", "cifar10"]

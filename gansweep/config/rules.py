@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gansweep.config.conditions import reachable
-from gansweep.config.names import ARCHITECTURES, LOSSES, metric_direction, quality_metrics
+from gansweep.config.names import ARCHITECTURES, LOSSES, REGULARISERS, metric_direction, quality_metrics
 from gansweep.errors import ConfigError
 
 if TYPE_CHECKING:  # config.schema runs these rules in its validators
@@ -93,6 +93,22 @@ def penalty_needs_no_minibatch_features(trial: TrialConfig) -> str | None:
     return None
 
 
+def regularisers_read_a_per_sample_critic(trial: TrialConfig) -> str | None:
+    # As the gradient penalty above: a regulariser that calls D itself (d, d_grad) reads
+    # per-sample outputs and gradients, which batch norm or a minibatch layer would mix.
+    calling = [n for n, weight in trial.regularisers
+               if weight > 0 and {"d", "d_grad"} & set(REGULARISERS.meta(n, "inputs", ()))]
+    if not calling:
+        return None
+    if ARCHITECTURES.meta(trial.architecture, "batch_norm_critic"):
+        return (f"regularisers {calling} call D on their own inputs, and architecture={trial.architecture!r} "
+                "has batch norm in D, which mixes the samples of a batch")
+    if trial.minibatch_discrimination:
+        return (f"regularisers {calling} call D on their own inputs, and minibatch_discrimination="
+                f"{trial.minibatch_discrimination} makes D's output for a sample depend on the rest of its batch")
+    return None
+
+
 def batch_norm_is_new_to_the_generator(trial: TrialConfig) -> str | None:
     if trial.g_norm != "batch" or not ARCHITECTURES.meta(trial.architecture, "batch_norm_generator"):
         return None
@@ -132,6 +148,7 @@ TRIAL_RULES: dict[Callable[[TrialConfig], str | None], str] = {  # rule -> the f
     penalty_needs_a_per_sample_critic: "loss",
     penalty_needs_no_minibatch_features: "minibatch_discrimination",
     batch_norm_is_new_to_the_generator: "g_norm",
+    regularisers_read_a_per_sample_critic: "regularisers",
 }
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, field_serializer, ConfigDict, Field, field_validator, model_validator
 
 from gansweep.config.names import (
     TOY_DATASETS, Activation, DatasetName, FeatureKind, GeneratorOutput, GNorm, metric_direction, quality_metrics,
 )
 from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
-from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, SAMPLERS
+from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, REGULARISERS, SAMPLERS
 from gansweep.extend import Registry
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -90,6 +90,10 @@ class TrialConfig(Frozen):
     # that a study may fix C and search B over 0 and more.
     minibatch_discrimination: Annotated[int, Field(ge=0)] = 0
     minibatch_dim: PositiveInt = MINIBATCH_DIM
+    # a plugin's regularisers (gansweep.extend.regulariser) and their weights, a mapping in
+    # the study ({name: weight}): each adds weight x its value to its player's cost; 0 or
+    # absent: off. Kept as sorted (name, weight) pairs, so that a trial stays hashable.
+    regularisers: tuple[tuple[str, Annotated[float, Field(ge=0.0)]], ...] = ()
     # normalisation in G's hidden layers: none, batch norm, or virtual batch norm (each
     # example normalised with a reference batch of noise drawn once per trial, plus itself)
     g_norm: GNorm = "none"
@@ -148,6 +152,26 @@ class TrialConfig(Frozen):
     @classmethod
     def _registered_loss(cls, value: str) -> str:
         return registered(LOSSES, value)
+
+    @field_validator("regularisers", mode="before")
+    @classmethod
+    def _weights_by_name(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                registered(REGULARISERS, name)
+            return tuple(sorted(value.items()))
+        return value
+
+    @field_validator("regularisers")
+    @classmethod
+    def _registered_regularisers(cls, value: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+        for name, _ in value:
+            registered(REGULARISERS, name)
+        return tuple(sorted(value))
+
+    @field_serializer("regularisers")
+    def _as_mapping(self, value: tuple[tuple[str, float], ...]) -> dict[str, float]:
+        return dict(value)
 
     @field_validator("architecture")
     @classmethod

@@ -65,7 +65,8 @@ class ModuleAutograd:
         return grads, aux  # type: ignore[return-value]
 
     def input_grad(self, scalar_of: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        x = x.detach().requires_grad_(True)
+        # an x in a graph (G's samples, for a G regulariser) stays in it: the gradient flows back
+        x = x if x.requires_grad else x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(scalar_of(x), x, create_graph=True)
         return grad
 
@@ -269,7 +270,7 @@ class FloatHyper:
     def __call__(self, hyper: Hyper) -> Hyper:
         if self.last[0] is not hyper:  # the Hyper itself is kept: a new one may reuse an id
             floats = {name: float(value) for name, value in hyper._asdict().items()
-                      if name != "loss_masks" and isinstance(value, Tensor)}
+                      if name not in ("loss_masks", "reg_weights") and isinstance(value, Tensor)}
             self.last = (hyper, hyper._replace(**floats))
         return self.last[1]  # type: ignore[return-value]
 

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from gansweep.engine.layers import minibatch_counts
-from gansweep.engine.losses import Terms, loss_terms
+from gansweep.engine.losses import ALPHA_WEIGHTS, Terms, Weight, loss_terms
+from gansweep.engine.regularisers import Regulariser, penalty, regulariser, step_inputs
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
 # The step statistics' columns, in the order iteration() returns them.
@@ -57,14 +58,22 @@ class Spec:
     historical_averaging: bool = False  # some member's historical_averaging lambda is > 0
     # D has a minibatch layer (layers.py): each D call gets its samples' counts in D's minibatch
     minibatch_features: bool = False
+    # the regularisers some member weighs above 0 (regularisers.py), in Hyper.reg_weights' order
+    regularisers: tuple[str, ...] = ()
     # Derived from `losses` once (the iteration reads them several times per call): each
     # loss's terms, and whether some loss declares a cost on D's features or on D's input
     # gradient (losses.Terms.g_features, d_input_gradient).
     terms: tuple[Terms, ...] = field(init=False, repr=False, compare=False)
     feature_matching: bool = field(init=False, repr=False, compare=False)
     gradient_penalty: bool = field(init=False, repr=False, compare=False)
+    # each player's regularisers, with their index in `regularisers`
+    d_regularisers: tuple[tuple[int, Regulariser], ...] = field(init=False, repr=False, compare=False)
+    g_regularisers: tuple[tuple[int, Regulariser], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        regs = [(index, regulariser(name)) for index, name in enumerate(self.regularisers)]
+        object.__setattr__(self, "d_regularisers", tuple(r for r in regs if r[1].player == "d"))
+        object.__setattr__(self, "g_regularisers", tuple(r for r in regs if r[1].player == "g"))
         terms = tuple(loss_terms(n) for n in self.losses)
         object.__setattr__(self, "terms", terms)
         object.__setattr__(self, "feature_matching", any(t.g_features is not None for t in terms))
@@ -93,6 +102,7 @@ class Hyper(NamedTuple):
     gp_weight: Tensor
     loss_masks: Tensor
     historical_weight: Tensor | None = None  # lambda of historical averaging (Spec.historical_averaging)
+    reg_weights: Tensor | None = None  # (R, P, 1) each member's weight of Spec.regularisers[r]
 
 
 class NetState(NamedTuple):
@@ -160,39 +170,6 @@ class Autodiff(Protocol):
     def tracked(self, params: Tensor) -> Tensor:
         """The objective's params as a (P, N) tensor its gradient flows through (eager: the
         modules' own parameters, which are what it differentiates)."""
-
-
-# ---------------------------------------------------------------------------- alpha
-
-
-Weight = Tensor | float  # a sample weight: (P or 1, n) tensor, or one number for all
-
-
-def _compose_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
-    del coins  # round(alpha m) real samples, each sample counts once
-    share = 1.0 / (n_real + n_fake)
-    if isinstance(alpha, float):
-        return share, share
-    return alpha.new_full((1, n_real), share), alpha.new_full((1, n_fake), share)
-
-
-def _weight_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
-    del coins  # m of each, the terms weighted alpha and 1 - alpha
-    return alpha / n_real, (1.0 - alpha) / n_fake
-
-
-def _bernoulli_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
-    # Slot i holds the real sample with probability alpha, else the fake one (seed 003's
-    # future work): the share of real samples is random per minibatch.
-    is_real = (coins < alpha).float()  # (P, m)
-    return is_real / n_real, (1.0 - is_real) / n_fake
-
-
-ALPHA_WEIGHTS: dict[str, Callable[[Tensor | float, Tensor, int, int], tuple[Weight, Weight]]] = {
-    "compose": _compose_weights,
-    "weight": _weight_weights,
-    "bernoulli": _bernoulli_weights,
-}
 
 
 # ---------------------------------------------------------------------------- losses
@@ -353,6 +330,10 @@ def iteration(
                 total = value + hyper.gp_weight * gradient_penalty(spec, hyper, nets, diff, current, real, fake, mix)
             if spec.historical_averaging:
                 total = total + historical_penalty(diff, current, params, hyper)
+            if spec.d_regularisers:  # in float32, as the gradient penalty
+                inputs = step_inputs(lambda x: nets.d(params, buffers, x).float(), diff.input_grad,
+                                     real, fake, real_logits, fake_logits)
+                total = total + penalty(spec.d_regularisers, hyper.reg_weights, inputs, real.shape[0])
             with torch.no_grad():  # statistics only: no graph to record, none to detach
                 stats = torch.cat((value, d_outputs(spec, real_logits, hyper), d_outputs(spec, fake_logits, hyper)), dim=1)
             return total.sum(), stats
@@ -376,6 +357,10 @@ def iteration(
         if spec.feature_matching:
             value = value + feature_costs(spec, hyper, real_features, fake_features)
         total = value + historical_penalty(diff, g, params, hyper) if spec.historical_averaging else value
+        if spec.g_regularisers:
+            inputs = step_inputs(lambda x: nets.d(d.params, d_buffers, x).float(), diff.input_grad,
+                                 draws.reals[-1], samples.float(), None, logits)
+            total = total + penalty(spec.g_regularisers, hyper.reg_weights, inputs, logits.shape[0])
         return total.sum(), value.detach()
 
     grad, g_value = diff.grad(g_objective, g.params, (g.buffers, d.buffers))

@@ -204,3 +204,34 @@ def minibatch_plan(mode: str, alpha: float, batch_size: int) -> MinibatchPlan:
         n_real = round(alpha * batch_size)
         return MinibatchPlan(n_real=n_real, n_fake=batch_size - n_real)
     return MinibatchPlan(n_real=batch_size, n_fake=batch_size)
+
+
+# The iteration's alpha weights: per-sample weights of D's real and fake costs.
+Weight = Tensor | float  # a sample weight: (P or 1, n) tensor, or one number for all
+
+
+def _compose_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
+    del coins  # round(alpha m) real samples, each sample counts once
+    share = 1.0 / (n_real + n_fake)
+    if isinstance(alpha, float):
+        return share, share
+    return alpha.new_full((1, n_real), share), alpha.new_full((1, n_fake), share)
+
+
+def _weight_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
+    del coins  # m of each, the terms weighted alpha and 1 - alpha
+    return alpha / n_real, (1.0 - alpha) / n_fake
+
+
+def _bernoulli_weights(alpha: Tensor | float, coins: Tensor, n_real: int, n_fake: int) -> tuple[Weight, Weight]:
+    # Slot i holds the real sample with probability alpha, else the fake one (seed 003's
+    # future work): the share of real samples is random per minibatch.
+    is_real = (coins < alpha).float()  # (P, m)
+    return is_real / n_real, (1.0 - is_real) / n_fake
+
+
+ALPHA_WEIGHTS: dict[str, Callable[[Tensor | float, Tensor, int, int], tuple[Weight, Weight]]] = {
+    "compose": _compose_weights,
+    "weight": _weight_weights,
+    "bernoulli": _bernoulli_weights,
+}

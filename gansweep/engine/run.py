@@ -75,6 +75,7 @@ def spec_of(trials: list[TrialConfig], discriminator: nn.Module, device: torch.d
         feature_end=feature_end(discriminator, first.feature_layer) if reads_features(trials) else 0,
         historical_averaging=averaging(trials),
         minibatch_features=first.minibatch_discrimination > 0,
+        regularisers=tuple(sorted({name for t in trials for name, weight in t.regularisers if weight > 0})),
     )
 
 
@@ -105,6 +106,8 @@ def hyper_of(trials: list[TrialConfig], spec: Spec, epoch: int, device: torch.de
         gp_weight=column([t.gp_weight for t in trials]),
         historical_weight=column([t.historical_averaging for t in trials]),
         loss_masks=torch.stack([column([float(t.loss == name) for t in trials]) for name in spec.losses]) > 0,
+        reg_weights=torch.stack([column([dict(t.regularisers).get(name, 0.0) for t in trials])
+                                 for name in spec.regularisers]) if spec.regularisers else None,
     )
 
 
