@@ -49,6 +49,11 @@ def assert_same_losses(
             assert got["parzen_ll"] == pytest.approx(expected["parzen_ll"], rel=bound, abs=abs_)
 
 
+def plain(key) -> int | tuple[int, int]:
+    """A service RunKey as plain numbers: a configuration's number, a replicate's (number, r)."""
+    return key.number if key.replicate is None else (key.number, key.replicate)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment a user's shell would give: no inherited tracking URI or Ray address."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}

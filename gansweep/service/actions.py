@@ -57,7 +57,7 @@ class Close:
     """End the member's run as Optuna has it: fetch its generator (from `checkpoint`, or the
     unit's latest), draw its losses figure, end the MLflow run."""
 
-    number: int
+    number: RunKey
     state: str  # COMPLETE, PRUNED, FAIL or INTERRUPTED
     pruned_at: int | None
     reason: str | None
@@ -95,7 +95,7 @@ def closing_of(frozen: FrozenTrial, checkpoint: bool = False, replicates: int = 
     pruned_at = frozen.user_attrs.get(p.ATTR_PRUNED_AT)
     best = frozen.user_attrs.get(rep.ATTR_BEST_EPOCH) if replicates == 1 else None
     return Close(
-        frozen.number, final_state(frozen), None if pruned_at is None else int(pruned_at),
+        RunKey(frozen.number), final_state(frozen), None if pruned_at is None else int(pruned_at),
         frozen.user_attrs.get(p.ATTR_FAILURE_REASON) or None,
         frozen.values[0] if frozen.values and frozen.state == TrialState.COMPLETE else None, checkpoint,
         files=replicates == 1, stderr=frozen.user_attrs.get(rep.ATTR_OBJECTIVE_STDERR),
@@ -111,7 +111,7 @@ def replicate_closing(frozen: FrozenTrial, replicate: int, replicates: int, chec
     objective = record["objective"][0] if record and state == "COMPLETE" and record.get("objective") else None
     best = record.get(rep.ATTR_BEST_EPOCH) if record else None
     return Close(
-        (frozen.number, replicate), state, None if pruned_at is None else int(pruned_at),
+        RunKey(frozen.number, replicate), state, None if pruned_at is None else int(pruned_at),
         (record or {}).get(p.FAILURE_REASON) or None, objective, checkpoint,
         member=rep.member_id(frozen.number, replicate, replicates), best_epoch=None if best is None else int(best),
     )

@@ -74,27 +74,27 @@ def reconcile(study: OptunaStudy, tracker: Tracker) -> None:
     RUNNING for a finished trial: end it now, as Optuna (the source of truth) says."""
     replicates = study.config.budget.replicates
     for key, run_id in tracker.open_children().items():
-        frozen = study.frozen(key if isinstance(key, int) else key[0])
+        frozen = study.frozen(key.number)
         if frozen.state.is_finished():
             tracker.run_ids[key] = run_id
-            if isinstance(key, int):
+            if key.replicate is None:
                 close = closing_of(frozen, replicates=replicates)
             else:
-                close = replicate_closing(frozen, key[1], replicates, checkpoint=False)
+                close = replicate_closing(frozen, key.replicate, replicates, checkpoint=False)
             tracker.finish_child(key, close.state, close_tags(close))
 
 
 def artifacts_of(layout: p.OutputLayout, key: RunKey) -> Path:
     """artifacts/<number>/ of a configuration, artifacts/<number>/replicate_<r>/ of a replicate."""
-    if isinstance(key, int):
-        return layout.artifacts(key)
-    return layout.artifacts(key[0]) / f"replicate_{key[1]}"
+    if key.replicate is None:
+        return layout.artifacts(key.number)
+    return layout.artifacts(key.number) / f"replicate_{key.replicate}"
 
 
 def replicate_run_name(key: RunKey, values: dict[str, Any], search_names: list[str]) -> str:
     """`003 alpha=0.3`, and a replicate's `003 alpha=0.3 replicate=1 seed=1`."""
-    name = run_name(key if isinstance(key, int) else key[0], values, search_names)
-    return name if isinstance(key, int) else f"{name} replicate={key[1]} seed={values['seed']}"
+    name = run_name(key.number, values, search_names)
+    return name if key.replicate is None else f"{name} replicate={key.replicate} seed={values['seed']}"
 
 
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
@@ -160,8 +160,8 @@ class TrackingCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         for key, values in self.ledger.runs_to_start(trial.trial_id):
             self.tracker.start_child(key, replicate_run_name(key, values, self.search_names), values)
-            if isinstance(key, int):
-                self.progress.started(key, values)
+            if not key.is_replicate:
+                self.progress.started(key.number, values)
         resume = self.ledger.resumes.get(trial.trial_id)
         if resume is not None:
             self.carry_out(trial, self.ledger.replay(trial.trial_id, read_histories(resume, self.ledger.units[trial.trial_id], self.s3)))
@@ -195,7 +195,7 @@ class TrackingCallback(tune.Callback):
             elif isinstance(action, TagNodes):
                 self.tracker.set_child_tags(action.number, {TAG_NODES: action.nodes})
             elif isinstance(action, FetchSamples) and checkpoint is not None:
-                member = action.number if action.member is None else action.member
+                member = action.number.number if action.member is None else action.member
                 target = artifacts_of(self.layout, action.number) / p.ARTIFACT_SAMPLES
                 self.fetch(checkpoint, p.member_path(member, p.SAMPLES_DIR), target, action.number)
             elif isinstance(action, Close):
@@ -205,7 +205,7 @@ class TrackingCallback(tune.Callback):
         """A member's end as Optuna has it (told already, or still RUNNING when interrupted):
         its last checkpoint's generator and its figure logged, its MLflow run ended."""
         key = close.number
-        member = key if close.member is None else close.member
+        member = key.number if close.member is None else close.member
         if checkpoint is not None and close.files:
             folder = artifacts_of(self.layout, key)
             self.fetch(checkpoint, p.member_path(member, p.GENERATOR_FILE), folder / p.ARTIFACT_CHECKPOINT, key)
@@ -216,8 +216,8 @@ class TrackingCallback(tune.Callback):
                 self.tracker.set_child_tags(key, {TAG_BEST_EPOCH: str(close.best_epoch)})
         self.log_figure(key, self.ledger.values_of_run(key))
         self.tracker.finish_child(key, close.state, close_tags(close))
-        if isinstance(key, int):
-            self.progress.finished(key, close.state, close.objective, close.stderr)
+        if not key.is_replicate:
+            self.progress.finished(key.number, close.state, close.objective, close.stderr)
 
     def fetch(self, checkpoint: tune.Checkpoint, name: str, target: Path, number: RunKey, log: bool = True) -> bool:
         """Copy a file or folder out of a checkpoint (local or S3) and log it to the run's

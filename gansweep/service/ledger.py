@@ -24,7 +24,7 @@ With budget.replicates = R > 1 (service/replicates.py) a unit's members are the 
 each of its configurations (Optuna trials): the pruner hears the replicates' mean at each
 evaluation, each replicate's end is recorded on its configuration, and Optuna is told the
 configuration's outcome once every replicate has one. Actions then name MLflow runs by
-RunKey: a configuration's run by its number, a replicate's by (number, r).
+RunKey: a configuration's run by its number, a replicate's by its number and r.
 """
 
 from __future__ import annotations
@@ -113,12 +113,12 @@ class Ledger:
         for member in self.units.get(trial_id, []):
             number, replicate = rep.replicate_of(member, self.replicates)
             if self.replicates > 1 and replicate == 0:
-                runs.append((number, self.values[member]))  # replicate 0 has the configuration's seed
+                runs.append((RunKey(number), self.values[member]))  # replicate 0 has the configuration's seed
             runs.append((self.key(member), self.values[member]))
         return runs
 
     def values_of_run(self, key: RunKey) -> dict[str, Any]:
-        number, replicate = (key, 0) if isinstance(key, int) else key
+        number, replicate = key.number, key.replicate or 0
         return self.values[rep.member_id(number, replicate, self.replicates)]
 
     def selection(self) -> p.Selection | None:
@@ -228,7 +228,7 @@ class Ledger:
         if self.replicates > 1:
             for number, metrics in healthy.items():
                 mean = rep.mean_metrics(metrics, tuple(self.objective_names()))
-                actions.append(LogEpoch(number, mean, epochs[number]))
+                actions.append(LogEpoch(RunKey(number), mean, epochs[number]))
         return actions
 
     def replay(self, trial_id: str, histories: dict[int, list[p.MemberResult]]) -> list[Action]:
@@ -251,7 +251,7 @@ class Ledger:
             "first_epoch": int(result.get(p.EPOCH, 0)),
         })
         self.optuna.set_attrs(number, {p.ATTR_ATTEMPTS: attempts})
-        return TagNodes(number, ",".join(a["node"] for a in attempts))
+        return TagNodes(RunKey(number), ",".join(a["node"] for a in attempts))
 
     def checkpointed(self, trial_id: str, uri: str) -> list[Action]:
         actions: list[Action] = []

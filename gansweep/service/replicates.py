@@ -18,13 +18,39 @@ that R = 1 gives member id = trial number: the one-seed sweep is exactly as it w
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from gansweep.service.protocol import REPLICATES_STDERR_SUFFIX
 
-RunKey = int | tuple[int, int]  # a configuration's MLflow run (its number), or a replicate's (number, r)
+@functools.total_ordering
+@dataclass(frozen=True)
+class RunKey:
+    """An MLflow child run: a configuration's (its Optuna trial number), or one of its seed
+    replicates' (the number and the replicate's index r). Sorted by number, the
+    configuration's run before its replicates'."""
+
+    number: int
+    replicate: int | None = None
+
+    @property
+    def is_replicate(self) -> bool:
+        return self.replicate is not None
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, RunKey):
+            return NotImplemented
+        return self._order() < other._order()
+
+    def _order(self) -> tuple[int, int]:
+        return self.number, -1 if self.replicate is None else self.replicate
+
+    def __str__(self) -> str:
+        return str(self.number) if self.replicate is None else f"{self.number} replicate {self.replicate}"
+
 
 ATTR_REPLICATE = "replicate_{}"  # the Optuna attr of replicate r's record, on its configuration
 ATTR_OBJECTIVE_STDERR = "objective_stderr"  # the standard error of the replicates' mean
@@ -45,7 +71,7 @@ def replicate_of(member: int, replicates: int) -> tuple[int, int]:
 def run_key(member: int, replicates: int) -> RunKey:
     """The MLflow run a member logs to: its trial's with one seed, else its replicate's."""
     number, replicate = replicate_of(member, replicates)
-    return number if replicates == 1 else (number, replicate)
+    return RunKey(number) if replicates == 1 else RunKey(number, replicate)
 
 
 def replicate_values(values: dict[str, Any], replicate: int) -> dict[str, Any]:

@@ -245,8 +245,8 @@ def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:
     """Trials still RUNNING in Optuna after Tune stopped (Ctrl-C) are resumed by the next
     run; their MLflow runs (and their replicates') end KILLED meanwhile, never left RUNNING."""
     unfinished = {frozen.number for frozen in study.unfinished()}
-    for key in sorted(tracker.started - tracker.closed, key=str):
-        if (key if isinstance(key, int) else key[0]) in unfinished:
+    for key in sorted(tracker.started - tracker.closed):
+        if key.number in unfinished:
             tracker.finish_child(key, "INTERRUPTED", {})
 
 

@@ -217,15 +217,15 @@ class Tracker:
     # Child operations are keyed by trial number and resolve the run id when they run, so
     # that even a run's creation can wait in the queue while the server is away.
     def start_child(self, number: RunKey, run_name: str, params: dict[str, Any]) -> None:
-        """A configuration's run (number), or a replicate's ((number, r)) after its configuration's."""
+        """A configuration's run, or a replicate's after its configuration's."""
         self.started.add(number)
         self.call_later(f"start trial {number}", lambda: self._open_child(number, run_name, params))
 
     def _run_tags(self, key: RunKey) -> dict[str, str]:
-        if isinstance(key, int):
-            return {PARENT_TAG: self.parent_id, TAG_TRIAL: str(key)}
-        return {PARENT_TAG: self.run_ids[key[0]], TAG_TRIAL: str(key[0]), TAG_REPLICATE: str(key[1]),
-                TAG_STUDY_RUN: self.parent_id}
+        if key.replicate is None:
+            return {PARENT_TAG: self.parent_id, TAG_TRIAL: str(key.number)}
+        return {PARENT_TAG: self.run_ids[RunKey(key.number)], TAG_TRIAL: str(key.number),
+                TAG_REPLICATE: str(key.replicate), TAG_STUDY_RUN: self.parent_id}
 
     def _open_child(self, number: RunKey, run_name: str, params: dict[str, Any]) -> None:
         """The trial's run: found again when a trial resumes, created otherwise."""
@@ -332,7 +332,7 @@ class Tracker:
             )
             for run in runs:
                 number, replicate = int(run.data.tags[TAG_TRIAL]), run.data.tags.get(TAG_REPLICATE)
-                open_runs[number if replicate is None else (number, int(replicate))] = run.info.run_id
+                open_runs[RunKey(number, None if replicate is None else int(replicate))] = run.info.run_id
         return open_runs
 
 

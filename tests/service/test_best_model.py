@@ -16,6 +16,7 @@ from gansweep.engine import run
 from gansweep.service import protocol as p
 from gansweep.engine.train import BEST_EPOCH, BEST_PREFIX, Best, BestTracker
 from gansweep.service.worker import write_best
+from gansweep.service.replicates import RunKey
 
 TRIAL = TrialConfig(dataset="circle", g_hidden=(16,), d_hidden=(16,), noise_dim=3, epochs=3, steps_per_epoch=5,
                     device="cpu")
@@ -76,18 +77,18 @@ def test_a_best_model_is_a_logged_model_of_its_run_and_loads_back_and_generates_
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "best", "best", tmp_path / "out")
-    tracker.start_child(7, "007", {"dataset": "circle", "noise_dim": TRIAL.noise_dim, "epochs": 3})
+    tracker.start_child(RunKey(7), "007", {"dataset": "circle", "noise_dim": TRIAL.noise_dim, "epochs": 3})
     for epoch, value in ((1, -3.0), (2, -1.5), (3, -4.0)):
-        tracker.log_epoch(7, {"parzen_ll": value, "best_epoch": 2.0 if epoch > 1 else 1.0}, epoch)
+        tracker.log_epoch(RunKey(7), {"parzen_ll": value, "best_epoch": 2.0 if epoch > 1 else 1.0}, epoch)
     copied = tmp_path / "out" / "artifacts" / "7" / p.BEST_MODEL_DIR  # as the callback's fetch copies it out
     shutil.copytree(folder / p.BEST_MODEL_DIR, copied)
-    tracker.log_model(7, copied, p.BEST_MODEL_DIR, 2)
-    tracker.set_child_tags(7, {TAG_BEST_EPOCH: "2"})
-    tracker.finish_child(7, "COMPLETE", {})
+    tracker.log_model(RunKey(7), copied, p.BEST_MODEL_DIR, 2)
+    tracker.set_child_tags(RunKey(7), {TAG_BEST_EPOCH: "2"})
+    tracker.finish_child(RunKey(7), "COMPLETE", {})
     assert tracker.flush()
 
     client = MlflowClient(uri)
-    run_id = tracker.run_ids[7]
+    run_id = tracker.run_ids[RunKey(7)]
     found = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert len(found) == 1
     (model,) = found

@@ -10,7 +10,10 @@ from optuna.trial import TrialState
 
 from gansweep.config.load import load_study
 from gansweep.service.search import OptunaStudy
+from conftest import plain
+
 from gansweep.service import protocol as p
+from gansweep.service.replicates import RunKey as K
 from gansweep.service.ledger import Close, FetchSamples, Ledger, LogEpoch, TagNodes
 
 STUDY = """\
@@ -77,14 +80,14 @@ def test_a_unit_that_reaches_its_last_epoch_completes_with_its_objective(tmp_pat
     ledger.hand_out("t")
     last = result(3, {0: good(3, -1.5), 1: good(3, -2.5)})
     actions = ledger.record("t", last, checkpoint_follows=True)
-    assert actions == [LogEpoch(0, {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": -1.5, "pack_size": 2.0}, 3),
-                       LogEpoch(1, {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": -2.5, "pack_size": 2.0}, 3)]
+    assert actions == [LogEpoch(K(0), {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": -1.5, "pack_size": 2.0}, 3),
+                       LogEpoch(K(1), {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": -2.5, "pack_size": 2.0}, 3)]
     ledger.complete("t", flattened(3, {0: good(3, -1.5), 1: good(3, -2.5)}))
     assert [state(ledger.optuna, n) for n in (0, 1)] == [TrialState.COMPLETE] * 2
     assert ledger.optuna.frozen(1).values == [-2.5]
     assert ledger.optuna.frozen(0).user_attrs[p.ATTR_EPOCH] == 3
     closes = ledger.closes("t")
-    assert [(c.number, c.state, c.objective, c.checkpoint) for c in closes] == [(0, "COMPLETE", -1.5, False),
+    assert [(plain(c.number), c.state, c.objective, c.checkpoint) for c in closes] == [(0, "COMPLETE", -1.5, False),
                                                                               (1, "COMPLETE", -2.5, False)]
     assert ledger.closes("t") == []  # closed once
 
@@ -95,11 +98,11 @@ def test_an_interrupted_unit_stays_running_and_resumes_together_from_its_checkpo
     ledger.plan(4)
     first, second = ledger.hand_out("t0"), ledger.hand_out("t1")
     ledger.record("t0", result(1, {0: good(1, -1.0), 1: good(1, -1.0)}), checkpoint_follows=True)
-    assert ledger.checkpointed("t0", "/ckpt/0") == [FetchSamples(0), FetchSamples(1)]
+    assert ledger.checkpointed("t0", "/ckpt/0") == [FetchSamples(K(0)), FetchSamples(K(1))]
     ledger.complete("t0", flattened(1, {0: good(1, -1.0), 1: good(1, -1.0)}))  # Ctrl-C after epoch 1
     ledger.complete("t1", None)  # never reported
     assert [state(study, n) for n in range(4)] == [TrialState.RUNNING] * 4
-    assert [(c.number, c.state) for c in ledger.closes("t0")] == [(0, "INTERRUPTED"), (1, "INTERRUPTED")]
+    assert [(plain(c.number), c.state) for c in ledger.closes("t0")] == [(0, "INTERRUPTED"), (1, "INTERRUPTED")]
 
     again = Ledger(make_study(tmp_path, 2))  # the next `gansweep run`
     assert again.resumable == [[0, 1], [2, 3]]
@@ -169,16 +172,16 @@ def test_a_pruned_member_leaves_its_unit_and_is_settled_with_the_next_checkpoint
     assert [type(a) for a in actions] == [LogEpoch, LogEpoch]  # the pruned epoch is logged
     assert state(ledger.optuna, 2) == TrialState.PRUNED
     actions = ledger.checkpointed("t1", "/ckpt/1")
-    assert actions == [FetchSamples(2), Close(2, "PRUNED", 1, None, None, True), FetchSamples(3)]
+    assert actions == [FetchSamples(K(2)), Close(K(2), "PRUNED", 1, None, None, True), FetchSamples(K(3))]
     assert ledger.optuna.frozen(3).user_attrs[p.ATTR_CHECKPOINT] == "/ckpt/1"
     assert p.ATTR_CHECKPOINT not in ledger.optuna.frozen(2).user_attrs  # not resumed: finished
     # later results no longer carry it; nothing is logged or judged for it again
     assert ledger.judge("t1", flattened(2, {3: good(2, 5.0)})).stop is False
     assert ledger.record("t1", result(2, {2: good(2, 0.0), 3: good(2, 5.0)}), False) == [
-        LogEpoch(3, {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": 5.0, "pack_size": 2.0}, 2)]
+        LogEpoch(K(3), {"d_loss": 1.25, "g_loss": 0.75, "parzen_ll": 5.0, "pack_size": 2.0}, 2)]
     ledger.complete("t1", flattened(3, {3: good(3, 5.0)}))
     assert state(ledger.optuna, 3) == TrialState.COMPLETE
-    assert [c.number for c in ledger.closes("t1")] == [3]
+    assert [plain(c.number) for c in ledger.closes("t1")] == [3]
 
 
 def test_a_lone_pruned_trial_stops_its_unit(tmp_path: Path) -> None:
@@ -192,7 +195,7 @@ def test_a_lone_pruned_trial_stops_its_unit(tmp_path: Path) -> None:
     verdict = ledger.judge("b", flattened(1, {1: good(1, -7.0)}))
     assert verdict.leaving == (1,) and verdict.stop
     actions = ledger.record("b", result(1, {1: good(1, -7.0)}), checkpoint_follows=False)
-    assert actions[-1] == Close(1, "PRUNED", 1, None, None, False)
+    assert actions[-1] == Close(K(1), "PRUNED", 1, None, None, False)
     ledger.complete("b", flattened(1, {1: good(1, -7.0)}))  # Tune's completion changes nothing
     assert state(ledger.optuna, 1) == TrialState.PRUNED and ledger.closes("b") == []
 
@@ -209,7 +212,7 @@ def test_a_failed_member_is_settled_at_once_and_its_mates_train_on(tmp_path: Pat
     assert [type(a) for a in actions] == [LogEpoch]  # no metrics for the failed member
     assert state(ledger.optuna, 0) == TrialState.FAIL
     assert ledger.optuna.frozen(0).user_attrs[p.ATTR_FAILURE_REASON] == reason
-    assert ledger.checkpointed("t", "/c") == [FetchSamples(0), Close(0, "FAIL", None, reason, None, True), FetchSamples(1)]
+    assert ledger.checkpointed("t", "/c") == [FetchSamples(K(0)), Close(K(0), "FAIL", None, reason, None, True), FetchSamples(K(1))]
 
 
 def test_a_whole_unit_failure_fails_every_member_and_stops(tmp_path: Path) -> None:
@@ -219,7 +222,7 @@ def test_a_whole_unit_failure_fails_every_member_and_stops(tmp_path: Path) -> No
     failed = p.failed_unit([0, 1], 0, "out of memory on cpu at epoch 0: boom")
     assert ledger.judge("t", failed).stop
     closes = [a for a in ledger.record("t", failed, checkpoint_follows=False) if isinstance(a, Close)]
-    assert [(c.number, c.state, c.reason) for c in closes] == [(0, "FAIL", "out of memory on cpu at epoch 0: boom")] + [
+    assert [(plain(c.number), c.state, c.reason) for c in closes] == [(0, "FAIL", "out of memory on cpu at epoch 0: boom")] + [
         (1, "FAIL", "out of memory on cpu at epoch 0: boom")]
 
 
@@ -238,7 +241,7 @@ def test_a_worker_error_fails_the_members_not_yet_ended(tmp_path: Path) -> None:
     ledger.plan(2)
     ledger.hand_out("t")
     closes = ledger.errored("t", "worker error after 2 attempt(s): err.txt")
-    assert [(c.number, c.state) for c in closes] == [(0, "FAIL"), (1, "FAIL")]
+    assert [(plain(c.number), c.state) for c in closes] == [(0, "FAIL"), (1, "FAIL")]
     assert ledger.errored("t", "again") == []
 
 
@@ -251,7 +254,7 @@ def test_a_worker_stopped_by_the_store_being_away_leaves_its_members_to_resume(t
     ledger.record("t", result(1, {0: good(1, -1.0), 1: good(1, -1.0)}), checkpoint_follows=True)
     ledger.checkpointed("t", "s3://b/ckpt/1")
     closes = ledger.errored("t", "the checkpoint store did not answer", interrupted=True)
-    assert [(c.number, c.state, c.reason) for c in closes] == [(0, "INTERRUPTED", "the checkpoint store did not answer"),
+    assert [(plain(c.number), c.state, c.reason) for c in closes] == [(0, "INTERRUPTED", "the checkpoint store did not answer"),
                                                                (1, "INTERRUPTED", "the checkpoint store did not answer")]
     assert [state(ledger.optuna, n) for n in (0, 1)] == [TrialState.RUNNING] * 2
     assert ledger.optuna.frozen(0).user_attrs[p.ATTR_INTERRUPTED_BY] == "the checkpoint store did not answer"
@@ -270,9 +273,9 @@ def test_each_attempt_is_recorded_with_its_node(tmp_path: Path) -> None:
     ledger.plan(1)
     ledger.hand_out("t")
     first = ledger.record("t", result(1, {0: good(1, -1.0)}, node_id="na", resumed_from=0), False)
-    assert first[0] == TagNodes(0, "na")
+    assert first[0] == TagNodes(K(0), "na")
     again = ledger.record("t", result(3, {0: good(3, -1.0)}, node_id="nb", resumed_from=2), False)
-    assert again[0] == TagNodes(0, "na,nb")
+    assert again[0] == TagNodes(K(0), "na,nb")
     assert ledger.optuna.frozen(0).user_attrs[p.ATTR_ATTEMPTS] == [
         {"node": "na", "resumed_from": 0, "first_epoch": 1}, {"node": "nb", "resumed_from": 2, "first_epoch": 3}]
     assert "node_id" not in again[1].metrics  # attempt keys are not metrics
@@ -292,7 +295,7 @@ def test_a_resumed_unit_logs_its_checkpointed_epochs_again_in_epoch_order(tmp_pa
     histories = {1: [good(1, -1.5), good(2, -2.0)], 0: [good(1, -0.5), {**good(2, -1.0), p.FEATURES: "domain:ring8:ab12cd34"}],
                  7: [good(1, 0.0)]}  # 7 is no member of this unit: ignored
     logs = again.replay("r0", histories)
-    assert [(a.number, a.epoch, a.metrics["parzen_ll"]) for a in logs] == [(0, 1, -0.5), (1, 1, -1.5), (0, 2, -1.0), (1, 2, -2.0)]
+    assert [(plain(a.number), a.epoch, a.metrics["parzen_ll"]) for a in logs] == [(0, 1, -0.5), (1, 1, -1.5), (0, 2, -1.0), (1, 2, -2.0)]
     assert logs[2].texts == {p.FEATURES: "domain:ring8:ab12cd34"} and "epoch" not in logs[0].metrics
     assert again.replay("r0", {}) == []  # a checkpoint from before history.json
     assert p.read_history(p.history_text(histories[1])) == histories[1]
@@ -305,7 +308,7 @@ def test_a_resumed_unit_logs_its_checkpointed_epochs_again_in_epoch_order(tmp_pa
 def test_the_configs_of_the_old_protocol_read_as_units() -> None:
     lone = p.read_unit_config({"number": 4, "values": {"alpha": 0.5}, "resume": "/c", "threads": 2})
     assert lone == {"numbers": [4], "values": [{"alpha": 0.5}], "resume": "/c", "threads": 2, "packed": False,
-                    "board": None, "select": None}
+                    "board": None, "select": None, "plugins": []}
     pack = p.read_unit_config({"numbers": [1, 2], "values": [{}, {}], "resume": None, "threads": 1, "board": "b"})
     assert pack["numbers"] == [1, 2] and pack["packed"] and pack["board"] == "b"
     with pytest.raises(p.UnreadableConfig, match="needs 'numbers'"):

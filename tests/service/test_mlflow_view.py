@@ -29,6 +29,7 @@ from conftest import ROOT, MlflowServer, gansweep
 from gansweep.config.schema import TrialConfig
 from gansweep.service import sysmetrics
 from gansweep.service.tracking import EXPERIMENT_KIND, MODEL_TRAINING_VIEW, Tracker
+from gansweep.service.replicates import RunKey
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 MB = 1024 * 1024
@@ -85,8 +86,8 @@ def test_the_experiment_is_model_training_and_each_run_logs_its_dataset(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "kinds", "kinds", tmp_path / "out")
     own = TrialConfig(dataset=str(points), seed=3, n_train=20).model_dump(mode="json")
-    tracker.start_child(0, "000 own", own)
-    tracker.start_child(1, "001 circle", TrialConfig(dataset="circle").model_dump(mode="json"))
+    tracker.start_child(RunKey(0), "000 own", own)
+    tracker.start_child(RunKey(1), "001 circle", TrialConfig(dataset="circle").model_dump(mode="json"))
     assert tracker.flush()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("kinds")

@@ -11,7 +11,10 @@ import pytest
 from optuna.trial import TrialState
 
 from gansweep.config.load import load_study
+from conftest import plain
+
 from gansweep.service import protocol as p
+from gansweep.service.replicates import RunKey as K
 from gansweep.service import replicates as rep
 from gansweep.service.ledger import Close, FetchSamples, Ledger, LogEpoch
 from gansweep.service.progress import SweepProgress
@@ -56,7 +59,9 @@ def test_member_ids_are_the_trial_numbers_with_one_seed_and_spread_with_more() -
     assert [rep.member_id(n, 0, 1) for n in range(4)] == [0, 1, 2, 3]
     assert [rep.member_id(2, r, 3) for r in range(3)] == [6, 7, 8]
     assert [rep.replicate_of(m, 3) for m in (6, 7, 8, 9)] == [(2, 0), (2, 1), (2, 2), (3, 0)]
-    assert rep.run_key(7, 1) == 7 and rep.run_key(7, 3) == (2, 1)
+    assert rep.run_key(7, 1) == K(7) and rep.run_key(7, 3) == K(2, 1)
+    assert sorted([K(1), K(0, 1), K(0)]) == [K(0), K(0, 1), K(1)]  # a configuration before its replicates
+    assert (str(K(3)), str(K(3, 1))) == ("3", "3 replicate 1")
 
 
 def test_a_configuration_trains_its_seeds_as_one_pack_and_optuna_sees_their_mean(tmp_path: Path) -> None:
@@ -66,11 +71,11 @@ def test_a_configuration_trains_its_seeds_as_one_pack_and_optuna_sees_their_mean
     assert given.numbers == [0, 1, 2] and given.packed
     assert [v["seed"] for v in given.values] == [10, 11, 12]  # seed, seed + 1, ...
     assert len({v["lr_d"] for v in given.values}) == 1  # one configuration
-    assert ledger.runs_to_start("t") == [(0, given.values[0])] + [((0, r), given.values[r]) for r in range(3)]
+    assert ledger.runs_to_start("t") == [(K(0), given.values[0])] + [(K(0, r), given.values[r]) for r in range(3)]
     values = {0: -1.0, 1: -2.5, 2: -1.75}
     actions = ledger.record("t", result(1, {m: good(1, v) for m, v in values.items()}), checkpoint_follows=False)
     logs = [a for a in actions if isinstance(a, LogEpoch)]
-    assert [a.number for a in logs] == [(0, 0), (0, 1), (0, 2), 0]  # the replicates, then their configuration
+    assert [plain(a.number) for a in logs] == [(0, 0), (0, 1), (0, 2), 0]  # the replicates, then their configuration
     mean = statistics.fmean(values.values())
     assert logs[-1].metrics["parzen_ll"] == pytest.approx(mean)
     stderr = statistics.stdev(values.values()) / math.sqrt(3)
@@ -80,7 +85,7 @@ def test_a_configuration_trains_its_seeds_as_one_pack_and_optuna_sees_their_mean
     assert frozen.state == TrialState.COMPLETE
     assert frozen.values == [pytest.approx(mean)]
     assert frozen.user_attrs[rep.ATTR_OBJECTIVE_STDERR] == pytest.approx(stderr)
-    assert [(c.number, c.state, c.files) for c in closes] == [
+    assert [(plain(c.number), c.state, c.files) for c in closes] == [
         ((0, 0), "COMPLETE", True), ((0, 1), "COMPLETE", True), ((0, 2), "COMPLETE", True), (0, "COMPLETE", False)]
     assert [c.member for c in closes[:3]] == [0, 1, 2]
     assert closes[-1].objective == pytest.approx(mean) and closes[-1].stderr == pytest.approx(stderr)
@@ -118,7 +123,7 @@ def test_the_pruner_hears_the_replicates_mean_and_prunes_them_together(tmp_path:
     assert ledger.optuna.frozen(1).intermediate_values == {1: pytest.approx(statistics.fmean([-9.0, -7.0, -8.5]))}
     assert verdict.leaving == (3, 4, 5) and verdict.stop
     closes = [a for a in ledger.record("b", first, checkpoint_follows=False) if isinstance(a, Close)]
-    assert [(c.number, c.state, c.pruned_at) for c in closes] == [
+    assert [(plain(c.number), c.state, c.pruned_at) for c in closes] == [
         ((1, 0), "PRUNED", 1), ((1, 1), "PRUNED", 1), ((1, 2), "PRUNED", 1), (1, "PRUNED", 1)]
     assert ledger.optuna.frozen(1).state == TrialState.PRUNED
 
@@ -131,12 +136,12 @@ def test_a_diverged_seed_is_recorded_and_left_out_of_the_mean(tmp_path: Path) ->
     epoch1 = result(1, {0: good(1, -1.0), 1: {"epoch": 1.0, "failure_reason": reason}, 2: good(1, -3.0)})
     ledger.judge("t", epoch1)
     actions = ledger.record("t", epoch1, checkpoint_follows=True)
-    assert LogEpoch(0, {"d_loss": pytest.approx(0.98), "g_loss": 0.75, "parzen_ll": -2.0,
+    assert LogEpoch(K(0), {"d_loss": pytest.approx(0.98), "g_loss": 0.75, "parzen_ll": -2.0,
                         "parzen_ll" + rep.STDERR_SUFFIX: pytest.approx(1.0)}, 1) in actions
     assert ledger.optuna.frozen(0).state == TrialState.RUNNING  # its mates train on
     assert ledger.checkpointed("t", "/ckpt")[:3] == [
-        FetchSamples((0, 0), 0), FetchSamples((0, 1), 1),
-        Close((0, 1), "FAIL", None, reason, None, True, member=1)]
+        FetchSamples(K(0, 0), 0), FetchSamples(K(0, 1), 1),
+        Close(K(0, 1), "FAIL", None, reason, None, True, member=1)]
     for epoch in (2, 3):
         ledger.record("t", result(epoch, {0: good(epoch, -1.0), 2: good(epoch, -3.0)}), checkpoint_follows=False)
     ledger.complete("t", result(3, {0: good(3, -1.0), 2: good(3, -3.0)}))
@@ -157,7 +162,7 @@ def test_an_interrupted_configuration_resumes_every_replicate_once_from_its_chec
     ledger.checkpointed("t", "/ckpt/1")
     ledger.complete("t", result(1, {0: good(1, -1.0), 1: good(1, -2.0)}))  # the driver stops after epoch 1
     closes = ledger.closes("t")
-    assert [(c.number, c.state) for c in closes] == [((0, 0), "INTERRUPTED"), ((0, 1), "INTERRUPTED"), (0, "INTERRUPTED")]
+    assert [(plain(c.number), c.state) for c in closes] == [((0, 0), "INTERRUPTED"), ((0, 1), "INTERRUPTED"), (0, "INTERRUPTED")]
     assert ledger.optuna.frozen(0).state == TrialState.RUNNING
 
     again = Ledger(make_study(tmp_path))  # the next `gansweep run`
@@ -169,7 +174,7 @@ def test_an_interrupted_configuration_resumes_every_replicate_once_from_its_chec
     frozen = again.optuna.frozen(0)
     assert frozen.state == TrialState.COMPLETE and frozen.values == [pytest.approx(-1.5)]
     assert sorted(rep.records_of(frozen.user_attrs, 3)) == [0, 1, 2]
-    assert [(c.number, c.state) for c in closes] == [
+    assert [(plain(c.number), c.state) for c in closes] == [
         ((0, 0), "COMPLETE"), ((0, 1), "COMPLETE"), ((0, 2), "FAIL"), (0, "COMPLETE")]
     table = results_table(again.optuna)
     assert len(table) == 4 and list(table["replicate"].fillna(-1)) == [-1, 0, 1, 2]  # each replicate once
@@ -212,7 +217,7 @@ def test_rankings_are_per_data_set_never_on_one_axis(tmp_path: Path) -> None:
         ledger.record(f"t{index}", result(1, {given.numbers[0]: good(1, value)}), False)
         ledger.complete(f"t{index}", result(1, {given.numbers[0]: good(1, value)}))
         for close in ledger.closes(f"t{index}"):
-            progress.finished(close.number, close.state, close.objective)
+            progress.finished(close.number.number, close.state, close.objective)
     table = results_table(ledger.optuna)
     assert list(table["dataset"]) == ["circle", "circle", "ring8", "ring8"]  # as the study lists them
     assert list(table["objective"]) == pytest.approx([-1.8, -1.9, -2.8, -2.9])  # best first within each
