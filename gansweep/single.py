@@ -13,29 +13,18 @@ from rich.table import Table
 
 from gansweep.errors import TrialDiverged, TrialOutOfMemory
 from gansweep.files import write_csv_atomically
+from gansweep.config.names import quality_metrics
 from gansweep.config.schema import ObjectiveConfig, TrialConfig
 
-SUMMARY_METRICS = (
-    "d_loss",
-    "d_loss_star",
-    "g_loss",
-    "g_loss_star",
-    "d_real",
-    "d_fake",
-    "parzen_ll",
-    "parzen_stderr",
-    "parzen_sigma",
-    "modes_covered",
-    "high_quality_share",
-    "fid",
-    "kid",
-    "precision",
-    "recall",
-    "c2st_accuracy",
-    "d_auc",
-    "blind_discriminator",
-    "wall_time",
-)
+# The summary's rows: the losses beside their equilibrium values, then every registered
+# metric (the built-ins' and the study's plugins') the last epoch has, Parzen's details after it.
+LOSS_ROWS = ("d_loss", "d_loss_star", "g_loss", "g_loss_star", "d_real", "d_fake")
+PARZEN_ROWS = ("parzen_stderr", "parzen_sigma", "modes_covered", "high_quality_share")
+LAST_ROWS = ("blind_discriminator", "wall_time")
+
+
+def summary_metrics() -> tuple[str, ...]:
+    return LOSS_ROWS + ("parzen_ll",) + PARZEN_ROWS + quality_metrics() + LAST_ROWS
 
 
 def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
@@ -128,7 +117,7 @@ def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], 
     table = Table(title=f"{trial.dataset} / {trial.architecture} / {trial.loss}, alpha={trial.alpha}, k={trial.k}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in SUMMARY_METRICS + tuple(m for m in trial.metrics if m not in SUMMARY_METRICS):  # plugins' too
+    for name in summary_metrics():
         if name in last:
             table.add_row(name, f"{last[name]:.4f}")
     console.print(table)

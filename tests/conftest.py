@@ -49,6 +49,19 @@ def assert_same_losses(
             assert got["parzen_ll"] == pytest.approx(expected["parzen_ll"], rel=bound, abs=abs_)
 
 
+def losses_of(trials: list, data, execution: str) -> list[list[dict[str, float]]]:
+    """Per member of a unit of `trials`, its per-epoch metrics, trained by `execution` (one
+    of gansweep.engine.run.EXECUTIONS)."""
+    from gansweep.engine import run  # torch: only for the tests that train
+
+    unit = run.build_unit(trials, data, execution=execution)
+    history: list[list[dict[str, float]]] = [[] for _ in trials]
+    for _ in range(trials[0].epochs):
+        for member, metrics in zip(history, run.train_epoch(unit), strict=True):
+            member.append(metrics)
+    return history
+
+
 def plain(key) -> int | tuple[int, int]:
     """A service RunKey as plain numbers: a configuration's number, a replicate's (number, r)."""
     return key.number if key.replicate is None else (key.number, key.replicate)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from gansweep.extend import ARCHITECTURES, LOSSES, METRICS, PRUNERS, REGULARISERS, SAMPLERS  # noqa: F401 (read here)
+from gansweep.extend import (  # noqa: F401 (the registries, read here)
+    ARCHITECTURES, LOSSES, METRICS, PRUNERS, REGULARISERS, SAMPLERS, SCHEDULERS,
+)
 
 ToyDataset = Literal["line", "circle", "ring8", "grid25"]
 ImageDataset = Literal["digits", "mnist", "fashion-mnist", "cifar10"]
@@ -116,5 +118,8 @@ for _name, _text in (
     ("wilcoxon", "a signed-rank test against the best trial's evaluations (WilcoxonPruner)"),
 ):
     PRUNERS.declare(_name, _text)
+# Tune's trial schedulers (service/pruner.py): "none" runs each unit to its end unless the
+# study's Optuna pruner (pruner:) stops a member, through the ledger.
+SCHEDULERS.declare("none", "no Tune scheduler of its own: Optuna's pruner (pruner:) decides, through the ledger")
 SAMPLER_NAMES: tuple[str, ...] = SAMPLERS.names()
 PRUNER_NAMES: tuple[str, ...] = PRUNERS.names()

@@ -18,7 +18,7 @@ from gansweep.config.names import (
 )
 from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
-from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, REGULARISERS, SAMPLERS
+from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, REGULARISERS, SAMPLERS, SCHEDULERS
 from gansweep.extend import Registry
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -251,6 +251,15 @@ class PrunerConfig(Frozen):
         return registered(PRUNERS, value)
 
 
+class SchedulerConfig(Frozen):
+    name: str = "none"  # extend.SCHEDULERS
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return registered(SCHEDULERS, value)
+
+
 class BudgetConfig(Frozen):
     trials: PositiveInt | None = None  # None: the grid's size (grid sampler) or 10
     max_concurrent: PositiveInt = 2
@@ -314,6 +323,7 @@ class StudyConfig(Frozen):
     search: dict[str, SearchParam] = {}
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     budget: BudgetConfig = BudgetConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -9,6 +9,8 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from gansweep import extend
+from gansweep.config import names  # noqa: F401 (the built-ins' declarations, before their code)
 from gansweep.service.ledger import Ledger
 
 
@@ -27,3 +29,6 @@ class LedgerPruner(FIFOScheduler):
             for number in verdict.leaving:
                 self.board.prune.remote(number)
         return TrialScheduler.STOP if verdict.stop else TrialScheduler.CONTINUE
+
+
+extend.SCHEDULERS.add("none", LedgerPruner, extend.BUILT_IN)  # (ledger, board) -> Tune's scheduler

@@ -43,7 +43,8 @@ from gansweep.service import protocol as p
 from gansweep.service.callback import MemberFigure, TrackingCallback, reconcile
 from gansweep.service.diskspace import DiskSpaceStopper, disk_full_error, min_free_bytes, prepare_output, short_of_space
 from gansweep.service.ledger import Ledger, resumable_groups
-from gansweep.service.pruner import LedgerPruner
+from gansweep import extend
+from gansweep.service import pruner  # noqa: F401 (registers the schedulers)
 from gansweep.service.searcher import LedgerSearcher
 from gansweep.service.storage import (
     local_optuna_storage_url, optuna_storage_url, storage_filesystem, strip_scheme, tune_storage_path,
@@ -305,7 +306,7 @@ def run_tune(
             tune_config=tune.TuneConfig(
                 search_alg=LedgerSearcher(ledger, threads=max(1, int(budget.cpus_per_trial)), board=board_name,
                                           plugins=[p.as_dict() for p in plugins.files(study.plugins)]),
-                scheduler=LedgerPruner(ledger, board),
+                scheduler=extend.SCHEDULERS.get(study.scheduler.name).code(ledger, board),
                 num_samples=units,
                 max_concurrent_trials=budget.max_concurrent,
                 reuse_actors=True,

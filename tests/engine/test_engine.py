@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import LOGGED, assert_same_losses
+from conftest import LOGGED, assert_same_losses, losses_of
 from reference_loop import ReferenceTrial, reference_losses
 
 from gansweep.config.names import TOY_DATASETS
@@ -54,16 +54,6 @@ IMAGE_VARIANTS: dict[str, dict[str, Any]] = {
     "dcgan_batch_norm": {"architecture": "dcgan"},
     "maxout_dropout": {"architecture": "maxout"},
 }
-
-
-def losses_of(trials: list[TrialConfig], data, execution: str) -> list[list[dict[str, float]]]:
-    """Per member, its per-epoch metrics, trained by `execution`."""
-    unit = run.build_unit(trials, data, execution=execution)
-    history: list[list[dict[str, float]]] = [[] for _ in trials]
-    for _ in range(trials[0].epochs):
-        for member, metrics in zip(history, run.train_epoch(unit), strict=True):
-            member.append(metrics)
-    return history
 
 
 def textbook(trial: TrialConfig, data) -> list[dict[str, float]]:

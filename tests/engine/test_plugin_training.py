@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_same_losses
+from conftest import assert_same_losses, losses_of
 
 from gansweep.config import plugins
 from gansweep.config.schema import TrialConfig
-from gansweep.engine import run
 from gansweep.engine.models import build_models
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_gan.py"
@@ -54,15 +53,6 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     plugins.load([str(path), str(EXAMPLE)], "test")
     yield
     plugins.forget_all()
-
-
-def losses_of(trials: list[TrialConfig], data, execution: str) -> list[list[dict[str, float]]]:
-    unit = run.build_unit(trials, data, execution=execution)
-    history: list[list[dict[str, float]]] = [[] for _ in trials]
-    for _ in range(trials[0].epochs):
-        for member, metrics in zip(history, run.train_epoch(unit), strict=True):
-            member.append(metrics)
-    return history
 
 
 def test_a_plugin_loss_like_a_built_in_trains_exactly_like_it_eager(circle) -> None:

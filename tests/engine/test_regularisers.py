@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_same_losses
+from conftest import assert_same_losses, losses_of
 from reference_loop import reference_losses
 
 from gansweep.config import plugins
 from gansweep.config.schema import TrialConfig
-from gansweep.engine import run
 from gansweep.engine.regularisers import per_trial
 
 PLUGIN = '''
@@ -62,15 +61,6 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     plugins.load([str(path)], "test")
     yield
     plugins.forget_all()
-
-
-def losses_of(trials: list[TrialConfig], data, execution: str) -> list[list[dict[str, float]]]:
-    unit = run.build_unit(trials, data, execution=execution)
-    history: list[list[dict[str, float]]] = [[] for _ in trials]
-    for _ in range(trials[0].epochs):
-        for member, metrics in zip(history, run.train_epoch(unit), strict=True):
-            member.append(metrics)
-    return history
 
 
 @pytest.mark.parametrize("name", list(WEIGHTS))
