@@ -118,7 +118,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  trial: {trial.dataset}, {trial.architecture}, {trial.loss}, alpha={trial.alpha}")
     for name, param in study.search.items():
         print(f"  search {name}: {param.model_dump(exclude_none=True)}")
+    for line in plugin_lines(study.plugins):
+        print(line)
     return 0
+
+
+def plugin_lines(paths: tuple[str, ...]) -> list[str]:
+    """Each plugin file with its hash and the entries it registered, by kind."""
+    from gansweep.config import plugins
+    from gansweep.extend import REGISTRIES
+
+    lines = []
+    for plugin in plugins.files(paths):
+        entries = [f"{kind} {name}" for kind, registry in REGISTRIES.items()
+                   for name in registry.names(built_in=False) if registry.get(name).origin == plugin.path]
+        lines.append(f"  plugin {plugin.path} (sha256 {plugin.sha256[:12]}): {', '.join(entries) or 'registers nothing'}")
+    return lines
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ def test_the_example_plugin_trains_with_gansweep_train(tmp_path: Path) -> None:
     checked = gansweep("validate", "my_gan.yaml", cwd=tmp_path, env=clean_env())
     assert checked.returncode == 0, checked.stderr
     assert "circle, my_mlp, my_least_squares" in checked.stdout
+    assert ("my_gan.py (sha256 " in checked.stdout and "): loss my_least_squares, regulariser my_r1, metric radius_error, "
+            "architecture my_mlp" in checked.stdout)
     done = gansweep("train", "my_gan.yaml", "--set", "epochs=2", "--output", "one", cwd=tmp_path, env=clean_env())
     assert done.returncode == 0, done.stdout + done.stderr
     table = pd.read_csv(tmp_path / "one" / "metrics.csv")
