@@ -87,10 +87,11 @@ def test_baseline_prints_the_data_as_model_score(tmp_path: Path) -> None:
     assert f"{want.mean:.2f} +- {want.stderr:.2f}" in done.stdout
     assert math.isfinite(want.mean)
     # and the quality metrics of the data as its own model: c2st at chance, d_auc 0.5
-    quality = re.search(r"in domain:digits:[0-9a-f]{8}: fid (\S+), kid (\S+) .* c2st_accuracy ([0-9.]+); d_auc 0.5", done.stdout)
+    quality = re.search(r"in domain:digits:[0-9a-f]{8}: fid (\S+), kid (\S+) .* c2st_accuracy ([0-9.]+), "
+                        r"energy_distance ([0-9.]+); d_auc 0.5", done.stdout)
     assert quality, done.stdout
     assert float(quality.group(3)) == pytest.approx(0.5, abs=0.1)
-    assert float(quality.group(1)) >= 0 and math.isfinite(float(quality.group(2)))
+    assert float(quality.group(1)) >= 0 and math.isfinite(float(quality.group(2))) and float(quality.group(4)) >= 0
 
 
 def test_baseline_of_an_unknown_dataset_exits_2(tmp_path: Path) -> None:

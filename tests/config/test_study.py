@@ -6,10 +6,12 @@ import itertools
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gansweep import extend
 from gansweep.engine import data, models
 from gansweep.cli import main
 from gansweep.errors import ConfigError
@@ -92,16 +94,28 @@ BROKEN_TRIALS = {
     "penalty_needs_a_per_sample_critic": {"loss": "wasserstein_gp", "architecture": "dcgan"},
     "penalty_needs_no_minibatch_features": {"loss": "wasserstein_gp", "minibatch_discrimination": 4},
     "batch_norm_is_new_to_the_generator": {"g_norm": "batch", "architecture": "dcgan"},
+    "regularisers_read_a_per_sample_critic": {"regularisers": (("r1", 1.0),), "architecture": "dcgan"},
 }
+# How a rule's message shows a value whose repr is not what a study file says.
+SHOWN = {"regularisers_read_a_per_sample_critic": {"regularisers": "'r1'"}}
+
+
+@pytest.fixture
+def r1_regulariser() -> Iterator[None]:
+    """A regulariser as a plugin registers it, that calls D (its input gradient)."""
+    extend.regulariser("r1", player="d")(lambda real, d_grad: 0.5 * d_grad(real).pow(2).flatten(2).sum(2).mean(1))
+    yield
+    extend.REGULARISERS.drop_plugins()
 
 
 @pytest.mark.parametrize("rule", list(TRIAL_RULES), ids=lambda rule: rule.__name__)
-def test_each_trial_rule_names_its_field_and_the_values(rule) -> None:
+def test_each_trial_rule_names_its_field_and_the_values(rule, r1_regulariser) -> None:
     assert set(BROKEN_TRIALS) == {r.__name__ for r in TRIAL_RULES}
     assert rule(TrialConfig()) is None
     broken = BROKEN_TRIALS[rule.__name__]
     problem = rule(TrialConfig.model_construct(**{**TrialConfig().model_dump(), **broken}))
-    assert TRIAL_RULES[rule] in broken and all(repr(v).strip("'") in problem for v in broken.values())
+    shown = {**{k: repr(v).strip("'") for k, v in broken.items()}, **SHOWN.get(rule.__name__, {})}
+    assert TRIAL_RULES[rule] in broken and all(text in problem for text in shown.values()), problem
 
 
 def test_each_study_rule_names_a_field_of_the_study() -> None:
