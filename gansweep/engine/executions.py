@@ -288,6 +288,9 @@ class GraphKey:
     generator: str  # repr of the network: its layers, their sizes and constants
     discriminator: str
     vectorised: bool
+    # the modules of the losses' and regularisers' code: a plugin's carries its file's hash,
+    # so an edited plugin compiles anew in a process that compiled the old one
+    code: tuple[str, ...] = ()
 
 
 COMPILED: dict[GraphKey, Step] = {}  # one compiled iteration per key in this process
@@ -297,7 +300,9 @@ def compiled_step(
     spec: Spec, generator: nn.Module, discriminator: nn.Module, layouts: tuple[Layout, Layout], *, vectorised: bool,
 ) -> Step:
     """The iteration as one graph; `vectorised`: the networks under vmap (compiled packs)."""
-    key = GraphKey(spec, repr(generator), repr(discriminator), vectorised=vectorised)
+    code = tuple(t.d_real.__module__ for t in spec.terms) + tuple(
+        r.code.__module__ for _, r in spec.d_regularisers + spec.g_regularisers)
+    key = GraphKey(spec, repr(generator), repr(discriminator), vectorised=vectorised, code=code)
     if key not in COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         nets = functional_nets(generator, discriminator, layouts, vectorised=key.vectorised, feature_end=spec.feature_end)
