@@ -47,6 +47,18 @@ def registered(registry: Registry, name: str) -> str:
     return name
 
 
+def name_in(registry: Registry) -> Any:
+    """A field whose value is a name `registry` holds when the study is validated."""
+    return Annotated[str, AfterValidator(lambda name: registered(registry, name))]
+
+
+LossName = name_in(LOSSES)
+ArchitectureName = name_in(ARCHITECTURES)
+SamplerName = name_in(SAMPLERS)
+PrunerName = name_in(PRUNERS)
+SchedulerName = name_in(SCHEDULERS)
+
+
 class TrialConfig(Frozen):
     """Everything one GAN training run needs, whatever runs it (`gansweep train`, an Optuna
     trial's Tune unit, a member of a pack). Flat on purpose: each field is a searchable
@@ -59,7 +71,7 @@ class TrialConfig(Frozen):
     data_dir: str | None = None
     n_train: PositiveInt | None = None  # cap on training examples (None: the protocol's size)
     # architecture
-    architecture: str = "mlp"  # extend.ARCHITECTURES: mlp maxout dcgan, and the plugins'
+    architecture: ArchitectureName = "mlp"  # extend.ARCHITECTURES: mlp maxout dcgan, and the plugins'
     g_hidden: tuple[PositiveInt, ...] = (128, 128)
     d_hidden: tuple[PositiveInt, ...] = (128, 128)
     g_activation: Activation = "relu"
@@ -72,7 +84,7 @@ class TrialConfig(Frozen):
     noise_dim: PositiveInt = 100
     noise: Literal["normal", "uniform"] = "normal"
     # the game
-    loss: str = "non_saturating"  # extend.LOSSES: the built-ins and the plugins'
+    loss: LossName = "non_saturating"  # extend.LOSSES: the built-ins and the plugins'
     alpha: Probability = 0.5
     alpha_mode: Literal["compose", "weight", "bernoulli"] = "compose"
     label_smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # real target s; 1 = none
@@ -148,11 +160,6 @@ class TrialConfig(Frozen):
             return "identity"
         return "sigmoid" if self.architecture == "maxout" else "tanh"
 
-    @field_validator("loss")
-    @classmethod
-    def _registered_loss(cls, value: str) -> str:
-        return registered(LOSSES, value)
-
     @field_validator("regularisers", mode="before")
     @classmethod
     def _weights_by_name(cls, value: Any) -> Any:
@@ -172,11 +179,6 @@ class TrialConfig(Frozen):
     @field_serializer("regularisers")
     def _as_mapping(self, value: tuple[tuple[str, float], ...]) -> dict[str, float]:
         return dict(value)
-
-    @field_validator("architecture")
-    @classmethod
-    def _registered_architecture(cls, value: str) -> str:
-        return registered(ARCHITECTURES, value)
 
     @field_validator("metrics")
     @classmethod
@@ -224,17 +226,12 @@ SearchParam = Choice | FloatRange | IntRange
 
 
 class SamplerConfig(Frozen):
-    name: str = "tpe"  # extend.SAMPLERS
+    name: SamplerName = "tpe"
     seed: int | None = 0
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        return registered(SAMPLERS, value)
 
 
 class PrunerConfig(Frozen):
-    name: str = "none"  # extend.PRUNERS
+    name: PrunerName = "none"
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # never prune before this many epochs
     startup_trials: Annotated[int, Field(ge=0)] = 2  # median/percentile: trials before pruning
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0
@@ -245,19 +242,9 @@ class PrunerConfig(Frozen):
     # trial's at the same epochs gives a p-value below this (service/search.py)
     p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
 
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        return registered(PRUNERS, value)
-
 
 class SchedulerConfig(Frozen):
-    name: str = "none"  # extend.SCHEDULERS
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        return registered(SCHEDULERS, value)
+    name: SchedulerName = "none"
 
 
 class BudgetConfig(Frozen):
