@@ -86,7 +86,7 @@ for _name, _text, _direction, _reads, _cost in (
 ):
     METRICS.declare(_name, _text, direction=_direction, reads=_reads, cost=_cost)
 # The metrics trial.metrics may ask for beside Parzen (a plugin's join them when loaded).
-QUALITY_METRICS: tuple[str, ...] = METRICS.names(built_in=True)[1:]
+QUALITY_METRICS: tuple[str, ...] = tuple(n for n in METRICS.names(built_in=True) if n != "parzen_ll")
 
 
 def metric_direction(name: str) -> str | None:

@@ -219,12 +219,19 @@ def d_outputs(spec: Spec, logits: Tensor, hyper: Hyper) -> Tensor:
 def feature_costs(spec: Spec, hyper: Hyper, real_features: Tensor, fake_features: Tensor) -> Tensor:
     """(P, 1) each trial's cost on D's features (losses.Terms.g_features, e.g. feature
     matching's || E f(x) - E f(G(z)) ||^2), 0 for the trials whose loss has none."""
+    return declared_costs(spec, hyper, lambda loss: None if loss.g_features is None
+                          else loss.g_features(real_features, fake_features).unsqueeze(1))
+
+
+def declared_costs(spec: Spec, hyper: Hyper, cost_of: Callable[[Terms], Tensor | None]) -> Tensor:
+    """(P, 1) the sum over the unit's losses of each one's declared extra cost (cost_of: (P,
+    1), or None where the loss declares none), masked to the trials of that loss."""
     total = None
     for loss, mask in zip(spec.terms, hyper.loss_masks, strict=True):
-        if loss.g_features is not None:
-            cost = mask.float() * loss.g_features(real_features, fake_features).unsqueeze(1)
-            total = cost if total is None else total + cost
-    assert total is not None, "feature_costs is called only when some loss declares g_features"
+        cost = cost_of(loss)
+        if cost is not None:
+            total = mask.float() * cost if total is None else total + mask.float() * cost
+    assert total is not None, "called only when some loss of the unit declares that cost"
     return total
 
 
@@ -251,13 +258,7 @@ def gradient_penalty(
     n = mix.shape[1]
     x_hat = mix * real[:, :n] + (1 - mix) * fake[:, :n]  # (P, n, *shape)
     grads = diff.input_grad(lambda x: nets.d(d.params, d.buffers, x).sum(), x_hat)
-    total = None
-    for loss, mask in zip(spec.terms, hyper.loss_masks, strict=True):
-        if loss.d_input_gradient is not None:
-            cost = mask.float() * loss.d_input_gradient(grads)
-            total = cost if total is None else total + cost
-    assert total is not None, "gradient_penalty is called only when some loss declares d_input_gradient"
-    return total
+    return declared_costs(spec, hyper, lambda loss: None if loss.d_input_gradient is None else loss.d_input_gradient(grads))
 
 
 # ---------------------------------------------------------------------------- optimisers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -29,7 +30,7 @@ BEST_PREFIX = "best_"  # best_<metric>: the kept metrics' values at that epoch
 class Epoch(Generic[Key]):
     """One trained epoch of a unit: its members (`keys`, in row order) and their results
     (run.train_epoch's, one per row; a diverged member's has diverged = 1.0), `size` members
-    shared its step. `unit` is the unit as it trained; `survivors()` the one that goes on."""
+    shared its step. `unit` is the unit as it trained; `survivors` the one that goes on."""
 
     unit: run.Unit
     keys: list[Key]
@@ -40,8 +41,10 @@ class Epoch(Generic[Key]):
     def number(self) -> int:
         return self.unit.epoch
 
+    @cached_property
     def survivors(self) -> tuple[run.Unit, list[Key]]:
-        """The unit and keys of the members that did not diverge."""
+        """The unit and keys of the members that did not diverge (selected once: the worker
+        checkpoints it, and the loop goes on with it)."""
         return select(self.unit, self.keys, run.healthy_rows(self.results))
 
 
@@ -68,7 +71,7 @@ class EpochLoop(Generic[Key]):
                     return
             epoch = Epoch(self.unit, self.keys, run.train_epoch(self.unit), self.unit.size)
             yield epoch
-            self.unit, self.keys = epoch.survivors()
+            self.unit, self.keys = epoch.survivors
 
 
 @dataclass

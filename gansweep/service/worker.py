@@ -231,7 +231,7 @@ def report_epoch(epoch: Epoch[int], members: dict[int, p.MemberResult], attempt:
     """tune.report of the epoch, with a checkpoint of the members that go on when one of
     them evaluated."""
     result = p.unit_result(epoch.number, members, attempt)
-    unit, numbers = epoch.survivors()
+    unit, numbers = epoch.survivors
     if not (unit.size and any(is_eval_epoch(t, epoch.number) for t in unit.trials)):
         tune.report(result)
         return
