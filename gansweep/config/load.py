@@ -18,6 +18,7 @@ from gansweep.config.schema import (
 )
 from gansweep.config.conditions import ConditionCycle, search_order
 from gansweep.config.space import check_condition
+from gansweep.config.yaml_keys import first_duplicate_key
 from gansweep.errors import ConfigError
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -154,6 +155,7 @@ def load_yaml(text: str, where: str, lines: bool = True) -> tuple[Any, yaml.Node
         node = loader.get_single_node()
         if node is not None:
             _check_expansion(node, where, lines)
+            _refuse_duplicate_keys(node, where, lines)
         return (loader.construct_document(node) if node is not None else None), node
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -196,6 +198,16 @@ def _check_expansion(root: yaml.Node, where: str, lines: bool) -> None:
         on_path.add(id(node))
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in size)
+
+
+def _refuse_duplicate_keys(root: yaml.Node, where: str, lines: bool) -> None:
+    duplicate = first_duplicate_key(root)
+    if duplicate is not None:
+        at = f"{where}:{duplicate.line}" if lines else where
+        raise ConfigError(
+            f"{at}: invalid YAML: duplicate key {duplicate.dotted} (first at line "
+            f"{duplicate.first_line}); give each key once"
+        )
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -89,6 +89,24 @@ for _name, _text, _direction, _reads, _cost in (
 QUALITY_METRICS: tuple[str, ...] = tuple(n for n in METRICS.names(built_in=True) if n != "parzen_ll")
 
 
+# What the engine reports beside the registered metrics (engine/run.py train_epoch, its theory
+# gaps and evaluation, engine/scoring.py, engine/train.py), any of which an objective may
+# name (e.g. wall_time, minimised). Declared here, torch-free, for the rule that refuses an
+# objective no trial reports; tests/config/test_study_inputs.py holds it to a real trial's.
+ENGINE_METRICS: tuple[str, ...] = (
+    "d_loss", "d_real", "d_fake", "g_loss", "epoch_time", "wall_time", "compile_time",
+    "samples_per_second", "diverged", "epoch", "d_loss_star", "g_loss_star", "d_loss_gap",
+    "g_loss_gap", "parzen_stderr", "parzen_sigma", "modes_covered", "high_quality_share",
+    "blind_discriminator", "d_logit_std", "kid_std", "pack_size",
+)
+
+
+def reported_metrics() -> tuple[str, ...]:
+    """Every metric name an objective may name now: the registered (plugins' included) and
+    what the engine reports each epoch or evaluation."""
+    return (*METRICS.names(), *ENGINE_METRICS)
+
+
 def metric_direction(name: str) -> str | None:
     """The direction an objective on a registered metric aims for; None for other names."""
     return METRICS.meta(name, "direction") if name in METRICS else None

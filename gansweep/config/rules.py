@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gansweep.config.conditions import reachable
-from gansweep.config.names import ARCHITECTURES, LOSSES, REGULARISERS, metric_direction, quality_metrics
+from gansweep.config.names import (
+    ARCHITECTURES, ENGINE_METRICS, LOSSES, METRICS, REGULARISERS, metric_direction, quality_metrics, reported_metrics,
+)
 from gansweep.errors import ConfigError
 
 if TYPE_CHECKING:  # config.schema runs these rules in its validators
@@ -181,6 +183,21 @@ def _objectives(study: StudyConfig, second: bool) -> list[tuple[str, ObjectiveSp
     return [("objective", study.objective)]
 
 
+def objective_metric_is_reported(study: StudyConfig, second: bool = False) -> str | None:
+    # refused here, not after every trial trained fully and FAILED for want of its objective
+    for where, spec in _objectives(study, second):
+        if spec.metric not in reported_metrics():
+            return (
+                f"{where}.metric={spec.metric!r} is no metric a trial reports; registered: "
+                f"{', '.join(METRICS.names())}; the engine's: {', '.join(ENGINE_METRICS)}"
+            )
+    return None
+
+
+def second_objective_metric_is_reported(study: StudyConfig) -> str | None:
+    return objective_metric_is_reported(study, second=True)
+
+
 def quality_objective_is_computed(study: StudyConfig, second: bool = False) -> str | None:
     # a quality metric is computed only when trial.metrics lists it (it costs an evaluation)
     for where, spec in _objectives(study, second):
@@ -213,6 +230,8 @@ def second_quality_objective_has_its_direction(study: StudyConfig) -> str | None
 
 STUDY_RULES: dict[Callable[[StudyConfig], str | None], tuple[str, ...]] = {
     pruning_needs_one_objective: ("pruner", "name"),
+    objective_metric_is_reported: ("objective", "metric"),
+    second_objective_metric_is_reported: ("objective", "second", "metric"),
     quality_objective_is_computed: ("objective", "metric"),
     quality_objective_has_its_direction: ("objective", "direction"),
     second_quality_objective_is_computed: ("objective", "second", "metric"),

@@ -8,6 +8,7 @@ and naming file, line, field and value in an error in config.load.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ from gansweep.config.names import (
 )
 from gansweep.config.datafile import data_kind, is_built_in
 from gansweep.config.rules import check_study_fields, check_trial
+from gansweep.config.storage_url import storage_url_problem
 from gansweep.config.names import ARCHITECTURES, LOSSES, PRUNERS, REGULARISERS, SAMPLERS, SCHEDULERS
 from gansweep.extend import Registry
 
@@ -33,6 +35,28 @@ PositiveFloat = Annotated[float, Field(gt=0.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Unit = Annotated[float, Field(ge=0.0, lt=1.0)]
 MINIBATCH_DIM = 5  # C of minibatch discrimination when minibatch_dim is left out (Salimans et al.'s code)
+
+
+# The study's name names its folder (runs/<name>), its Optuna study and MLflow experiment,
+# and prefixes Tune's trial folders: a filesystem allows 255 bytes per folder name, and Tune
+# adds its own suffixes, so names stay well short of that.
+MAX_NAME_LENGTH = 100
+NAME_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def folder_name(name: str) -> str:
+    """`name` when it can be a folder of its own: letters, digits, _ . - only, not only dots
+    (`.` and `..` name the folder itself or its parent), at most MAX_NAME_LENGTH characters."""
+    if not NAME_CHARACTERS.fullmatch(name):
+        raise ValueError(f"a study name takes letters, digits, '_', '.' and '-' only, got {name!r}")
+    if set(name) == {"."}:
+        raise ValueError(f"a study name names its own folder, so it cannot be only dots, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"a study name names its folder, so at most {MAX_NAME_LENGTH} characters, got "
+            f"{len(name)}: {name[:20]!r}..."
+        )
+    return name
 
 
 class Frozen(BaseModel):
@@ -140,6 +164,10 @@ class TrialConfig(Frozen):
     # Their feature space on images: domain (a CNN gansweep trains on the set's own labels,
     # offline) or inception (Inception-v3 weights on disk). 2D sets use their points.
     features: FeatureKind = "domain"
+    # The equilibrium verdict of each evaluation (settled | blind | unsettled; n/a for a loss
+    # without equilibrium values, config/theory.py): C2ST in `features` and D's AUC and logit
+    # spread are computed for it whatever `metrics` lists. false: none, and "no verdict".
+    equilibrium_check: bool = True
 
     @property
     def effective_lr_g(self) -> float:
@@ -298,7 +326,7 @@ class StudyConfig(Frozen):
     """A study file, validated (config.load.load_study): what to train and how to search.
     Not the Optuna study, the service's record of a sweep's trials (its name is `name`)."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, AfterValidator(folder_name)]
     description: str = ""
     output: str | None = None  # None: runs/<name>, relative to the working directory
     storage: str | None = None  # Optuna storage URL; None: SQLite in the output folder
@@ -325,6 +353,14 @@ class StudyConfig(Frozen):
                 f"output must be a relative path below the working directory (use --output "
                 f"for another place), got {value!r}"
             )
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        problem = storage_url_problem(value) if value else None  # "" means the default, as None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
