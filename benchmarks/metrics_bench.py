@@ -75,7 +75,7 @@ def main() -> int:
          lambda: parzen(fake, data.valid[:1_000], real, data.default_sigmas)),
         ("domain features of both sets (shared by the five below)", lambda: (space.embed(real), space.embed(fake))),
         ("fid", lambda: quality.fid(real_f, fake_f)),
-        ("kid (10 subsets of 1,000)", lambda: quality.kid(real_f, fake_f)),
+        (f"kid ({quality.KID_SUBSETS} subsets of {quality.KID_SUBSET_SIZE:,})", lambda: quality.kid(real_f, fake_f)),
         ("precision + recall (k = 3)", lambda: quality.precision_recall(real_f, fake_f)),
         ("c2st_accuracy (k-NN)", lambda: quality.c2st_accuracy(real_f, fake_f)),
         ("d_auc (the MLP discriminator, 1,000 valid vs 1,000 generated)",

@@ -170,14 +170,21 @@ def print_baseline(
 
 def print_quality_baseline(dataset: str, data: object, n_samples: int, data_dir: str | None, features: str) -> None:
     """The quality metrics of n_samples training examples as a model's samples: what a
-    perfect generator scores with these sizes (engine.scoring.data_as_model_scores)."""
-    from gansweep.engine.scoring import FEATURE_METRICS, FEATURES, data_as_model_scores
+    perfect generator scores with these sizes (engine.scoring.data_as_model_scores). d_auc
+    is not applicable: the data as its own model has no discriminator to score."""
+    from gansweep.engine.scoring import FEATURE_METRICS, FEATURES, N_GENERATED, N_REAL, data_as_model_scores
 
     trial = TrialConfig(dataset=dataset, data_dir=data_dir, eval_samples=n_samples, features=features)  # type: ignore[arg-type]
     scores = data_as_model_scores(trial, data, FEATURE_METRICS)  # type: ignore[arg-type]
-    shown = ", ".join(
-        f"{name} {scores[name]:.4g}" + (f" +- {scores['kid_std']:.2g}" if name == "kid" else "")
-        for name in FEATURE_METRICS
-    )
-    print(f"{dataset}: data as its own model, in {scores[FEATURES]}: {shown}; d_auc 0.5 (a discriminator cannot "
-          "tell a perfect generator's samples from the data)")
+    shown = ", ".join(f"{name} {scores[name]:.4g}" + quality_detail(name, scores) for name in FEATURE_METRICS)
+    print(f"{dataset}: data as its own model, in {scores[FEATURES]} ({scores[N_GENERATED]} training examples against "
+          f"{scores[N_REAL]} test examples): {shown}; d_auc n/a (no discriminator: the data is the model)")
+
+
+def quality_detail(name: str, scores: dict) -> str:
+    """What a baseline's score was computed with, where the metric has settings of its own."""
+    if name == "kid":
+        return f" +- {scores['kid_std']:.2g} ({scores['kid_subsets']} subsets of {scores['kid_subset_size']})"
+    if name == "recall":
+        return f" (k = {scores['pr_k']})"
+    return ""

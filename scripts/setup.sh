@@ -22,5 +22,5 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,test]"  # test: the reference metric packages the tests compare with
 echo "gansweep installed in .venv: try  .venv/bin/gansweep run studies/smoke.yaml"

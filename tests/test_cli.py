@@ -86,9 +86,10 @@ def test_baseline_prints_the_data_as_model_score(tmp_path: Path) -> None:
     want = data_as_model_baseline(data.train, data.valid[:1_000], data.test, data.default_sigmas, n_samples=500)
     assert f"{want.mean:.2f} +- {want.stderr:.2f}" in done.stdout
     assert math.isfinite(want.mean)
-    # and the quality metrics of the data as its own model: c2st at chance, d_auc 0.5
-    quality = re.search(r"in domain:digits:[0-9a-f]{8}: fid (\S+), kid (\S+) .* c2st_accuracy ([0-9.]+), "
-                        r"energy_distance ([0-9.]+); d_auc 0.5", done.stdout)
+    # and the quality metrics of the data as its own model: c2st at chance, d_auc not applicable
+    quality = re.search(r"in domain:digits:[0-9a-f]{8} \(500 training examples against 300 test examples\): "
+                        r"fid (\S+), kid (\S+) \+- \S+ \(100 subsets of 150\), .*recall \S+ \(k = 3\), "
+                        r"c2st_accuracy ([0-9.]+), energy_distance ([0-9.]+); d_auc n/a \(no discriminator", done.stdout)
     assert quality, done.stdout
     assert float(quality.group(3)) == pytest.approx(0.5, abs=0.1)
     assert float(quality.group(1)) >= 0 and math.isfinite(float(quality.group(2))) and float(quality.group(4)) >= 0

@@ -98,6 +98,8 @@ ENGINE_METRICS: tuple[str, ...] = (
     "samples_per_second", "diverged", "epoch", "d_loss_star", "g_loss_star", "d_loss_gap",
     "g_loss_gap", "parzen_stderr", "parzen_sigma", "modes_covered", "high_quality_share",
     "blind_discriminator", "d_logit_std", "kid_std", "pack_size",
+    # what the feature metrics were computed with (integers): rows compared, KID's subsets, k
+    "n_real", "n_generated", "kid_subset_size", "kid_subsets", "pr_k",
 )
 
 

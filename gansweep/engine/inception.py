@@ -40,8 +40,6 @@ PINNED_SHA256 = {HUB_FILE: "0cc3c7bd75056d25e46cba549dc184522069b81e9787eff6df84
 URL = f"https://download.pytorch.org/models/{HUB_FILE}"
 SIZE = 299
 CHUNK = 100
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def offline() -> bool:
@@ -111,12 +109,11 @@ def check_sha256(path: Path) -> str:
 
 
 def inception_network() -> nn.Module:
-    """torchvision's inception_v3, untrained, with its classifier replaced by the identity:
-    its output is the 2048-d average pool (pool3)."""
+    """torchvision's inception_v3 architecture, untrained (load_inception fills in the
+    weights). transform_input=False: to_inception_input already gives the [-1, 1] scale."""
     from torchvision.models import inception_v3
 
-    network = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    return network
+    return inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
 
 
 def load_inception(path: Path) -> tuple[nn.Module, str]:
@@ -132,15 +129,20 @@ def load_inception(path: Path) -> tuple[nn.Module, str]:
 
 
 def to_inception_input(images: Tensor) -> Tensor:
-    """(N, C, H, W) images in [0, 1] -> (N, 3, 299, 299), ImageNet-normalised: grey channels
-    repeated, bilinear resizing (antialiased when shrinking)."""
+    """(N, C, H, W) images in [0, 1] -> (N, 3, 299, 299) in [-1, 1], pytorch-fid's pipeline
+    (InceptionV3 with resize_input and normalize_input): grey channels repeated, plain
+    bilinear resizing (align_corners=False, no antialiasing), then 2x - 1.
+
+    [-1, 1] is the scale torchvision's ImageNet weights were trained at: their
+    transform_input=True maps ImageNet-normalised inputs back to it, and the network here is
+    built with transform_input=False, so it must be given that scale directly; ImageNet's
+    mean/std normalisation would feed the first convolution -2.1 .. 2.6 instead. (torch-fidelity
+    resizes with its own TensorFlow-1-style bilinear kernel: its inputs differ slightly.)"""
     x = images.float()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    x = nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    x = nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return 2 * x - 1
 
 
 @functools.lru_cache(maxsize=2)

@@ -5,7 +5,8 @@
                      2017); 0 for equal moments, lower is better.
     kid              the unbiased MMD^2 estimator with the cubic polynomial kernel
                      k(x, y) = (x.y / d + 1)^3, averaged over random subsets (Binkowski et al.
-                     2018); 0 in expectation for equal distributions, lower is better.
+                     2018; torch-fidelity's subsets and spread); 0 in expectation for equal
+                     distributions, lower is better.
     precision/recall the k-nearest-neighbour manifolds of Kynkaanniemi et al. 2019: the share
                      of generated points inside the real manifold (precision) and of real
                      points inside the generated one (recall); higher is better.
@@ -24,8 +25,8 @@ Everything runs in float64 on the tensors' device; each function reads one resul
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ from gansweep.config.names import METRICS  # the registry, with the built-ins de
 from gansweep.extend import BUILT_IN
 
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al.'s k
-KID_SUBSETS = 10
-KID_SUBSET_SIZE = 1_000  # Binkowski et al.'s subsets (they use 100 of 1,000)
+KID_SUBSETS = 100  # Binkowski et al.'s and torch-fidelity's: 100 subsets of 1,000 rows
+KID_SUBSET_SIZE = 1_000
 CHUNK = 2_048  # rows of a distance matrix computed at once
 
 
@@ -101,23 +102,48 @@ def mmd2_unbiased(x: Tensor, y: Tensor) -> Tensor:
     return xx + yy - 2.0 * kxy.mean()
 
 
+class KidEstimate(NamedTuple):
+    """KID over random subsets: the mean and spread of the subsets' unbiased MMD^2, and the
+    subsets that gave them (recorded beside the score: kid_subset_size, kid_subsets)."""
+
+    mean: float
+    std: float  # NaN for a single subset: one estimate has no spread
+    subset_size: int
+    subsets: int
+
+
+def kid_subset_size(n_real: int, n_fake: int, largest: int = KID_SUBSET_SIZE) -> int:
+    """`largest` rows, or half the smaller set where that is fewer.
+
+    A subset as large as its set is the whole set: every subset then gives the same MMD^2 and
+    the spread over subsets is 0 up to rounding (torch-fidelity refuses such a size; gansweep
+    once took it silently). With at most half the rows, subsets differ and the spread is the
+    spread of one subset's estimate, as torch-fidelity's is with its 1,000 of 10,000 or more
+    rows (somewhat smaller: drawn from n rows, not from the distribution, by about
+    sqrt(1 - size / n))."""
+    return min(largest, min(n_real, n_fake) // 2)
+
+
 def kid(
     real: Tensor, fake: Tensor, *, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0
-) -> tuple[float, float]:
-    """(mean, standard deviation) of the unbiased MMD^2 over `subsets` random subsets of
-    min(subset_size, N) rows of each set, drawn without replacement with `seed`."""
+) -> KidEstimate:
+    """torch-fidelity's KID (kid_features_to_metric): `subsets` subsets of kid_subset_size rows
+    of each set, each drawn without replacement (independently of the others) by numpy's
+    RandomState(seed), real then generated; the mean and the population std (np.std) of their
+    unbiased MMD^2. The same generator and order of draws: the same seed picks the same rows."""
     x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
-    size = min(subset_size, x.shape[0], y.shape[0])
-    generator = torch.Generator().manual_seed(seed)
+    size = kid_subset_size(x.shape[0], y.shape[0], subset_size)
+    if size < 2:
+        raise ValueError(f"KID needs at least 4 rows of each set (subsets of 2), got {x.shape[0]} and {y.shape[0]}")
+    rng = np.random.RandomState(seed)
     values = []
     for _ in range(subsets):
-        ix = torch.randperm(x.shape[0], generator=generator)[:size].to(x.device)
-        iy = torch.randperm(y.shape[0], generator=generator)[:size].to(y.device)
+        ix = torch.from_numpy(rng.choice(x.shape[0], size, replace=False)).to(x.device)
+        iy = torch.from_numpy(rng.choice(y.shape[0], size, replace=False)).to(y.device)
         values.append(mmd2_unbiased(x[ix], y[iy]))
     stacked = torch.stack(values)
-    std = stacked.std() if subsets > 1 else torch.zeros((), dtype=stacked.dtype)
-    mean, spread = torch.stack((stacked.mean(), std.to(stacked.device))).tolist()
-    return mean, spread
+    mean, spread = torch.stack((stacked.mean(), stacked.std(correction=0))).tolist()
+    return KidEstimate(mean, spread if subsets > 1 else math.nan, size, subsets)
 
 
 # ---------------------------------------------------------------------------- precision, recall

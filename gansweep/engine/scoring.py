@@ -18,7 +18,7 @@ from gansweep.config.schema import TrialConfig
 from gansweep.config.theory import blind_discriminator
 from gansweep.engine.dataset import Dataset, to_model_scale
 from gansweep.engine.features import FeatureSpace, chunked, domain_model
-from gansweep.engine.quality import c2st_accuracy, fid, kid, precision_recall, roc_auc
+from gansweep.engine.quality import PR_NEIGHBOURS, KidEstimate, c2st_accuracy, fid, kid, precision_recall, roc_auc
 from gansweep.config.names import METRICS
 from gansweep.extend import Entry
 
@@ -26,6 +26,9 @@ Scores = dict[str, float | str]
 # The metrics computed from feature rows (config.names: reads features), in their declared order.
 FEATURE_METRICS = tuple(n for n in METRICS.names(built_in=True) if METRICS.meta(n, "reads") == "features")
 FEATURES = "features"  # the result key of the feature space's name
+# the feature rows the metrics compared (c2st_accuracy cuts both to the smaller; kid draws subsets)
+N_REAL, N_GENERATED = "n_real", "n_generated"
+PR_K = "pr_k"  # precision's and recall's k (their k-NN manifolds' neighbour)
 BLIND = "blind_discriminator"  # 1.0 where config.theory.blind_discriminator says so, else 0.0
 
 
@@ -46,6 +49,12 @@ def feature_space(kind: str, data: Dataset, data_dir: str | None = None) -> Feat
     return FeatureSpace(model.name, chunked(network.features, data.shape))
 
 
+def kid_scores(estimate: KidEstimate) -> Scores:
+    """KID's record: its mean, its spread over subsets, and the subsets' size and number."""
+    return {"kid": estimate.mean, "kid_std": estimate.std, "kid_subset_size": estimate.subset_size,
+            "kid_subsets": estimate.subsets}
+
+
 def real_test(trial: TrialConfig, data: Dataset) -> Tensor:
     return data.test if trial.eval_test is None else data.test[: trial.eval_test]
 
@@ -57,14 +66,16 @@ def feature_scores(trial: TrialConfig, data: Dataset, real: Tensor, fake: Tensor
         return {}
     space = feature_space(trial.features, data, trial.data_dir)
     real_f, fake_f = space.embed(real), space.embed(fake)
-    scores: Scores = {FEATURES: space.name}
+    # the sizes beside the space: fid, precision and recall depend on them, not only on the model
+    scores: Scores = {FEATURES: space.name, N_REAL: real_f.shape[0], N_GENERATED: fake_f.shape[0]}
     if "fid" in wanted:
         scores["fid"] = fid(real_f, fake_f)
     if "kid" in wanted:
-        scores["kid"], scores["kid_std"] = kid(real_f, fake_f, seed=seed)
+        scores.update(kid_scores(kid(real_f, fake_f, seed=seed)))
     if "precision" in wanted or "recall" in wanted:
-        precision, recall = precision_recall(real_f, fake_f)
+        precision, recall = precision_recall(real_f, fake_f, k=PR_NEIGHBOURS)
         scores.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in wanted})
+        scores[PR_K] = PR_NEIGHBOURS
     if "c2st_accuracy" in wanted:
         scores["c2st_accuracy"] = c2st_accuracy(real_f, fake_f, seed=seed)
     for name in wanted:  # those with a function of the two sets alone (quality.feature_metric)

@@ -16,6 +16,10 @@ from gansweep.config.names import QUALITY_METRICS, TOY_DATASETS
 from gansweep.config.schema import TrialConfig
 from gansweep.reporting.view import StudyView, first_line
 
+# Quality metrics that read something the data as its own model does not have: no number is
+# its baseline (a constant would pass for a measurement).
+WITHOUT_BASELINE = {"d_auc": "the data as its own model has no discriminator to score it"}
+
 
 def baseline_key(trial: TrialConfig) -> str:
     """What the data-as-model score depends on (a toy set's points and a file's splits
@@ -62,10 +66,7 @@ def compute_baseline(trial: TrialConfig) -> dict[str, float]:
 
 def compute_quality_baseline(trial: TrialConfig, metric: str) -> dict[str, float]:
     """A quality metric of the data as its own model (engine.scoring.data_as_model_scores):
-    eval_samples real training points scored as a trial's samples; d_auc is 0.5 by definition
-    (no discriminator tells a perfect generator's samples from the data)."""
-    if metric == "d_auc":
-        return {"dataset": trial.dataset, "mean": 0.5}  # type: ignore[dict-item]
+    eval_samples real training points scored as a trial's samples."""
     from gansweep.engine.data import load_dataset
     from gansweep.engine.scoring import FEATURES, data_as_model_scores
 
@@ -76,8 +77,12 @@ def compute_quality_baseline(trial: TrialConfig, metric: str) -> dict[str, float
 
 def data_baselines(view: StudyView, cache: Path) -> dict[str, float]:
     """dataset -> data-as-model score of the objective (the mean over seeds of a toy set),
-    cached: Parzen's, or a quality metric's (fid, kid near 0; c2st_accuracy, d_auc near 0.5)."""
+    cached: Parzen's, or a quality metric's (fid, kid near 0; c2st_accuracy near 0.5); none
+    for a metric the data as a model cannot have (WITHOUT_BASELINE), with a note saying so."""
     quality = view.metric in QUALITY_METRICS
+    if view.metric in WITHOUT_BASELINE:
+        view.notes.append(f"Data-as-model {view.metric} baseline: n/a ({WITHOUT_BASELINE[view.metric]}).")
+        return {}
     if view.metric != "parzen_ll" and not quality:
         view.notes.append(f"No data-as-model baseline: the objective is {view.metric}, not parzen_ll or a quality metric.")
         return {}

@@ -126,15 +126,6 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     inception._cached.cache_clear()
 
 
-def test_inception_pool3_features_of_small_grey_images(random_weights: Path, hub: Path, monkeypatch) -> None:
-    monkeypatch.setenv(inception.ENV_WEIGHTS, str(random_weights))
-    space = inception.inception_space(torch.device("cpu"), (1, 28, 28))
-    assert space.name == f"inception:{features.sha256_of(random_weights)[:8]}"
-    out = space.embed(torch.rand(2, 784))
-    assert out.shape == (2, 2048) and bool(torch.isfinite(out).all())
-    assert bool((out >= 0).all())  # the average of ReLU outputs
-
-
 def test_inception_checksum_mismatch_is_an_error(random_weights: Path, hub: Path, monkeypatch) -> None:
     monkeypatch.setenv(inception.ENV_WEIGHTS, str(random_weights))
     monkeypatch.setenv(inception.ENV_SHA256, "0" * 64)
@@ -205,3 +196,41 @@ def test_a_download_is_checked_against_the_whole_pinned_sha256(hub: Path, monkey
     with pytest.raises(DataError, match="no network in tests"):
         inception.find_weights()
     assert asked == {"url": inception.URL, "hash_prefix": inception.PINNED_SHA256[inception.HUB_FILE]}
+
+
+@pytest.fixture
+def pytorch_fid_network(monkeypatch: pytest.MonkeyPatch):
+    """A factory: pytorch-fid's InceptionV3 (its resize_input + normalize_input pipeline,
+    its pool3 block layout) around the given torchvision network instead of downloaded
+    weights (its constructor with use_fid_inception=False asks _inception_v3 for one)."""
+    from pytorch_fid import inception as reference
+
+    def build(network: torch.nn.Module) -> torch.nn.Module:
+        monkeypatch.setattr(reference, "_inception_v3", lambda **kwargs: network)
+        return reference.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=False).eval()
+
+    return build
+
+
+def test_inception_pipeline_equals_pytorch_fids(random_weights: Path, hub: Path, monkeypatch, pytorch_fid_network) -> None:
+    """On the same images and weights (random: no download), the network's input and its pool3
+    features through gansweep's pipeline equal pytorch-fid's (bilinear to 299x299, then
+    [-1, 1]), for grey digits and CIFAR-sized colour images; one image each suffices."""
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(random_weights))
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        space = inception.inception_space(torch.device("cpu"), shape)
+        network, digest = inception._cached(str(random_weights), "cpu")  # the space's own network
+        reference = pytorch_fid_network(network)
+        seen: list[torch.Tensor] = []
+        hook = network.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
+        image = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = reference(image.expand(-1, 3, -1, -1))[0].flatten(1)  # pytorch-fid takes RGB: grey repeated
+        hook.remove()
+        got = space.embed(image.flatten(1))  # flat rows, as an MLP generator gives them
+        assert space.name == f"inception:{digest[:8]}" == f"inception:{features.sha256_of(random_weights)[:8]}"
+        torch.testing.assert_close(inception.to_inception_input(image), seen[0], rtol=0, atol=1e-6)
+        assert want.shape == got.shape == (1, 2048)
+        # relative: a randomly initialised network's pool3 values are ~1e-8 (each default-initialised
+        # layer shrinks its input); the ImageNet-normalised input of old changed them by ~20 times that
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

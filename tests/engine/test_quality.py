@@ -1,7 +1,8 @@
 """Sample-quality metrics (engine/quality.py) against independent references: the Frechet
-distance against scipy.linalg.sqrtm and a closed form, KID against a direct NumPy sum,
-precision and recall against brute force, C2ST on equal and disjoint sets, the AUC against
-scikit-learn; and the blind-discriminator decision (config/theory.py)."""
+distance against pytorch-fid's and a closed form, KID against a direct NumPy sum and
+torch-fidelity's, precision and recall against brute force and the prdc package, C2ST on
+equal and disjoint sets, the AUC against scikit-learn; the side values each evaluation
+records with them (engine/scoring.py); and the blind-discriminator decision (config/theory.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.linalg
 import scipy.stats
 import torch
 
@@ -32,9 +32,10 @@ def random_spd(d: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def sqrtm_reference(mu1, s1, mu2, s2) -> float:
-    """The formula as pytorch-fid writes it: scipy's general matrix square root of S1 S2."""
-    root = scipy.linalg.sqrtm(s1 @ s2).real
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root))
+    """pytorch-fid's Frechet distance (scipy's general matrix square root of S1 S2)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    return float(calculate_frechet_distance(mu1, s1, mu2, s2))
 
 
 # ---------------------------------------------------------------------------- FID
@@ -50,7 +51,7 @@ def test_frechet_distance_closed_form_of_diagonal_gaussians() -> None:
 
 
 @pytest.mark.parametrize("d", [2, 16, 64])
-def test_frechet_distance_agrees_with_scipy_sqrtm(d: int) -> None:
+def test_frechet_distance_agrees_with_pytorch_fid(d: int) -> None:
     rng = np.random.default_rng(d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     s1, s2 = random_spd(d, rng), random_spd(d, rng)
@@ -89,21 +90,53 @@ def test_mmd2_agrees_with_direct_numpy_sums() -> None:
     assert float(mmd2_unbiased(torch.tensor(x), torch.tensor(y))) == pytest.approx(mmd2_numpy(x, y), rel=1e-10)
 
 
-def test_kid_one_subset_of_everything_is_the_mmd2_of_the_sets() -> None:
+def test_kid_one_subset_is_the_mmd2_of_its_rows() -> None:
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(40, 3)), rng.normal(scale=1.5, size=(40, 3))
-    mean, std = kid(torch.tensor(x), torch.tensor(y), subsets=1, subset_size=40)
-    assert mean == pytest.approx(mmd2_numpy(x, y), rel=1e-10)
-    assert std == 0.0
+    estimate = kid(torch.tensor(x), torch.tensor(y), subsets=1, subset_size=20, seed=5)
+    draws = np.random.RandomState(5)  # torch-fidelity's generator: real rows first, then generated
+    ix, iy = draws.choice(40, 20, replace=False), draws.choice(40, 20, replace=False)
+    assert estimate.mean == pytest.approx(mmd2_numpy(x[ix], y[iy]), rel=1e-10)
+    assert (estimate.subset_size, estimate.subsets) == (20, 1)
+    assert math.isnan(estimate.std)  # one estimate has no spread
+
+
+def torch_fidelity_kid(x: np.ndarray, y: np.ndarray, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    out = kid_features_to_metric(torch.tensor(x), torch.tensor(y), kid_subsets=subsets, kid_subset_size=subset_size,
+                                 rng_seed=seed, verbose=False)
+    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+
+
+def test_kid_agrees_with_torch_fidelity_on_large_sets() -> None:
+    # at least twice the subset size in each set: torch-fidelity's own subsets, drawn alike
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(260, 6)), rng.normal(loc=0.2, scale=1.3, size=(300, 6))
+    estimate = kid(torch.tensor(x), torch.tensor(y), subsets=30, subset_size=100, seed=11)
+    mean, std = torch_fidelity_kid(x, y, subsets=30, subset_size=100, seed=11)
+    assert (estimate.mean, estimate.std) == (pytest.approx(mean, rel=1e-10), pytest.approx(std, rel=1e-8))
+    assert (estimate.subset_size, estimate.subsets) == (100, 30)
+
+
+def test_kid_of_small_sets_draws_subsets_of_half_the_smaller_set() -> None:
+    """Below twice the subset size, a subset of the whole set would make every subset the same
+    (torch-fidelity refuses; gansweep's std was ~1e-16): half the smaller set instead, and
+    torch-fidelity asked for that size gives the same mean and the same, real, spread."""
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(150, 6)), rng.normal(loc=0.2, size=(121, 6))
+    estimate = kid(torch.tensor(x), torch.tensor(y), seed=3)  # the defaults: up to 100 subsets of 1,000
+    assert (estimate.subset_size, estimate.subsets) == (60, 100)
+    mean, std = torch_fidelity_kid(x, y, subsets=100, subset_size=60, seed=3)
+    assert (estimate.mean, estimate.std) == (pytest.approx(mean, rel=1e-10), pytest.approx(std, rel=1e-8))
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_large_for_another() -> None:
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(3_000, 8, generator=g), torch.randn(3_000, 8, generator=g)
-    same, spread = kid(x, y, subsets=10, subset_size=1_000)
-    assert same == pytest.approx(0.0, abs=3 * spread + 1e-3)
-    shifted, _ = kid(x, y + 1.0, subsets=10, subset_size=1_000)
-    assert shifted > 0.5
+    same = kid(x, y, subsets=10, subset_size=1_000)
+    assert same.mean == pytest.approx(0.0, abs=3 * same.std + 1e-3)
+    assert kid(x, y + 1.0, subsets=10, subset_size=1_000).mean > 0.5
 
 
 # ---------------------------------------------------------------------------- precision, recall
@@ -123,13 +156,18 @@ def pr_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, f
     return share(fake, real, radii(real)), share(real, fake, radii(fake))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_precision_recall_agree_with_brute_force(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "k"), [(1, 3), (2, 5)])
+def test_precision_recall_agree_with_brute_force_and_prdc(seed: int, k: int) -> None:
+    from prdc import compute_prdc
+
     rng = np.random.default_rng(seed)
     real, fake = rng.normal(size=(60, 3)), rng.normal(loc=0.7, scale=0.6, size=(50, 3))
-    p, r = precision_recall(torch.tensor(real), torch.tensor(fake), k=3)
-    bp, br = pr_brute_force(real, fake, 3)
+    p, r = precision_recall(torch.tensor(real), torch.tensor(fake), k=k)
+    bp, br = pr_brute_force(real, fake, k)
     assert (p, r) == (pytest.approx(bp, abs=1e-12), pytest.approx(br, abs=1e-12))
+    # prdc counts strictly inside a radius, gansweep on it too: equal with no ties (random floats)
+    reference = compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
+    assert (p, r) == (pytest.approx(reference["precision"], abs=1e-12), pytest.approx(reference["recall"], abs=1e-12))
     assert 0 < p < 1 and 0 < r < 1  # the case is not trivial
 
 
@@ -194,7 +232,7 @@ def at_equilibrium(loss: str = "non_saturating", alpha: float = 0.5, s: float = 
     assert star is not None
     metrics = {
         "d_loss_star": star.d_loss, "g_loss_star": star.g_loss, "d_loss_gap": 0.01 * star.d_loss,
-        "g_loss_gap": 0.01 * abs(star.g_loss), "d_auc": 0.5, "c2st_accuracy": 0.93,
+        "g_loss_gap": 0.01 * abs(star.g_loss), "d_auc": 0.5, "d_logit_std": 0.0, "c2st_accuracy": 0.93,
     }
     return {**metrics, **changes}
 
@@ -210,8 +248,8 @@ def test_blind_discriminator_seed_003s_case() -> None:
     "changes",
     [
         {"c2st_accuracy": 0.52},  # the samples are as good as the equilibrium says
-        {"d_auc": 0.8},  # D still sees the difference: not blind
-        {"d_auc": 0.2},
+        {"d_auc": 0.8, "d_logit_std": 0.3},  # D still sees the difference: not blind
+        {"d_auc": 0.2, "d_logit_std": 0.3},
         {"d_loss_gap": 0.3},  # away from the equilibrium
         {"g_loss_gap": 0.5},
     ],
@@ -243,3 +281,30 @@ def test_energy_distance_by_hand_in_two_dimensions() -> None:
     fake = torch.zeros(2, 2)
     assert energy_distance(real, fake) == pytest.approx(math.sqrt(2 * 2.5 - 2.5 - 0.0))
     assert energy_distance(real, real) == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------- an evaluation's record
+
+
+def test_an_evaluation_records_kid_and_precision_recall_with_their_settings() -> None:
+    """engine.scoring.feature_scores keeps, beside the scores, what they were computed with:
+    the rows compared, KID's subsets, precision's and recall's k; the same settings given to
+    torch-fidelity and prdc reproduce the scores (a 2D set's features are its points)."""
+    from prdc import compute_prdc
+
+    from gansweep.config.schema import TrialConfig
+    from gansweep.engine.data import load_dataset
+    from gansweep.engine.scoring import feature_scores
+
+    data = load_dataset("circle", seed=0, device="cpu")
+    trial = TrialConfig(dataset="circle", metrics=("kid", "precision", "recall"), device="cpu")
+    real, fake = data.test[:300], data.train[:250] * 1.1  # a generator a little too wide
+    scores = feature_scores(trial, data, real, fake, seed=4)
+    assert (scores["features"], scores["n_real"], scores["n_generated"]) == ("points:circle", 300, 250)
+    assert (scores["kid_subset_size"], scores["kid_subsets"], scores["pr_k"]) == (125, 100, 3)
+    x, y = real.double().numpy(), fake.double().numpy()
+    mean, std = torch_fidelity_kid(x, y, subsets=100, subset_size=125, seed=4)
+    assert (scores["kid"], scores["kid_std"]) == (pytest.approx(mean, rel=1e-10), pytest.approx(std, rel=1e-8))
+    reference = compute_prdc(real_features=x, fake_features=y, nearest_k=3)
+    assert (scores["precision"], scores["recall"]) == (
+        pytest.approx(reference["precision"], abs=1e-12), pytest.approx(reference["recall"], abs=1e-12))
