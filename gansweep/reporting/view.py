@@ -175,7 +175,9 @@ def trial_config(params: dict[str, str] | None, output: Path, number: int) -> Tr
         import torch
 
         try:
-            return TrialConfig.model_validate(torch.load(checkpoint, map_location="cpu", weights_only=False)["trial"])
+            # weights_only: a generator.pt holds tensors and the trial as plain values; a
+            # pickled object in one written to the artifact store is refused, never run
+            return TrialConfig.model_validate(torch.load(checkpoint, map_location="cpu", weights_only=True)["trial"])
         except Exception:
             return None
     return None

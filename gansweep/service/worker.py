@@ -72,15 +72,23 @@ def load_resume_state(config: p.UnitConfig, seed: int) -> tuple[p.CheckpointStat
     best: dict[int, Best] = {}
     history: History = {}
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / p.STATE_FILE, map_location="cpu", weights_only=False)
+        saved = load_tensors(Path(folder) / p.STATE_FILE)
         for number in config["numbers"]:
             path = Path(folder) / p.member_path(number, p.BEST_FILE)
             if path.is_file():
-                kept = torch.load(path, map_location="cpu", weights_only=False)
+                kept = load_tensors(path)
                 best[number] = Best(kept["value"], kept["epoch"], kept["objectives"], kept["generator"])
             path = Path(folder) / p.member_path(number, p.HISTORY_FILE)
             history[number] = p.read_history(path.read_text()) if path.is_file() else []  # older checkpoints: none
     return p.read_checkpoint_state(saved, config["numbers"], seed), best, history
+
+
+def load_tensors(path: Path) -> Any:
+    """A checkpoint file of tensors, dicts, lists and numbers (all that state.pt and best.pt
+    hold) read without running code: whoever can write the checkpoint store (a shared
+    bucket) could otherwise run any code on the workers through a pickled object.
+    weights_only refuses such an object with an UnpicklingError."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def trackers(select: p.Selection, best: dict[int, Best], numbers: list[int]) -> dict[int, BestTracker]:
