@@ -20,7 +20,7 @@ from gansweep.config.schema import ObjectiveConfig, TrialConfig
 # metric (the built-ins' and the study's plugins') the last epoch has, Parzen's details after it.
 LOSS_ROWS = ("d_loss", "d_loss_star", "g_loss", "g_loss_star", "d_real", "d_fake")
 PARZEN_ROWS = ("parzen_stderr", "parzen_sigma", "modes_covered", "high_quality_share")
-LAST_ROWS = ("blind_discriminator", "wall_time")
+LAST_ROWS = ("d_logit_std", "blind_discriminator", "wall_time")
 
 
 def summary_metrics() -> tuple[str, ...]:
@@ -113,6 +113,23 @@ def train_one(trial: TrialConfig, output: Path, objective: ObjectiveConfig | Non
     return 0
 
 
+VERDICT_LINES = {
+    "settled": "equilibrium: settled (the losses sit at their equilibrium values, D cannot tell real from "
+               "generated, and neither can a fresh classifier: c2st_accuracy)",
+    "blind": "[yellow]equilibrium: blind (the losses sit at their equilibrium values only because D cannot "
+             "tell real from generated, its AUC near 0.5 or its output constant, while a fresh classifier "
+             "tells the samples from the data: c2st_accuracy)[/yellow]",
+    "unsettled": "equilibrium: unsettled (the losses are away from their equilibrium values, or D still tells "
+                 "real from generated)",
+    "n/a": "equilibrium: n/a (theory gives this loss no equilibrium values)",
+    "no verdict": "equilibrium: no verdict (equilibrium_check: false)",
+}
+
+
+def verdict_line(verdict: str) -> str:
+    return VERDICT_LINES.get(verdict, f"equilibrium: {verdict}")
+
+
 def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], output: Path) -> None:
     table = Table(title=f"{trial.dataset} / {trial.architecture} / {trial.loss}, alpha={trial.alpha}, k={trial.k}")
     table.add_column("metric")
@@ -123,9 +140,8 @@ def print_summary(console: Console, trial: TrialConfig, last: dict[str, float], 
     console.print(table)
     if "features" in last:
         console.print(f"quality metrics in the feature space {last['features']}")
-    if last.get("blind_discriminator") == 1.0:
-        console.print("[yellow]blind discriminator equilibrium: the losses sit at the equilibrium, D's AUC is "
-                      "near 0.5, yet a fresh classifier tells the samples from the data (c2st_accuracy)[/yellow]")
+    if "equilibrium" in last:
+        console.print(verdict_line(str(last["equilibrium"])))
     console.print(f"metrics: {output / 'metrics.csv'}   samples: {output / 'samples'}")
 
 

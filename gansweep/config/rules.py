@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gansweep.config.comparable import incomparable_objective
 from gansweep.config.conditions import reachable
+from gansweep.config.theory import compose_real_count
 from gansweep.config.names import (
     ARCHITECTURES, ENGINE_METRICS, LOSSES, METRICS, REGULARISERS, metric_direction, quality_metrics, reported_metrics,
 )
@@ -41,7 +43,7 @@ class RuleBroken(ValueError):
 def compose_leaves_both_kinds(trial: TrialConfig) -> str | None:
     if trial.alpha_mode != "compose":
         return None
-    n_real = round(trial.alpha * trial.batch_size)
+    n_real = compose_real_count(trial.alpha, trial.batch_size)
     if 1 <= n_real <= trial.batch_size - 1:
         return None
     return (
@@ -268,6 +270,9 @@ def check_study(study: StudyConfig, path: object) -> None:
     if study.budget.max_concurrent * study.budget.cpus_per_trial <= 0:
         raise ConfigError(f"{path}: budget: no CPU for any trial")
     check_output_ranges(study, path)
+    incomparable = incomparable_objective(study)
+    if incomparable:
+        raise ConfigError(f"{path}: search.{incomparable[0]}: {incomparable[1]}")
     if study.budget.pack_size > 1:
         check_pack_study(study, path)
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gansweep.config.schema import TrialConfig
-from gansweep.config.theory import equilibrium
+from gansweep.config.theory import equilibrium, realised_share
 from gansweep.errors import TrialDiverged
 
 Metrics = dict[str, float]
@@ -67,8 +67,9 @@ def divergence(metrics: Metrics, epoch: int) -> TrialDiverged | None:
 
 
 def theory_metrics(trial: TrialConfig, metrics: Metrics) -> Metrics:
-    """The equilibrium losses of THEORY.md and the gaps to them, where theory gives them."""
-    star = equilibrium(trial.loss, trial.alpha, trial.label_smoothing)
+    """The equilibrium losses of THEORY.md and the gaps to them, where theory gives them: at
+    the real share D's minibatch really has (config.theory.realised_share)."""
+    star = equilibrium(trial.loss, realised_share(trial.alpha_mode, trial.alpha, trial.batch_size), trial.label_smoothing)
     if star is None:
         return {}
     return {

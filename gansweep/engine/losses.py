@@ -29,7 +29,7 @@ from torch import Tensor
 
 # The equilibria are pure arithmetic, kept apart so that the driver and the report draw them
 # without importing torch; re-exported here beside the losses they belong to.
-from gansweep.config.theory import EQUILIBRIA, Equilibrium, equilibrium  # noqa: F401
+from gansweep.config.theory import EQUILIBRIA, Equilibrium, compose_real_count, equilibrium  # noqa: F401
 from gansweep.config.names import LOSSES  # the registry, with the built-ins declared
 from gansweep.extend import loss
 
@@ -201,7 +201,7 @@ class MinibatchPlan:
 def minibatch_plan(mode: str, alpha: float, batch_size: int) -> MinibatchPlan:
     """compose: round(alpha m) real + the rest fake; weight and bernoulli: m of each."""
     if mode == "compose":
-        n_real = round(alpha * batch_size)
+        n_real = compose_real_count(alpha, batch_size)
         return MinibatchPlan(n_real=n_real, n_fake=batch_size - n_real)
     return MinibatchPlan(n_real=batch_size, n_fake=batch_size)
 

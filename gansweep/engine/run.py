@@ -38,7 +38,7 @@ from gansweep.engine.executions import Step, compiled_step, eager_step, packed_s
 from gansweep.engine.iteration import STATS, Hyper, Spec, TrainState
 from gansweep.engine.losses import loss_terms, minibatch_plan
 from gansweep.engine.models import build_models, feature_end
-from gansweep.engine.scoring import blind_flag
+from gansweep.engine.scoring import needs_discriminator, verdict_columns
 from gansweep.engine.state import (
     Layout,
     alias_module,
@@ -278,7 +278,7 @@ def train_epoch(unit: Unit) -> list[Metrics]:
             metrics.update(theory_metrics(member, metrics))
             if is_eval_epoch(member, epoch):
                 metrics.update(evaluate_member(unit, row))
-                metrics.update(blind_flag(metrics))  # needs the theory gaps and the scores
+                metrics.update(verdict_columns(member, metrics))  # needs the theory gaps and the scores
         metrics["epoch"] = float(epoch)
         unit.last_metrics[row] = metrics
         results.append(metrics)
@@ -296,7 +296,7 @@ def member_discriminator(unit: Unit, row: int) -> nn.Module:
 
 def evaluate_member(unit: Unit, row: int) -> Metrics:
     trial = unit.trials[row]
-    discriminator = member_discriminator(unit, row) if "d_auc" in trial.metrics else None  # each member's own
+    discriminator = member_discriminator(unit, row) if needs_discriminator(trial) else None  # each member's own
     metrics, samples = evaluation.evaluate(trial, unit.data, member_generator(unit, row), unit.epochs[row], discriminator)
     unit.last_samples[row] = samples
     return metrics

@@ -5,6 +5,8 @@ Real rows: the test split (capped at eval_test) for the feature metrics, the val
 split (capped at eval_valid, never trained on) for D's AUC; generated rows: the evaluation's
 samples. Every evaluation with a feature metric also returns `features`, the name of the
 space it was computed in (engine/features.py), which metrics.csv and the MLflow run keep.
+Wherever the loss has equilibrium values, each evaluation also gets the equilibrium verdict
+(config.theory.equilibrium_verdict) and the checks it needs, asked for or not.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from gansweep.config.schema import TrialConfig
-from gansweep.config.theory import blind_discriminator
+from gansweep.config.theory import BLIND as BLIND_VERDICT
+from gansweep.config.theory import NO_VERDICT, NOT_APPLICABLE, equilibrium_verdict, has_equilibrium
+from gansweep.engine.data import DATASETS
 from gansweep.engine.dataset import Dataset, to_model_scale
 from gansweep.engine.features import FeatureSpace, chunked, domain_model
 from gansweep.engine.quality import PR_NEIGHBOURS, KidEstimate, c2st_accuracy, fid, kid, precision_recall, roc_auc
@@ -29,7 +33,9 @@ FEATURES = "features"  # the result key of the feature space's name
 # the feature rows the metrics compared (c2st_accuracy cuts both to the smaller; kid draws subsets)
 N_REAL, N_GENERATED = "n_real", "n_generated"
 PR_K = "pr_k"  # precision's and recall's k (their k-NN manifolds' neighbour)
-BLIND = "blind_discriminator"  # 1.0 where config.theory.blind_discriminator says so, else 0.0
+BLIND = "blind_discriminator"  # 1.0 where the verdict is blind, else 0.0
+EQUILIBRIUM = "equilibrium"  # the result key of the verdict (text): config.theory.VERDICTS
+D_LOGIT_STD = "d_logit_std"  # the spread of D's logits beside its AUC
 
 
 def feature_space(kind: str, data: Dataset, data_dir: str | None = None) -> FeatureSpace:
@@ -86,33 +92,70 @@ def feature_scores(trial: TrialConfig, data: Dataset, real: Tensor, fake: Tensor
 
 
 @torch.no_grad()
-def discriminator_auc(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> float:
-    """ROC AUC of D's scores, held-out real vs generated, in eval mode (batch norm's running
-    statistics, no dropout); inputs in the generator's scale, as D was trained."""
-
+def discriminator_outputs(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> tuple[Tensor, Tensor]:
+    """D's scores (logits) of held-out real and of generated rows, in eval mode (batch norm's
+    running statistics, no dropout); inputs in the generator's scale, as D was trained."""
     real = data.valid[: trial.eval_valid]
     fake = fake[: max(real.shape[0], 1)].reshape(-1, *data.shape)
     was_training = discriminator.training
     discriminator.eval()
     try:
-        scores = [discriminator(to_model_scale(trial, data, x)).float().flatten() for x in (real, fake)]
+        real_scores, fake_scores = (discriminator(to_model_scale(trial, data, x)).float().flatten() for x in (real, fake))
     finally:
         discriminator.train(was_training)
-    return roc_auc(*scores)
+    return real_scores, fake_scores
+
+
+def discriminator_auc(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> float:
+    """ROC AUC of D's scores, held-out real vs generated."""
+    return roc_auc(*discriminator_outputs(trial, data, discriminator, fake))
+
+
+def discriminator_checks(trial: TrialConfig, data: Dataset, discriminator: nn.Module, fake: Tensor) -> Scores:
+    """D's AUC, and the spread of its logits over both sets: a D that outputs a constant has
+    d_logit_std 0 whatever its AUC's ties make of it (THEORY.md section 6)."""
+    real_scores, fake_scores = discriminator_outputs(trial, data, discriminator, fake)
+    return {"d_auc": roc_auc(real_scores, fake_scores), D_LOGIT_STD: float(torch.cat((real_scores, fake_scores)).std())}
+
+
+def wants_verdict(trial: TrialConfig) -> bool:
+    """Whether the trial's evaluations get an equilibrium verdict: on unless the study turned
+    it off, wherever the loss has equilibrium values."""
+    return trial.equilibrium_check and has_equilibrium(trial.loss)
+
+
+def needs_discriminator(trial: TrialConfig) -> bool:
+    return "d_auc" in trial.metrics or wants_verdict(trial)
 
 
 def quality_scores(
     trial: TrialConfig, data: Dataset, samples: Tensor, discriminator: nn.Module | None, epoch: int
 ) -> Scores:
-    """trial.metrics of an evaluation's samples (data scale); {} when it lists none."""
+    """trial.metrics of an evaluation's samples (data scale), and the equilibrium verdict's
+    inputs where it wants one (C2ST in the trial's feature space, D's AUC and logit spread);
+    {} when it needs none."""
     real = real_test(trial, data)
     scores = feature_scores(trial, data, real, samples, seed=trial.seed + epoch)
+    if wants_verdict(trial) and "c2st_accuracy" not in scores:
+        scores.update(verdict_c2st(trial, data, real, samples, seed=trial.seed + epoch))
     scores.update(plugin_scores(trial, data, real, samples))
-    if "d_auc" in trial.metrics:
+    if needs_discriminator(trial):
         if discriminator is None:
-            raise ValueError("d_auc needs the trial's discriminator")
-        scores["d_auc"] = discriminator_auc(trial, data, discriminator, samples)
+            raise ValueError("d_auc and the equilibrium verdict need the trial's discriminator")
+        scores.update(discriminator_checks(trial, data, discriminator, samples))
     return scores
+
+
+def verdict_c2st(trial: TrialConfig, data: Dataset, real: Tensor, samples: Tensor, seed: int) -> Scores:
+    """The C2ST accuracy the verdict needs where trial.metrics does not ask for it: in the
+    trial's feature space, or on the pixels of an image set of the researcher's own, which has
+    no labels to train a domain classifier on."""
+    if data.is_image and trial.features == "domain" and data.name not in DATASETS:
+        space = FeatureSpace(f"pixels:{data.name}", lambda x: x.flatten(1))
+    else:
+        space = feature_space(trial.features, data, trial.data_dir)
+    accuracy = c2st_accuracy(space.embed(real), space.embed(samples), seed=seed)
+    return {"c2st_accuracy": accuracy, FEATURES: space.name}
 
 
 def plugin_scores(trial: TrialConfig, data: Dataset, real: Tensor, samples: Tensor) -> Scores:
@@ -135,10 +178,15 @@ def _plugin_value(entry: Entry, generated: Tensor, real: Tensor) -> float:
         raise TypeError(f"metric {entry.name!r} ({entry.origin}) must return a number, got {value!r}") from None
 
 
-def blind_flag(metrics: dict[str, float]) -> dict[str, float]:
-    """{BLIND: 1.0 or 0.0} for an evaluation whose metrics decide it, else {}."""
-    verdict = blind_discriminator(metrics)
-    return {} if verdict is None else {BLIND: float(verdict)}
+def verdict_columns(trial: TrialConfig, metrics: dict[str, float | str]) -> Scores:
+    """An evaluation's equilibrium verdict (config.theory.equilibrium_verdict) and, where it
+    decided one, the blind-discriminator flag (1.0 or 0.0, a number MLflow can chart)."""
+    if "d_loss_star" not in metrics:
+        return {EQUILIBRIUM: NOT_APPLICABLE}
+    if not trial.equilibrium_check:
+        return {EQUILIBRIUM: NO_VERDICT}
+    verdict = equilibrium_verdict(metrics)  # type: ignore[arg-type]
+    return {EQUILIBRIUM: verdict, BLIND: float(verdict == BLIND_VERDICT)}
 
 
 def data_as_model_scores(trial: TrialConfig, data: Dataset, metrics: tuple[str, ...]) -> Scores:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from gansweep.config.theory import realised_share
 from gansweep.reporting import plots
 from gansweep.reporting.view import StudyView, TrialView
 
@@ -26,6 +27,12 @@ MIN_COMPLETE_FOR_IMPORTANCE = 4
 
 
 
+def curve_label(trial: TrialView) -> str:
+    """A trial's name with its equilibrium verdict: a loss gap is never shown without it."""
+    verdict = trial.row.get("equilibrium")
+    return f"{trial.label}: {verdict}" if verdict else trial.label
+
+
 def figure_losses(view: StudyView) -> Any:
     curves: list[plots.LossCurves] = []
     per_alpha: dict[float, int] = {}
@@ -36,8 +43,9 @@ def figure_losses(view: StudyView) -> Any:
             continue  # a panel per alpha: a searched range gives every trial its own
         per_alpha[t.config.alpha] = per_alpha.get(t.config.alpha, 0) + 1
         if per_alpha[t.config.alpha] <= LOSS_CURVES_PER_ALPHA:
-            curves.append(plots.LossCurves(t.label, t.config.alpha, t.config.loss, t.config.label_smoothing,
-                                           t.history.get("d_loss", []), t.history.get("g_loss", [])))
+            share = realised_share(t.config.alpha_mode, t.config.alpha, t.config.batch_size)
+            curves.append(plots.LossCurves(curve_label(t), t.config.alpha, t.config.loss, t.config.label_smoothing,
+                                           t.history.get("d_loss", []), t.history.get("g_loss", []), share))
     if any(n > LOSS_CURVES_PER_ALPHA for n in per_alpha.values()):
         view.notes.append(f"The loss figure shows the best {LOSS_CURVES_PER_ALPHA} trials of each alpha.")
     alphas = {t.config.alpha for t in view.trials if t.config is not None}

@@ -188,7 +188,8 @@ def render_html(view: StudyView, figures: dict[str, Path], baselines: dict[str, 
 
 def trial_table(view: StudyView) -> str:
     e = html.escape
-    head = ["trial", "run", "state", *view.search, view.metric, "± stderr", "epochs", "pruned at", "failure reason"]
+    head = ["trial", "run", "state", *view.search, view.metric, "± stderr", "equilibrium", "epochs", "pruned at",
+            "failure reason"]
     lines = ["<table class='trials'><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for trial in view.trials:
         row = trial.row
@@ -197,6 +198,7 @@ def trial_table(view: StudyView) -> str:
         cells = [f"<td>{trial.number}</td>", f"<td class='text'>{name}</td>", f"<td class='state text'>{e(trial.state)}</td>"]
         cells += [f"<td class='text'>{e(_cell(row.get(p)))}</td>" for p in view.search]
         cells += [f"<td>{_cell(row.get('objective'))}</td>", f"<td>{_cell(final_stderr(trial), 2)}</td>",
+                  f"<td class='text'>{e(_cell(row.get('equilibrium')))}</td>",
                   f"<td>{_cell(row.get('epochs'))}</td>", f"<td>{_cell(row.get('pruned_at'))}</td>",
                   f"<td class='text'>{e(_cell(row.get('failure_reason')))}</td>"]
         lines.append(f"<tr class='trial {e(trial.state)}' data-trial='{trial.number}'>" + "".join(cells) + "</tr>")

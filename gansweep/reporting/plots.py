@@ -72,6 +72,7 @@ class LossCurves:
     label_smoothing: float = 1.0
     d_loss: Points = field(default_factory=list)
     g_loss: Points = field(default_factory=list)
+    share: float | None = None  # the real share D's minibatch has (config.theory.realised_share); None: alpha
 
 
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -100,7 +101,7 @@ def plot_losses_by_alpha(curves: Sequence[LossCurves]) -> Figure:
                     epochs, values = zip(*points, strict=True)
                     axes.plot(epochs, values, style, color=colour, marker=".")
             handles.append(Line2D([], [], color=colour, marker=".", label=curve.label))
-            star = equilibrium(curve.loss, curve.alpha, curve.label_smoothing)
+            star = equilibrium(curve.loss, curve.alpha if curve.share is None else curve.share, curve.label_smoothing)
             if star is not None:
                 for who, value in (("D", star.d_loss), (curve.loss, star.g_loss)):
                     names = stars.setdefault(round(value, 12), [])

@@ -256,7 +256,7 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
             if run.data.tags.get(TAG_BLIND) == "true":
                 view.notes.append(
                     f"trial {trial.number} ({trial.label}): blind discriminator equilibrium at its last evaluation: "
-                    "its losses sit at the theory's equilibrium and its D's AUC is near 0.5, yet a fresh "
+                    "its losses sit at the theory's equilibrium and its D's AUC is near 0.5 or its output constant, yet a fresh "
                     "classifier tells its samples from the data (c2st_accuracy); the equilibrium is not p_g = p_data."
                 )
         trial.config = trial_config(run.data.params if run else None, output, trial.number)

@@ -24,7 +24,7 @@ from gansweep.service.replicates import RunKey
 from gansweep.service.storage import is_storage_outage, storage_filesystem, strip_scheme
 from gansweep.config.schema import TrialConfig
 from gansweep.service.tracking import (
-    TAG_BEST_EPOCH, TAG_BLIND, TAG_FEATURES, TAG_INTERRUPTED_BY, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker,
+    TAG_BEST_EPOCH, TAG_BLIND, TAG_EQUILIBRIUM, TAG_FEATURES, TAG_INTERRUPTED_BY, TAG_NODES, TAG_PRUNED_AT, TAG_REASON, Tracker,
     run_name,
 )
 
@@ -35,11 +35,13 @@ FIGURE_METRICS = ("d_loss", "g_loss", "d_loss_star", "g_loss_star")
 
 
 def quality_tags(epoch: LogEpoch) -> dict[str, str]:
-    """The run's tags of an evaluation with quality metrics: their feature space, and whether
-    it showed a blind-discriminator equilibrium (the last evaluation's verdict wins)."""
+    """The run's tags of an evaluation: its quality metrics' feature space, its equilibrium
+    verdict and whether that was a blind discriminator (the last evaluation's wins)."""
     tags = {}
     if p.FEATURES in epoch.texts:
         tags[TAG_FEATURES] = epoch.texts[p.FEATURES]
+    if p.EQUILIBRIUM in epoch.texts:
+        tags[TAG_EQUILIBRIUM] = epoch.texts[p.EQUILIBRIUM]
     if p.BLIND_DISCRIMINATOR in epoch.metrics:
         tags[TAG_BLIND] = "true" if epoch.metrics[p.BLIND_DISCRIMINATOR] == 1.0 else "false"
     return tags

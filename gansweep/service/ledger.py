@@ -222,7 +222,7 @@ class Ledger:
             number = self.configuration(member)
             metrics = numeric_metrics(part)
             epochs[number] = int(metrics.pop(p.EPOCH, 0))
-            texts = {p.FEATURES: str(part[p.FEATURES])} if p.FEATURES in part else {}  # type: ignore[literal-required]
+            texts = {key: str(part[key]) for key in p.TEXT_KEYS if key in part}  # type: ignore[literal-required]
             actions.append(LogEpoch(self.key(member), metrics, epochs[number], texts))
             healthy.setdefault(number, []).append(metrics)
         if self.replicates > 1:

@@ -36,6 +36,8 @@ PACK_SIZE = "pack_size"  # how many members shared the epoch's step
 # feature space the quality metrics were computed in (text), and the blind-discriminator flag
 FEATURES = "features"
 BLIND_DISCRIMINATOR = "blind_discriminator"
+EQUILIBRIUM = "equilibrium"  # the evaluation's equilibrium verdict (text; config.theory.VERDICTS)
+TEXT_KEYS = (FEATURES, EQUILIBRIUM)  # the result's text values: run tags, not metrics
 NODE_ID = "node_id"  # the attempt's Ray node (first report of an attempt)
 RESUMED_FROM = "resumed_from"  # the epoch of the checkpoint the attempt loaded, 0 for none
 ATTEMPT_KEYS = (NODE_ID, RESUMED_FROM)
@@ -66,7 +68,7 @@ ATTR_ATTEMPTS = "attempts"  # [{"node", "resumed_from", "first_epoch"}] across d
 ATTR_EPOCH = "epoch"  # the last epoch, once settled
 ATTR_INTERRUPTED_BY = "interrupted_by"  # why a unit's worker stopped without an end (the store was away)
 ATTR_EXCLUDED = "excluded"  # an invalid sampled combination, never run
-SUMMARY_KEYS = ("d_loss", "g_loss", "wall_time", FAILURE_REASON)  # copied to attrs when settled
+SUMMARY_KEYS = ("d_loss", "g_loss", "wall_time", EQUILIBRIUM, FAILURE_REASON)  # copied to attrs when settled
 
 
 class Selection(TypedDict):

@@ -18,6 +18,7 @@ that R = 1 gives member id = trial number: the one-seed sweep is exactly as it w
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import statistics
@@ -108,6 +109,15 @@ def records_of(user_attrs: dict[str, Any], replicates: int) -> dict[int, dict[st
     return {r: user_attrs[record_attr(r)] for r in range(replicates) if record_attr(r) in user_attrs}
 
 
+def verdict_summary(verdicts: list[str]) -> str:
+    """The replicates' equilibrium verdicts: the one they share, else each with its count
+    ("blind x2, settled x1"): a mean of verdicts would hide the disagreement."""
+    counts = collections.Counter(verdicts)
+    if len(counts) == 1:
+        return verdicts[0]
+    return ", ".join(f"{verdict} x{count}" for verdict, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def outcome(records: dict[int, dict[str, Any]], pruned: bool) -> tuple[str, list[float] | None, dict[str, Any]]:
     """The configuration's state, objective values and summary attrs from its replicates' records."""
     completed = [rec for rec in records.values() if rec["state"] == "COMPLETE" and rec.get("objective")]
@@ -126,4 +136,7 @@ def outcome(records: dict[int, dict[str, Any]], pruned: bool) -> tuple[str, list
         if found:
             summary[name] = statistics.fmean(found)
     summary["epoch"] = max(int(rec.get("epoch", 0)) for rec in records.values())
+    verdicts = [str(rec["equilibrium"]) for rec in completed if rec.get("equilibrium")]
+    if verdicts:
+        summary["equilibrium"] = verdict_summary(verdicts)
     return "COMPLETE", [mean for mean, _ in means], summary

@@ -22,7 +22,7 @@ from gansweep.service import protocol as p
 from gansweep.service import replicates as rep
 from gansweep.service.search import OptunaStudy
 
-SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", p.ATTR_PRUNED_AT, p.ATTR_FAILURE_REASON, p.ATTR_TUNE_TRIAL_ID)
+SUMMARY_ATTRS = ("d_loss", "g_loss", "wall_time", p.EQUILIBRIUM, p.ATTR_PRUNED_AT, p.ATTR_FAILURE_REASON, p.ATTR_TUNE_TRIAL_ID)
 REPLICATE_COLUMN = p.REPLICATE_COLUMN  # empty on a configuration's row, r on its replicates' rows
 
 
@@ -78,7 +78,7 @@ def replicate_row(configuration: dict[str, Any], replicate: int, record: dict[st
         row["objective_2"] = objective[1] if len(objective) > 1 else math.nan
     if rep.ATTR_BEST_EPOCH in row:
         row[rep.ATTR_BEST_EPOCH] = record.get(rep.ATTR_BEST_EPOCH)
-    row.update({name: record.get(name) for name in ("d_loss", "g_loss", "wall_time", p.ATTR_FAILURE_REASON)})
+    row.update({name: record.get(name) for name in ("d_loss", "g_loss", "wall_time", p.EQUILIBRIUM, p.ATTR_FAILURE_REASON)})
     return row
 
 

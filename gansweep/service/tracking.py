@@ -48,6 +48,7 @@ TAG_NODES = "gansweep.nodes"  # the Ray node of each attempt, in order, comma-se
 TAG_FEATURES = "gansweep.features"  # the feature space of the quality metrics (domain:<set>:<sha8>, ...)
 # "true" when the last evaluation showed a blind-discriminator equilibrium (config.theory)
 TAG_BLIND = "gansweep.blind_discriminator"
+TAG_EQUILIBRIUM = "gansweep.equilibrium"  # the last evaluation's verdict: settled, blind, unsettled, n/a, no verdict
 TAG_REPLICATE = "gansweep.replicate"  # a replicate run's index r (its seed is the param `seed`)
 TAG_PLUGIN = "gansweep.plugin"  # + ".<file name>": the sha256 of a plugin file the study loaded
 TAG_STUDY_RUN = "gansweep.study_run"  # a replicate run's study run (its parent is its configuration's)

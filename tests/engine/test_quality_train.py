@@ -85,7 +85,6 @@ trial:
   steps_per_epoch: 200
   eval_samples: 2000
   eval_test: 2000
-  metrics: [d_auc, c2st_accuracy]
 {discriminator}
 """
 # A D of one ReLU unit with a large learning rate: the unit dies within the first epoch (its
@@ -110,12 +109,17 @@ def train_ring8(tmp_path: Path, name: str, discriminator: str) -> tuple[pd.DataF
 
 
 def test_a_blind_discriminator_is_flagged_and_a_seeing_one_at_the_same_losses_is_not(tmp_path: Path) -> None:
-    from gansweep.config.theory import BLIND_AUC_MARGIN, EQUILIBRIUM_RELATIVE_GAP, SEEN_C2ST_ACCURACY
+    # No metric asked for: the verdict's checks run by default (trial equilibrium_check).
+    from gansweep.config.theory import (
+        BLIND_AUC_MARGIN, CONSTANT_LOGIT_STD, EQUILIBRIUM_RELATIVE_GAP, SEEN_C2ST_ACCURACY,
+    )
 
     log2 = math.log(2.0)
     blind, blind_out = train_ring8(tmp_path, "blind", BLIND_D)
     assert list(blind["epoch"]) == [1, 2]
     assert blind["blind_discriminator"].tolist() == [1.0, 1.0]  # computed by the code, every evaluation
+    assert blind["equilibrium"].tolist() == ["blind", "blind"]
+    assert (blind["d_logit_std"] <= CONSTANT_LOGIT_STD).all()  # one constant output
     assert blind["d_auc"].tolist() == pytest.approx([0.5, 0.5], abs=1e-9)  # one constant: every pair a tie
     last = blind.iloc[-1]
     assert (last["d_loss_star"], last["g_loss_star"]) == pytest.approx((log2, log2))
@@ -123,10 +127,12 @@ def test_a_blind_discriminator_is_flagged_and_a_seeing_one_at_the_same_losses_is
     assert (last["d_loss"], last["g_loss"]) == pytest.approx((log2, log2), abs=1e-3)
     assert SEEN_C2ST_ACCURACY < 0.9 <= last["c2st_accuracy"] <= 1.0  # the samples are poor
     assert 0 <= last["modes_covered"] <= 1  # of 8
-    assert "blind discriminator equilibrium" in blind_out
+    assert "equilibrium: blind" in blind_out
 
     seeing, seeing_out = train_ring8(tmp_path, "seeing", HEALTHY_D)
     assert seeing["blind_discriminator"].tolist() == [0.0, 0.0]
+    assert seeing["equilibrium"].tolist() == ["unsettled", "unsettled"]  # D still tells them apart
+    assert (seeing["d_logit_std"] > CONSTANT_LOGIT_STD).all()
     last = seeing.iloc[-1]
     # Its losses are within the flag's 5% of the equilibrium too: the losses alone would not
     # tell the two trials apart; D's AUC does.
@@ -134,4 +140,4 @@ def test_a_blind_discriminator_is_flagged_and_a_seeing_one_at_the_same_losses_is
         assert 0 <= last[f"{net}_loss_gap"] <= EQUILIBRIUM_RELATIVE_GAP * log2
     assert 0.5 + BLIND_AUC_MARGIN < 0.7 <= last["d_auc"] <= 0.95
     assert SEEN_C2ST_ACCURACY < 0.85 <= last["c2st_accuracy"] <= 1.0  # still poor samples, but D sees it
-    assert "blind discriminator" not in seeing_out
+    assert "equilibrium: unsettled" in seeing_out

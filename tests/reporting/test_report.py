@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import shutil
 import urllib.parse
@@ -194,6 +195,15 @@ def test_loss_figure_dashes_the_equilibrium_values_one_panel_per_alpha() -> None
     assert sorted(dashed_levels(panels[0])) == pytest.approx(
         sorted({equilibrium("non_saturating", 0.3).d_loss, equilibrium("non_saturating", 0.3).g_loss,
                 equilibrium("minimax", 0.3).g_loss}), rel=1e-12)
+
+
+def test_loss_figure_dashes_a_compose_trials_equilibrium_at_its_realised_share() -> None:
+    # alpha 0.9 in compose mode with m = 128: 115 real samples, D* = 115/128, not 0.9
+    curve = [(1, 0.4), (2, 0.33)]
+    figure = plots.plot_losses_by_alpha([plots.LossCurves("a", 0.9, "non_saturating", 1.0, curve, curve, 115 / 128)])
+    (panel,) = [a for a in figure.axes if a.get_title()]
+    h = -(115 / 128) * math.log(115 / 128) - (13 / 128) * math.log(13 / 128)
+    assert sorted(dashed_levels(panel)) == pytest.approx(sorted([h, -math.log(115 / 128)]), rel=1e-12)
 
 
 def test_mosaic_epochs_spread_from_first_to_last() -> None:

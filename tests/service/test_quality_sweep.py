@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -33,11 +34,18 @@ def test_quality_metrics_reach_mlflow_and_optuna(tmp_path: Path) -> None:
         assert {"c2st_accuracy", "d_auc", "fid", "blind_discriminator"} <= set(run.data.metrics)
         assert run.data.tags["gansweep.features"] == "points:circle"
         assert run.data.tags["gansweep.blind_discriminator"] in ("true", "false")
+        assert run.data.tags["gansweep.equilibrium"] in ("settled", "blind", "unsettled")  # smoke: non_saturating
+        assert "d_logit_std" in run.data.metrics
         history = client.get_metric_history(run.info.run_id, "c2st_accuracy")
         assert sorted(m.step for m in history) == [1, 2, 3]
         last = max(history, key=lambda m: m.step).value
         assert 0.0 <= last <= 1.0
         assert by_number[int(run.data.tags["gansweep.trial"])].values[0] == pytest.approx(last)
+
+    # results.csv: each trial's last verdict beside its losses, as its run's tag says
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    tagged = {int(r.data.tags["gansweep.trial"]): r.data.tags["gansweep.equilibrium"] for r in runs}
+    assert dict(zip(results["trial"], results["equilibrium"], strict=True)) == tagged
 
     # the report: the data as its own model as the reference, a blind discriminator flagged
     flagged = next(r for r in runs if r.data.tags["gansweep.trial"] == "0")
@@ -49,3 +57,6 @@ def test_quality_metrics_reach_mlflow_and_optuna(tmp_path: Path) -> None:
     assert re.search(r"baseline \(real training points[^<]*\): circle 0\.[45]\d*\.</p>", page)  # near 0.5
     assert "trial 0 (" in page and "blind discriminator equilibrium" in page
     assert page.count("blind discriminator equilibrium") == 1  # trial 1 is not flagged
+    assert "<th>equilibrium</th>" in page
+    for verdict in tagged.values():
+        assert f"<td class='text'>{verdict}</td>" in page
