@@ -122,6 +122,9 @@ def outcome(records: dict[int, dict[str, Any]], pruned: bool) -> tuple[str, list
     """The configuration's state, objective values and summary attrs from its replicates' records."""
     completed = [rec for rec in records.values() if rec["state"] == "COMPLETE" and rec.get("objective")]
     summary: dict[str, Any] = {ATTR_REPLICATES_COMPLETED: len(completed)}
+    verdicts = [str(rec["equilibrium"]) for rec in records.values() if rec.get("equilibrium")]  # their last
+    if verdicts:
+        summary["equilibrium"] = verdict_summary(verdicts)
     if pruned:
         return "PRUNED", None, summary
     if not completed:
@@ -136,7 +139,4 @@ def outcome(records: dict[int, dict[str, Any]], pruned: bool) -> tuple[str, list
         if found:
             summary[name] = statistics.fmean(found)
     summary["epoch"] = max(int(rec.get("epoch", 0)) for rec in records.values())
-    verdicts = [str(rec["equilibrium"]) for rec in completed if rec.get("equilibrium")]
-    if verdicts:
-        summary["equilibrium"] = verdict_summary(verdicts)
     return "COMPLETE", [mean for mean, _ in means], summary

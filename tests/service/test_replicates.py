@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -110,6 +111,24 @@ def test_results_keep_a_row_per_replicate_and_the_configuration_is_their_mean(tm
         assert row["objective_stderr"] == pytest.approx(seeds["objective"].std(ddof=1) / math.sqrt(3))
         assert row["replicates_completed"] == 3
     assert list(table["trial"]) == [1, 1, 1, 1, 0, 0, 0, 0]  # each configuration's replicates follow it
+
+
+def test_results_give_each_replicates_verdict_and_the_configurations_shared_or_counted(tmp_path: Path) -> None:
+    ledger = Ledger(make_study(tmp_path))
+    ledger.plan(2)
+    verdicts = {0: "blind", 1: "settled", 2: "blind", 3: "unsettled", 4: "unsettled", 5: "unsettled"}
+    for trial_id, members in (("a", (0, 1, 2)), ("b", (3, 4, 5))):
+        ledger.hand_out(trial_id)
+        for epoch in (1, 2, 3):
+            parts = {m: {**good(epoch, -1.0 - m), p.EQUILIBRIUM: verdicts[m]} for m in members}
+            ledger.judge(trial_id, result(epoch, parts))
+            ledger.record(trial_id, result(epoch, parts), checkpoint_follows=False)
+        ledger.complete(trial_id, result(3, parts))
+    table = results_table(ledger.optuna)
+    rows = {(r.trial, None if pd.isna(r.replicate) else r.replicate): r.equilibrium for r in table.itertuples()}
+    assert rows[(0, None)] == "blind x2, settled x1"  # a mean of verdicts would hide the disagreement
+    assert [rows[(0, r)] for r in (0, 1, 2)] == ["blind", "settled", "blind"]
+    assert rows[(1, None)] == "unsettled"
 
 
 def test_the_pruner_hears_the_replicates_mean_and_prunes_them_together(tmp_path: Path) -> None:
