@@ -67,6 +67,7 @@ class Close:
     files: bool = True  # False: a configuration's run over replicates (its files are theirs)
     stderr: float | None = None  # the standard error of the replicates' mean objective
     best_epoch: int | None = None  # objective.select: best: the epoch of the generator kept
+    verdict: str | None = None  # its last equilibrium verdict, drawn on its losses figure
 
 
 Action = LogEpoch | TagNodes | FetchSamples | Close
@@ -99,7 +100,7 @@ def closing_of(frozen: FrozenTrial, checkpoint: bool = False, replicates: int = 
         frozen.user_attrs.get(p.ATTR_FAILURE_REASON) or None,
         frozen.values[0] if frozen.values and frozen.state == TrialState.COMPLETE else None, checkpoint,
         files=replicates == 1, stderr=frozen.user_attrs.get(rep.ATTR_OBJECTIVE_STDERR),
-        best_epoch=None if best is None else int(best),
+        best_epoch=None if best is None else int(best), verdict=frozen.user_attrs.get(p.EQUILIBRIUM),
     )
 
 
@@ -114,4 +115,5 @@ def replicate_closing(frozen: FrozenTrial, replicate: int, replicates: int, chec
         RunKey(frozen.number, replicate), state, None if pruned_at is None else int(pruned_at),
         (record or {}).get(p.FAILURE_REASON) or None, objective, checkpoint,
         member=rep.member_id(frozen.number, replicate, replicates), best_epoch=None if best is None else int(best),
+        verdict=(record or {}).get(p.EQUILIBRIUM),
     )

@@ -30,7 +30,7 @@ from gansweep.service.tracking import (
 
 # Draws a member's figure from its MLflow history (metric -> [(epoch, value)]) into a file;
 # handed in by the CLI (the reporting's losses-vs-theory plot): the service draws nothing.
-MemberFigure = Callable[[dict[str, list[tuple[int, float]]], TrialConfig, Path], Any]
+MemberFigure = Callable[[dict[str, list[tuple[int, float]]], TrialConfig, Path, str | None], Any]
 FIGURE_METRICS = ("d_loss", "g_loss", "d_loss_star", "g_loss_star")
 
 
@@ -216,7 +216,7 @@ class TrackingCallback(tune.Callback):
                 if self.fetch(checkpoint, p.member_path(member, p.BEST_MODEL_DIR), model, key, log=False):
                     self.tracker.log_model(key, model, p.BEST_MODEL_DIR, close.best_epoch)
                 self.tracker.set_child_tags(key, {TAG_BEST_EPOCH: str(close.best_epoch)})
-        self.log_figure(key, self.ledger.values_of_run(key))
+        self.log_figure(key, self.ledger.values_of_run(key), close.verdict)
         self.tracker.finish_child(key, close.state, close_tags(close))
         if not key.is_replicate:
             self.progress.finished(key.number, close.state, close.objective, close.stderr)
@@ -245,8 +245,9 @@ class TrackingCallback(tune.Callback):
             self.tracker.log_artifacts(number, target, target.name)
         return copied
 
-    def log_figure(self, number: RunKey, values: dict[str, Any]) -> None:
-        """The member's figure, drawn from the run's own history once it is delivered."""
+    def log_figure(self, number: RunKey, values: dict[str, Any], verdict: str | None = None) -> None:
+        """The member's figure, drawn from the run's own history once it is delivered, with
+        its last equilibrium verdict beside the equilibrium values."""
         if self.figure is None:
             return
         figure = self.figure
@@ -257,7 +258,7 @@ class TrackingCallback(tune.Callback):
             if not history.get("d_loss"):
                 return None
             folder.mkdir(parents=True, exist_ok=True)
-            figure(history, trial, folder / "losses_vs_theory.png")
+            figure(history, trial, folder / "losses_vs_theory.png", verdict)
             return folder
 
         self.tracker.log_from_history(number, FIGURE_METRICS, draw, p.ARTIFACT_PLOTS)

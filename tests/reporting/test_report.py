@@ -206,6 +206,17 @@ def test_loss_figure_dashes_a_compose_trials_equilibrium_at_its_realised_share()
     assert sorted(dashed_levels(panel)) == pytest.approx(sorted([h, -math.log(115 / 128)]), rel=1e-12)
 
 
+def test_a_trials_losses_figure_names_its_verdict_beside_the_equilibrium_lines() -> None:
+    from gansweep.config.schema import TrialConfig
+
+    history = {"d_loss": [(1, 0.5), (2, 0.49)], "d_loss_star": [(1, 0.4882), (2, 0.4882)], "g_loss": [(1, 0.3), (2, 0.2)]}
+    figure = plots.losses_vs_theory_figure(history, TrialConfig(alpha=0.9), "blind")
+    (axes,) = figure.axes
+    assert axes.get_title().endswith("; equilibrium: blind")
+    assert dashed_levels(axes) == {0.4882}
+    assert "equilibrium:" not in plots.losses_vs_theory_figure(history, TrialConfig()).axes[0].get_title()
+
+
 def test_mosaic_epochs_spread_from_first_to_last() -> None:
     assert mosaic_epochs({1, 2, 3}) == [1, 2, 3]
     assert mosaic_epochs(set(range(1, 101))) == [1, 21, 41, 60, 80, 100]
