@@ -12,7 +12,7 @@ from gansweep.config import plugins
 from gansweep.config.load import load_study
 from gansweep.errors import ConfigError
 from gansweep.extend import LOSSES
-from tests.conftest import clean_env, gansweep
+from conftest import clean_env, gansweep
 
 LOSS = '''
 from gansweep.extend import loss, metric
