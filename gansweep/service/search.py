@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -152,6 +153,21 @@ def values_from_params(study: StudyConfig, params: dict[str, Any]) -> dict[str, 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+def continuing_seed(seed: int | None, trials_before: int) -> int | None:
+    """The sampler's seed for a run that finds `trials_before` trials already in the study.
+    A seeded sampler draws the same stream each time it is built, so a resumed or extended
+    study seeded as its first run would ask the first run's values again (a random sampler's,
+    or TPE's start-up trials'). The first run keeps the study's seed (its trials reproduce
+    as before); a later run seeds from (seed, trials_before), reproducible and its own."""
+    if seed is None or trials_before == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+
+
+def with_sampler_seed(study: StudyConfig, seed: int | None) -> StudyConfig:
+    return study.model_copy(update={"sampler": study.sampler.model_copy(update={"seed": seed})})
+
+
 @dataclass
 class OptunaStudy:
     """The Optuna side of a sweep: ask/tell, pruning decisions, trial bookkeeping.
@@ -190,15 +206,24 @@ class OptunaStudy:
             directions = [self.config.objective.direction]
             if self.config.objective.second is not None:
                 directions.append(self.config.objective.second.direction)
+            seed = continuing_seed(self.config.sampler.seed, self.stored_trial_count())
             self._study = optuna.create_study(
                 study_name=self.config.name,
                 storage=self.storage,  # the same backend as frozen() and set_attrs()
-                sampler=extend.SAMPLERS.get(self.config.sampler.name).code(self.config),
+                sampler=extend.SAMPLERS.get(self.config.sampler.name).code(with_sampler_seed(self.config, seed)),
                 pruner=make_pruner(self.config),
                 directions=directions,
                 load_if_exists=True,
             )
         return self._study
+
+    def stored_trial_count(self) -> int:
+        """Trials the storage holds for this study already (0 for a new study)."""
+        try:
+            study_id = self.storage.get_study_id_from_name(self.config.name)
+        except KeyError:
+            return 0
+        return len(self.storage.get_all_trials(study_id, deepcopy=False))
 
     @property
     def multi_objective(self) -> bool:
