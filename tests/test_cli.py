@@ -88,7 +88,7 @@ def test_baseline_prints_the_data_as_model_score(tmp_path: Path) -> None:
     assert math.isfinite(want.mean)
     # and the quality metrics of the data as its own model: c2st at chance, d_auc not applicable
     quality = re.search(r"in domain:digits:[0-9a-f]{8} \(500 training examples against 300 test examples\): "
-                        r"fid (\S+), kid (\S+) \+- \S+ \(100 subsets of 150\), .*recall \S+ \(k = 3\), "
+                        r"fid (\S+), fid_infinity \S+, kid (\S+) \+- \S+ \(100 subsets of 150\), .*recall \S+ \(k = 3\), "
                         r"c2st_accuracy ([0-9.]+), energy_distance ([0-9.]+); d_auc n/a \(no discriminator", done.stdout)
     assert quality, done.stdout
     assert float(quality.group(3)) == pytest.approx(0.5, abs=0.1)

@@ -23,6 +23,7 @@ SIZES = ("eval_samples", "eval_test")
 OBJECTIVE_DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "parzen_ll": ("eval_samples",),
     "fid": (*SIZES, "features"),
+    "fid_infinity": ("eval_test", "features"),  # extrapolated in the generated rows only
     "kid": ("features",),
     "precision": (*SIZES, "features"),
     "recall": (*SIZES, "features"),

@@ -71,6 +71,8 @@ for _name, _text, _direction, _reads, _cost in (
      "samples", "n_samples x n_test kernel sums"),
     ("fid", "Frechet distance of Gaussians fitted to real and generated features", "minimize",
      "features", "one embedding pass and a matrix square root"),
+    ("fid_infinity", "FID extrapolated to infinitely many generated samples (Chong and Forsyth 2020)",
+     "minimize", "features", "15 Frechet distances"),
     ("kid", "kernel inception distance: unbiased MMD^2 with a cubic kernel, over subsets", "minimize",
      "features", "one embedding pass and kernel sums"),
     ("precision", "share of generated samples inside the real features' k-NN manifold", "maximize",

@@ -2,7 +2,10 @@
 (real, generated); where the features come from is gansweep.engine.features'.
 
     fid              Frechet distance between Gaussians fitted to the two sets (Heusel et al.
-                     2017); 0 for equal moments, lower is better.
+                     2017); 0 for equal moments, lower is better. Biased upwards by about
+                     c / n: compare only at equal sizes.
+    fid_infinity     FID extrapolated to infinitely many generated rows (Chong and Forsyth
+                     2020): comparable across generated set sizes.
     kid              the unbiased MMD^2 estimator with the cubic polynomial kernel
                      k(x, y) = (x.y / d + 1)^3, averaged over random subsets (Binkowski et al.
                      2018; torch-fidelity's subsets and spread); 0 in expectation for equal
@@ -36,6 +39,7 @@ from gansweep.config.names import METRICS  # the registry, with the built-ins de
 from gansweep.extend import BUILT_IN
 
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al.'s k
+FID_INFINITY_POINTS = 15  # Chong and Forsyth's number of sizes
 KID_SUBSETS = 100  # Binkowski et al.'s and torch-fidelity's: 100 subsets of 1,000 rows
 KID_SUBSET_SIZE = 1_000
 CHUNK = 2_048  # rows of a distance matrix computed at once
@@ -87,6 +91,29 @@ def moments(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def fid(real: Tensor, fake: Tensor) -> float:
     return frechet_distance(*moments(real), *moments(fake))
+
+
+def fid_infinity_sizes(n: int, points: int = FID_INFINITY_POINTS) -> np.ndarray:
+    """`points` sizes evenly spaced from a tenth of n to n (Chong and Forsyth's 5,000 to
+    50,000), without repeats."""
+    return np.unique(np.linspace(max(2, n // 10), n, points).astype(np.int64))
+
+
+@feature_metric("fid_infinity")
+def fid_infinity(real: Tensor, fake: Tensor, *, seed: int = 0, points: int = FID_INFINITY_POINTS) -> float:
+    """Chong and Forsyth's FID_infinity (their calculate_FID_infinity): the FID of all real
+    rows against the first n of a fresh shuffle of the generated rows, for each n of
+    fid_infinity_sizes (numpy's RandomState(seed) shuffles); the least-squares line of FID in
+    1/n, evaluated at 1/n = 0. FID's bias is linear in 1/n, so the intercept is the FID of
+    infinitely many generated samples, comparable across n (not across real set sizes)."""
+    x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
+    real_moments = moments(x)
+    sizes = fid_infinity_sizes(y.shape[0], points)
+    rng = np.random.RandomState(seed)
+    fids = [frechet_distance(*real_moments, *moments(y[torch.from_numpy(rng.permutation(y.shape[0])[:n]).to(y.device)]))
+            for n in sizes]
+    _, intercept = np.polyfit(1.0 / sizes, fids, 1)
+    return float(intercept)
 
 
 # ---------------------------------------------------------------------------- KID

@@ -24,6 +24,7 @@ import yaml
 
 from gansweep.config import plugins
 from gansweep.config.load import load_study
+from gansweep.config.names import QUALITY_METRICS
 from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.config.space import SCALE_FIELDS
 from gansweep.errors import GansweepError
@@ -33,7 +34,7 @@ from gansweep.service.protocol import (
     optuna_storage_url,
 )
 from gansweep.service.tracking import (
-    PARENT_TAG, TAG_BLIND, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name,
+    PARENT_TAG, TAG_BLIND, TAG_FEATURES, TAG_OUTPUT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, MlflowClient, run_name,
 )
 
 Points = list[tuple[int, float]]  # (epoch, value), sorted by epoch
@@ -272,7 +273,25 @@ def load_view(output: Path, uri: str, client: MlflowClient | None, parent_run_id
             if frozen is not None and frozen.intermediate_values:
                 trial.history[view.metric] = sorted(frozen.intermediate_values.items())
         trial.samples = sample_pictures(output, trial, client, scratch)
+    if view.metric in QUALITY_METRICS:
+        for settings, numbers in score_settings(runs).items():
+            view.notes.append(f"{view.metric} computed in {settings} (trials {', '.join(map(str, numbers))}).")
     return view
+
+
+def score_settings(runs: dict[int, Any]) -> dict[str, list[int]]:
+    """What the trials' quality scores were computed with -> the trials: the feature space
+    (tag gansweep.features) and the rows compared at the last evaluation (metrics n_generated,
+    n_real). Scores with different settings are not comparable (config/comparable.py)."""
+    settings: dict[str, list[int]] = {}
+    for number, run in sorted(runs.items()):
+        features, logged = run.data.tags.get(TAG_FEATURES), run.data.metrics
+        if features is None:
+            continue
+        if "n_generated" in logged and "n_real" in logged:
+            features += f", {int(logged['n_generated'])} generated against {int(logged['n_real'])} real samples"
+        settings.setdefault(features, []).append(number)
+    return settings
 
 
 def open_optuna(view: StudyView, study_config: StudyConfig | None) -> Any:

@@ -47,7 +47,7 @@ def test_the_wrong_direction_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("trial:\n  metrics: [fid, fd]\n", r"study.yaml:3: trial.metrics.1: unknown metric 'fd'; valid: fid, kid"),
+    ("trial:\n  metrics: [fid, fd]\n", r"study.yaml:3: trial.metrics.1: unknown metric 'fd'; valid: fid, fid_infinity, kid"),
     ("trial:\n  metrics: [fid, fid]\n", r"trial.metrics: .*fid more than once"),
     ("trial:\n  features: imagenet\n", r"trial.features: .*'domain' or 'inception'"),
 ])

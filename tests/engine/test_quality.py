@@ -18,6 +18,7 @@ from gansweep.engine.quality import (
     c2st_accuracy,
     energy_distance,
     fid,
+    fid_infinity,
     frechet_distance,
     kid,
     mmd2_unbiased,
@@ -68,6 +69,36 @@ def test_fid_of_samples_uses_their_mean_and_unbiased_covariance() -> None:
     # and the estimate approaches the populations' closed form: 5 * 0.25 + 5 * (1 - 2)^2
     big = torch.randn(200_000, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert fid(big[:100_000], big[100_000:] * 2 + 0.5) == pytest.approx(6.25, rel=0.02)
+
+
+def test_fid_infinity_agrees_with_chong_and_forsyths_procedure() -> None:
+    """Their calculate_FID_infinity: FID at sizes evenly spaced over the generated rows, each of a
+    fresh shuffle, then scikit-learn's linear regression on 1/n; here with pytorch-fid's FID."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(400, 6)), rng.normal(loc=0.3, scale=1.2, size=(300, 6))
+    sizes = np.linspace(30, 300, 15).astype(np.int64)  # a tenth of the generated rows to all
+    shuffles = np.random.RandomState(7)
+    fids = [sqrtm_reference(real.mean(0), np.cov(real, rowvar=False), *moments_of(fake[shuffles.permutation(300)[:n]]))
+            for n in sizes]
+    expected = LinearRegression().fit(1 / sizes.reshape(-1, 1), np.array(fids)).predict(np.array([[0.0]]))[0]
+    assert fid_infinity(torch.tensor(real), torch.tensor(fake), seed=7) == pytest.approx(expected, rel=1e-8)
+
+
+def moments_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def test_fid_infinity_is_comparable_across_sizes_where_fid_is_not() -> None:
+    # Gaussians with a known Frechet distance: 32 dimensions, mean shift 0.2, scale 1.5:
+    # 32 * 0.2^2 + 32 * (1 - 1.5)^2 = 9.28. FID's bias at 500 generated rows is ~15%.
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(50_000, 32, generator=g, dtype=torch.float64)
+    small, large = (torch.randn(n, 32, generator=g, dtype=torch.float64) * 1.5 + 0.2 for n in (500, 4_000))
+    assert fid(real, small) == pytest.approx(10.63, abs=0.01)  # 9.28 + bias
+    assert fid_infinity(real, small) == pytest.approx(9.28, rel=0.03)
+    assert fid_infinity(real, large) == pytest.approx(9.28, rel=0.03)
 
 
 # ---------------------------------------------------------------------------- KID

@@ -47,3 +47,28 @@ def test_d_auc_has_no_baseline_the_report_says_not_applicable(tmp_path: Path) ->
     assert data_baselines(view, cache) == {}
     assert view.notes == ["Data-as-model d_auc baseline: n/a (the data as its own model has no discriminator to score it)."]
     assert not cache.exists()  # nothing computed, nothing cached
+
+
+def test_the_report_says_what_each_score_was_computed_with(tmp_path: Path) -> None:
+    """Each trial's feature space and sizes, read back from its MLflow run (a real SQLite
+    store), grouped: the report's notes name them beside the trials they hold for."""
+    from gansweep.reporting.view import score_settings
+    from gansweep.service.tracking import TAG_FEATURES, MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("q")
+    logged = {0: ("domain:digits:0123abcd", 600, 300), 1: ("domain:digits:0123abcd", 600, 300),
+              2: ("inception:0cc3c7bd", 600, 300), 3: ("points:circle", None, None)}
+    runs = {}
+    for number, (features, n_generated, n_real) in logged.items():
+        run_id = client.create_run(experiment, tags={TAG_FEATURES: features}).info.run_id
+        if n_generated is not None:
+            client.log_metric(run_id, "n_generated", n_generated, step=1)
+            client.log_metric(run_id, "n_real", n_real, step=1)
+        runs[number] = client.get_run(run_id)
+    runs[4] = client.get_run(client.create_run(experiment).info.run_id)  # Parzen only: no features
+    assert score_settings(runs) == {
+        "domain:digits:0123abcd, 600 generated against 300 real samples": [0, 1],
+        "inception:0cc3c7bd, 600 generated against 300 real samples": [2],
+        "points:circle": [3],
+    }

@@ -58,5 +58,7 @@ def test_quality_metrics_reach_mlflow_and_optuna(tmp_path: Path) -> None:
     assert "trial 0 (" in page and "blind discriminator equilibrium" in page
     assert page.count("blind discriminator equilibrium") == 1  # trial 1 is not flagged
     assert "<th>equilibrium</th>" in page
+    # what each score was computed with, read back from the runs (reporting/view.py score_settings)
+    assert "c2st_accuracy computed in points:circle, 1000 generated against 1000 real samples (trials 0, 1)." in page
     for verdict in tagged.values():
         assert f"<td class='text'>{verdict}</td>" in page
