@@ -153,13 +153,19 @@ def values_from_params(study: StudyConfig, params: dict[str, Any]) -> dict[str, 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def continuing_seed(seed: int | None, trials_before: int) -> int | None:
+# The grid sampler's seed shuffles the grid once, and each stored trial's grid_id indexes
+# that order (Optuna 5 hands out the first grid points by trial number): another seed in a
+# later run would map those ids to other points and repeat them. It keeps the study's seed.
+SEED_FIXES_THE_ORDER = ("grid",)
+
+
+def continuing_seed(seed: int | None, trials_before: int, sampler: str = "random") -> int | None:
     """The sampler's seed for a run that finds `trials_before` trials already in the study.
     A seeded sampler draws the same stream each time it is built, so a resumed or extended
     study seeded as its first run would ask the first run's values again (a random sampler's,
     or TPE's start-up trials'). The first run keeps the study's seed (its trials reproduce
     as before); a later run seeds from (seed, trials_before), reproducible and its own."""
-    if seed is None or trials_before == 0:
+    if seed is None or trials_before == 0 or sampler in SEED_FIXES_THE_ORDER:
         return seed
     return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
 
@@ -206,7 +212,7 @@ class OptunaStudy:
             directions = [self.config.objective.direction]
             if self.config.objective.second is not None:
                 directions.append(self.config.objective.second.direction)
-            seed = continuing_seed(self.config.sampler.seed, self.stored_trial_count())
+            seed = continuing_seed(self.config.sampler.seed, self.stored_trial_count(), self.config.sampler.name)
             self._study = optuna.create_study(
                 study_name=self.config.name,
                 storage=self.storage,  # the same backend as frozen() and set_attrs()

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from gansweep.config.schema import FloatRange, StudyConfig
+from gansweep.config.schema import Choice, FloatRange, StudyConfig
 from gansweep.service.search import OptunaStudy, continuing_seed
 
 
@@ -42,6 +42,23 @@ def test_a_second_run_of_a_seeded_study_asks_new_values(sampler: str, runs: tupl
     assert len(set(asked)) == len(asked) == sum(runs), asked
 
 
+def test_a_second_run_of_a_grid_study_asks_the_points_not_asked_yet(tmp_path: Path) -> None:
+    # the grid sampler keeps the study's seed: it shuffled the grid the stored grid ids index
+    grid = StudyConfig.model_validate({
+        "name": "extended", "sampler": {"name": "grid", "seed": 1},
+        "search": {"alpha": Choice(values=(0.3, 0.4, 0.5, 0.6, 0.7))},
+    })
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    asked = []
+    for trials in (2, 2, 1):
+        optuna_study = OptunaStudy(grid, url)
+        for _ in range(trials):
+            number, values = optuna_study.ask()
+            optuna_study.tell(number, TrialState.COMPLETE, [values["alpha"]])
+            asked.append(values["alpha"])
+    assert sorted(asked) == [0.3, 0.4, 0.5, 0.6, 0.7]
+
+
 def test_the_first_run_draws_as_the_study_seed_always_did(tmp_path: Path) -> None:
     # a new study's trials reproduce those of the releases before (and of Optuna's own sampler)
     first = one_run(random_study(), f"sqlite:///{tmp_path / 'optuna.db'}", 3)
@@ -62,5 +79,5 @@ def test_an_extension_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_the_continuing_seed() -> None:
-    assert continuing_seed(0, 0) == 0 and continuing_seed(None, 5) is None
+    assert continuing_seed(0, 0) == 0 and continuing_seed(None, 5) is None and continuing_seed(7, 5, "grid") == 7
     assert len({continuing_seed(0, n) for n in range(1, 100)} | {continuing_seed(1, n) for n in range(1, 100)}) == 198
