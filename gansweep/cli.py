@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     run.add_argument("--output", help="output folder (default: the study's output)")
+    run.add_argument("--allow-changed", action="store_true",
+                     help="run a study whose search space or fixed trial fields changed since it last ran, "
+                          "when its trials stay comparable (a wider range, more epochs)")
 
     train = with_study("train", "Train one trial of a study, with no services.")
     train.add_argument("--output", help="output folder (default: <study output>/train)")
@@ -157,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # takes the lock itself, and the lease of a shared Optuna storage).
     output = Path(args.output) if args.output else study.output_dir
     OutputLock(output.resolve()).refuse_if_held(study.name)
-    from gansweep.service.raystart import RayStart
+    from gansweep.service.raystart import EXIT_SIGTERM, RayStart
 
     # Ray's processes start while this process imports torch, Tune, MLflow and Optuna.
     ray_start = RayStart.begin(args.address)
@@ -166,18 +170,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gansweep.reporting.plots import plot_losses_vs_theory
         from gansweep.service.sweep import run_study
 
-        return run_study(
+        code = run_study(
             study,
             study_path=Path(args.study),
             address=args.address,
             tracking_uri=args.tracking_uri,
             output=Path(args.output) if args.output else None,
+            allow_changed=args.allow_changed,
             ray_start=ray_start,
             after=report_after_sweep,
             figure=plot_losses_vs_theory,
         )
+    except KeyboardInterrupt:
+        if not ray_start.terminated:
+            raise
+        code = EXIT_SIGTERM
     finally:
         ray_start.stop()
+    if ray_start.terminated:  # the sweep ended its trials and runs as for Ctrl-C
+        print(f"gansweep: stopped by SIGTERM; resume with: {resume_command(args)}", file=sys.stderr)
+        return EXIT_SIGTERM
+    return code
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The `gansweep run` command line that resumes this one's study (its identity stored,
+    --allow-changed is not needed again)."""
+    words = ["gansweep", "run", args.study, *(w for o in args.overrides for w in ("--set", o))]
+    for flag, value in (("--address", args.address), ("--tracking-uri", args.tracking_uri), ("--output", args.output)):
+        if value:
+            words += [flag, value]
+    return shlex.join(words)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

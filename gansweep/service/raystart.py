@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import ray
 
@@ -50,6 +51,9 @@ def init_ray(address: str | None) -> None:
         raise ConfigError(f"--address {address}: cannot join the Ray cluster: {err}") from None
 
 
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: what a shell reports for a command ended by SIGTERM
+
+
 def exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(signum)  # as Ray's own handler: SystemExit unwinds through every `finally`
 
@@ -69,6 +73,7 @@ class RayStart:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._own_ray, name="gansweep-ray", daemon=True)
+        self.terminated = False  # a SIGTERM arrived once take_sigterm() held it
 
     @classmethod
     def begin(cls, address: str | None) -> RayStart:
@@ -95,6 +100,22 @@ class RayStart:
         self.ready.wait()
         if self.error is not None:
             raise self.error
+
+    def take_sigterm(self) -> None:
+        """From now on SIGTERM (docker stop, Kubernetes, a batch scheduler) ends the sweep as
+        Ctrl-C does. ray.init installs Ray's C++ failure handler on SIGTERM, which prints a
+        stack and arms a 3-second alarm that aborts the driver midway through closing its
+        runs; a handler set here, in the main thread once Ray is up, replaces it."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._as_ctrl_c)
+
+    def _as_ctrl_c(self, signum: int, frame: Any) -> None:
+        self.terminated = True
+        # Whatever Ctrl-C does now: Tune's graceful stop during a fit, else KeyboardInterrupt
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
 
     def stop_in_background(self) -> None:
         """Start ray.shutdown() (after the start, if that is still going on) and return."""

@@ -30,6 +30,8 @@ from gansweep.config.schema import (
     TrialConfig,
 )
 from gansweep.config.space import decode_choice, encode_choice, resolve_values
+from gansweep.errors import ConfigError
+from gansweep.service.identity import ATTR_IDENTITY, check_identity
 from gansweep.service.protocol import ATTR_EXCLUDED, ATTR_FAILURE_REASON
 
 
@@ -189,10 +191,11 @@ class OptunaStudy:
     _study: optuna.Study | None = field(default=None, repr=False)
     _storage: optuna.storages.RDBStorage | None = field(default=None, repr=False)
     _trial_ids: dict[int, int] = field(default_factory=dict, repr=False)  # number -> id: fixed
+    allow_changed: bool = False  # `gansweep run --allow-changed`: a compatible change accepted
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config, "storage_url": self.storage_url, "_study": None,
-                "_storage": None, "_trial_ids": {}}
+                "_storage": None, "_trial_ids": {}, "allow_changed": self.allow_changed}
 
     @property
     def storage(self) -> optuna.storages.RDBStorage:
@@ -221,7 +224,21 @@ class OptunaStudy:
                 directions=directions,
                 load_if_exists=True,
             )
+            self.hold_identity(self._study)
         return self._study
+
+    def hold_identity(self, study: optuna.Study) -> None:
+        """Refuse (ConfigError) a study that differs from the one stored; store its identity
+        when new, or changed with --allow-changed (service/identity.py)."""
+        stored_directions = [d.name.lower() for d in study.directions]
+        try:
+            identity = check_identity(study.user_attrs.get(ATTR_IDENTITY), self.config, stored_directions,
+                                      self.allow_changed)
+        except ConfigError:
+            self._study = None  # a later access checks again
+            raise
+        if identity is not None:
+            study.set_user_attr(ATTR_IDENTITY, identity)
 
     def stored_trial_count(self) -> int:
         """Trials the storage holds for this study already (0 for a new study)."""

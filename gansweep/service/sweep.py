@@ -99,6 +99,7 @@ def run_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     output: Path | None = None,
+    allow_changed: bool = False,
     ray_start: RayStart | None = None,
     after: AfterSweep | None = None,
     figure: MemberFigure | None = None,
@@ -110,7 +111,8 @@ def run_study(
     hands in the report's; the sweep knows no reporting."""
     ray_start = ray_start or RayStart.begin(address)
     try:
-        code = run_study_on_ray(study, study_path, tracking_uri, output, ray_start, HandedIn(after, figure))
+        code = run_study_on_ray(study, study_path, tracking_uri, output, ray_start, HandedIn(after, figure),
+                                allow_changed)
     except BaseException:
         ray_start.stop()  # at once, even while Ray is still starting
         raise
@@ -120,7 +122,7 @@ def run_study(
 
 def run_study_on_ray(
     study: StudyConfig, study_path: Path, tracking_uri: str | None, output: Path | None,
-    ray_start: RayStart, handed: HandedIn,
+    ray_start: RayStart, handed: HandedIn, allow_changed: bool = False,
 ) -> int:
     output = (output or study.output_dir).resolve()
     units_per_fit()  # a bad GANSWEEP_UNITS_PER_FIT is exit 2 before anything is written
@@ -129,7 +131,7 @@ def run_study_on_ray(
     if short is not None:
         raise disk_full_error(short, floor)
     storage_url = optuna_storage_url(study.storage, output)
-    optuna_study = OptunaStudy(study, storage_url)
+    optuna_study = OptunaStudy(study, storage_url, allow_changed=allow_changed)
     if storage_url != local_optuna_storage_url(output):
         _ = optuna_study.study  # a database: reached, or named (exit 2) before anything is written
     created = next((p for p in (*reversed(output.parents), output) if not p.exists()), None)
@@ -190,6 +192,7 @@ def run_as_the_driver(
     try:
         if to_run > 0:
             ray_start.wait()
+            ray_start.take_sigterm()  # Ray is up: its SIGTERM handler replaced by Ctrl-C's
             run_tune(study, optuna_study, tracker, progress, to_run, output, floor, handed.figure)
     except (KeyboardInterrupt, DiskFull):
         status = "KILLED"
