@@ -19,17 +19,19 @@ from gansweep.errors import ConfigError
 
 ATTR_IDENTITY = "gansweep.identity"
 NEVER_ALLOWED = "objective"  # its changes are refused even with --allow-changed
+# How a trial runs, not what it trains: a study begun on CPUs may go on on a GPU machine.
+HOW_IT_RUNS = ("device", "compile")
 
 
 def study_identity(study: StudyConfig) -> dict[str, Any]:
     """The study's search space, objective and fixed trial fields, as JSON values (as Optuna
     stores them: tuples become lists). A field searched in every trial is not fixed: its
-    value in `trial` is never used."""
-    always_searched = {name for name, param in study.search.items() if param.when is None}
+    value in `trial` is never used; nor are the fields of HOW_IT_RUNS part of it."""
+    left_out = {name for name, param in study.search.items() if param.when is None} | set(HOW_IT_RUNS)
     identity = {
         "objective": study.objective.model_dump(mode="json", exclude={"select"}),
         "search": {name: param.model_dump(mode="json", exclude_none=True) for name, param in study.search.items()},
-        "trial": {k: v for k, v in study.trial.model_dump(mode="json").items() if k not in always_searched},
+        "trial": {k: v for k, v in study.trial.model_dump(mode="json").items() if k not in left_out},
     }
     return json.loads(json.dumps(identity))
 

@@ -53,6 +53,7 @@ def test_a_study_run_again_unchanged_or_with_more_trials_goes_on(tmp_path: Path)
     one_run(tmp_path, STUDY)
     one_run(tmp_path, STUDY)
     assert len(one_run(tmp_path, MORE_TRIALS).trials()) == 3  # the budget is no part of its identity
+    one_run(tmp_path, STUDY.replace("device: cpu", "device: auto, compile: true"))  # nor how trials run
 
 
 def test_a_changed_search_space_is_refused_naming_the_change_and_the_ways_on(tmp_path: Path) -> None:
