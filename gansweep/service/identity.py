@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gansweep.config.schema import StudyConfig
+from gansweep.config.schema import StudyConfig, TrialConfig
 from gansweep.errors import ConfigError
 
 ATTR_IDENTITY = "gansweep.identity"
@@ -44,6 +44,17 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     for key, inner in value.items():
         flat.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+def across_releases(stored: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two identities with the trial fields only one release knows set aside: a field
+    this release added trains, at its default, as before it existed; one it dropped or
+    leaves out (HOW_IT_RUNS) cannot be set. Neither is a change of the study."""
+    defaults = json.loads(json.dumps(TrialConfig().model_dump(mode="json")))
+    before, now = stored.get("trial", {}), current["trial"]
+    now = {k: v for k, v in now.items() if k in before or v != defaults.get(k)}
+    before = {k: v for k, v in before.items() if k in current["trial"]}
+    return {**stored, "trial": before}, {**current, "trial": now}
 
 
 def identity_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -91,7 +102,7 @@ def check_identity(stored: dict[str, Any] | None, study: StudyConfig, stored_dir
             changes = [f"objective directions: {stored_directions} -> {wanted}"]
             raise ConfigError(refusal(study.name, changes, objective_changed=True))
         return current
-    changes = identity_changes(stored, current)
+    changes = identity_changes(*across_releases(stored, current))
     if not changes:
         return None
     objective_changed = any(line.startswith(NEVER_ALLOWED + ".") for line in changes)

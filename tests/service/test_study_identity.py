@@ -95,6 +95,17 @@ def test_a_study_from_before_identities_is_refused_another_direction(tmp_path: P
     assert optuna.load_study(study_name="edited", storage=url).user_attrs[ATTR_IDENTITY]["search"]["alpha"]["low"] == 0.2
 
 
+def test_an_identity_stored_by_another_release_compares_on_the_fields_both_know(tmp_path: Path) -> None:
+    study = one_run(tmp_path, STUDY).study
+    stored = study.user_attrs[ATTR_IDENTITY]
+    older = {**stored, "trial": {k: v for k, v in stored["trial"].items() if k != "label_smoothing"}}
+    older["trial"]["a_field_since_dropped"] = 1
+    study.set_user_attr(ATTR_IDENTITY, older)  # as a release without label_smoothing stored it
+    one_run(tmp_path, STUDY)  # label_smoothing at its default trains as before it existed
+    with pytest.raises(ConfigError, match=r"trial.label_smoothing: \(new\) -> 0.9"):
+        one_run(tmp_path, STUDY.replace("device: cpu", "device: cpu, label_smoothing: 0.9"))
+
+
 def test_the_changes_listed() -> None:
     before = {"search": {"alpha": {"low": 0.2}}, "trial": {"k": 1}}
     after = {"search": {"alpha": {"low": 0.6}, "k": {"values": [1, 2]}}, "trial": {}}
