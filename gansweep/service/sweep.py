@@ -35,6 +35,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from gansweep.service.driverlock import DriverRunning, one_driver
 from gansweep.errors import ConfigError, DiskFull
+from gansweep.service.preflight import check_sweep_can_write
 from gansweep.service.progress import SweepProgress
 from gansweep.service.raystart import RayStart
 from gansweep.service.results import write_results
@@ -130,6 +131,7 @@ def run_study_on_ray(
     short = short_of_space([output], floor)  # before anything is created or tracked
     if short is not None:
         raise disk_full_error(short, floor)
+    check_sweep_can_write(output, resolve_tracking_uri(tracking_uri or study.tracking.tracking_uri))
     storage_url = optuna_storage_url(study.storage, output)
     optuna_study = OptunaStudy(study, storage_url, allow_changed=allow_changed)
     if storage_url != local_optuna_storage_url(output):

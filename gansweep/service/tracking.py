@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from gansweep.errors import GansweepError
 from gansweep.service.mlflow_data import data_params, dataset_input
 from gansweep.service.outbox import Outbox
+from gansweep.service.preflight import tracking_unusable
 from gansweep.service.protocol import OutputLayout
 from gansweep.service.replicates import RunKey
 
@@ -132,8 +132,8 @@ class Tracker:
     def __post_init__(self) -> None:
         self.outbox = Outbox(OutputLayout(self.output).undelivered, self.tracking_uri)
         mlflow_defaults()
-        self.client = MlflowClient(self.tracking_uri)
         try:
+            self.client = MlflowClient(self.tracking_uri)  # a SQLite store is created here
             found = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = (
                 found.experiment_id if found
@@ -143,11 +143,7 @@ class Tracker:
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING[EXPERIMENT_KIND])
             self.parent_id = self._find_or_create_parent()
         except Exception as err:  # any failure here: we have not started a single trial yet
-            raise GansweepError(
-                f"MLflow tracking at {self.tracking_uri} is not usable: "
-                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
-                "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
-            ) from None
+            raise tracking_unusable(self.tracking_uri, err) from None
 
     def ui_link(self, metric: str | None = None, ascending: bool = False) -> str:
         """Where the experiment's runs table is, on the tracking server or on `mlflow ui`
