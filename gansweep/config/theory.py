@@ -108,7 +108,9 @@ SETTLED = "settled"  # gaps small, D blind, and a fresh classifier cannot tell e
 BLIND = "blind"  # gaps small, D blind or constant, yet a fresh classifier tells them apart
 UNSETTLED = "unsettled"  # gaps large, or D still tells real from generated
 NOT_APPLICABLE = "n/a"  # no equilibrium for the loss (hinge, wasserstein_gp)
-NO_VERDICT = "no verdict"  # the study turned the check off (trial equilibrium_check: false)
+# the study turned the checks off (trial equilibrium_check: false), or the held-out split is
+# too small for the classifier test and the losses and D alone cannot decide
+NO_VERDICT = "no verdict"
 VERDICTS = (SETTLED, BLIND, UNSETTLED, NOT_APPLICABLE, NO_VERDICT)
 
 EQUILIBRIUM_RELATIVE_GAP = 0.05  # |L - L*| within 5% of |L*| counts as "at equilibrium"
@@ -121,7 +123,7 @@ BLIND_AUC_MARGIN = 0.05  # |d_auc - 0.5| within this: D cannot tell
 # that still ranks ring8's real points above generated ones (d_auc 0.77 to 0.82): 0.054 to 0.063.
 CONSTANT_LOGIT_STD = 0.03
 SEEN_C2ST_ACCURACY = 0.6  # a fresh classifier this accurate (or more) tells the two sets apart
-VERDICT_INPUTS = ("d_loss_gap", "g_loss_gap", "d_loss_star", "g_loss_star", "d_auc", "d_logit_std", "c2st_accuracy")
+VERDICT_INPUTS = ("d_loss_gap", "g_loss_gap", "d_loss_star", "g_loss_star", "d_auc", "d_logit_std")  # and c2st
 
 
 def gaps_small(metrics: dict[str, float], relative_gap: float = EQUILIBRIUM_RELATIVE_GAP) -> bool:
@@ -137,7 +139,8 @@ def d_cannot_tell(metrics: dict[str, float]) -> bool:
 
 def equilibrium_verdict(metrics: dict[str, float]) -> str:
     """settled, blind or unsettled from an evaluation's gaps, D's AUC and logit spread and
-    the C2ST accuracy; n/a where the loss has no equilibrium (no gaps logged)."""
+    the C2ST accuracy; n/a where the loss has no equilibrium (no gaps logged); no verdict
+    where only the C2ST accuracy could tell settled from blind and there is none."""
     if "d_loss_star" not in metrics:
         return NOT_APPLICABLE
     missing = [name for name in VERDICT_INPUTS if name not in metrics]
@@ -145,12 +148,14 @@ def equilibrium_verdict(metrics: dict[str, float]) -> str:
         raise ValueError(f"an equilibrium verdict needs {', '.join(missing)}")
     if not gaps_small(metrics) or not d_cannot_tell(metrics):
         return UNSETTLED
+    if "c2st_accuracy" not in metrics:
+        return NO_VERDICT
     return BLIND if metrics["c2st_accuracy"] >= SEEN_C2ST_ACCURACY else SETTLED
 
 
 def blind_discriminator(metrics: dict[str, float]) -> bool | None:
     """Whether an evaluation's metrics show a blind-discriminator equilibrium; None when one
     it needs is missing (no equilibrium for the loss, or the checks were not run)."""
-    if any(name not in metrics for name in VERDICT_INPUTS):
+    if any(name not in metrics for name in (*VERDICT_INPUTS, "c2st_accuracy")):
         return None
     return equilibrium_verdict(metrics) == BLIND

@@ -229,6 +229,9 @@ def energy_distance(real: Tensor, fake: Tensor) -> float:
 # ---------------------------------------------------------------------------- C2ST
 
 
+C2ST_MIN_ROWS = 4  # of each set: two to fit on, two to label
+
+
 def c2st_accuracy(real: Tensor, fake: Tensor, *, seed: int = 0, neighbours: int | None = None) -> float:
     """Held-out accuracy of a k-NN classifier telling real from generated rows.
 
@@ -239,8 +242,8 @@ def c2st_accuracy(real: Tensor, fake: Tensor, *, seed: int = 0, neighbours: int 
     free). Ties cannot happen: k is odd and both classes are counted."""
     x, y = _rows(real, "real"), _rows(fake, "fake").to(real.device)
     n = min(x.shape[0], y.shape[0])
-    if n < 4:
-        raise ValueError(f"C2ST needs at least 4 rows of each set, got {n}")
+    if n < C2ST_MIN_ROWS:
+        raise ValueError(f"C2ST needs at least {C2ST_MIN_ROWS} rows of each set, got {n}")
     generator = torch.Generator().manual_seed(seed)
     x = x[torch.randperm(x.shape[0], generator=generator)[:n].to(x.device)]
     y = y[torch.randperm(y.shape[0], generator=generator)[:n].to(y.device)]

@@ -22,7 +22,7 @@ from gansweep.config.theory import NO_VERDICT, NOT_APPLICABLE, equilibrium_verdi
 from gansweep.engine.data import DATASETS
 from gansweep.engine.dataset import Dataset, to_model_scale
 from gansweep.engine.features import FeatureSpace, chunked, domain_model
-from gansweep.engine.quality import PR_NEIGHBOURS, KidEstimate, c2st_accuracy, fid, kid, precision_recall, roc_auc
+from gansweep.engine.quality import C2ST_MIN_ROWS, PR_NEIGHBOURS, KidEstimate, c2st_accuracy, fid, kid, precision_recall, roc_auc
 from gansweep.config.names import METRICS
 from gansweep.extend import Entry
 
@@ -149,7 +149,10 @@ def quality_scores(
 def verdict_c2st(trial: TrialConfig, data: Dataset, real: Tensor, samples: Tensor, seed: int) -> Scores:
     """The C2ST accuracy the verdict needs where trial.metrics does not ask for it: in the
     trial's feature space, or on the pixels of an image set of the researcher's own, which has
-    no labels to train a domain classifier on."""
+    no labels to train a domain classifier on. {} when either set is too small for the test
+    (the verdict then says "no verdict" where the other checks cannot decide it)."""
+    if min(real.shape[0], samples.shape[0]) < C2ST_MIN_ROWS:
+        return {}
     if data.is_image and trial.features == "domain" and data.name not in DATASETS:
         space = FeatureSpace(f"pixels:{data.name}", lambda x: x.flatten(1))
     else:

@@ -14,6 +14,7 @@ from conftest import LOGGED
 
 from gansweep.config.rules import pack_key
 from gansweep.config.schema import TrialConfig
+from gansweep.config.theory import realised_share
 from gansweep.engine.losses import equilibrium
 from gansweep.engine.train import train_pack
 from gansweep.errors import ConfigError
@@ -64,7 +65,8 @@ def test_packed_trials_settle_at_their_equilibria(circle) -> None:
     histories = train_pack(trials, circle, lambda index, _, epoch: seen.append((index, epoch)))
     assert seen == [(i, e) for e in range(1, 5) for i in range(len(trials))]
     for trial, history in zip(trials, histories, strict=True):
-        star = equilibrium(trial.loss, trial.alpha, trial.label_smoothing)
+        share = realised_share(trial.alpha_mode, trial.alpha, trial.batch_size)  # 38/128 at 0.3
+        star = equilibrium(trial.loss, share, trial.label_smoothing)
         assert star is not None
         last = history[-1]
         assert last["d_loss"] == pytest.approx(star.d_loss, abs=0.02), trial.loss

@@ -90,10 +90,12 @@ def test_the_example_architecture_trains_alone_and_in_packs(circle) -> None:
     (eager,) = losses_of([trial], circle, "eager")
     (packed, _) = losses_of([trial, trial.model_copy(update={"seed": 4, "lr_d": 5e-4})], circle, "packed")
     assert_same_losses(packed, eager, rel=1e-3, abs_=1e-5, parzen_rel=1e-3)
-    # its d_star and g_star: logged beside the losses, at D* = alpha s
-    d = 0.3 * 0.9
+    # its d_star and g_star: logged beside the losses, at D* = q s, q the real share of the
+    # compose minibatch: round(0.3 x 32) = 10 of 32
+    q = 10 / 32
+    d = q * 0.9
     assert eager[-1]["g_loss_star"] == pytest.approx(0.5 * (d - 1) ** 2)
-    assert eager[-1]["d_loss_star"] == pytest.approx(0.3 * (0.9 * 0.5 * (d - 1) ** 2 + 0.1 * 0.5 * d**2) + 0.7 * 0.5 * d**2)
+    assert eager[-1]["d_loss_star"] == pytest.approx(q * (0.9 * 0.5 * (d - 1) ** 2 + 0.1 * 0.5 * d**2) + (1 - q) * 0.5 * d**2)
 
 
 def test_a_plugin_architecture_that_breaks_the_contract_is_named(circle) -> None:

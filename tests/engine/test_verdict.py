@@ -104,6 +104,14 @@ def test_a_loss_without_equilibrium_values_has_no_verdict_and_a_missing_check_is
         equilibrium_verdict(partial)
 
 
+def test_without_a_classifier_test_only_what_the_losses_and_d_decide_is_said() -> None:
+    # a held-out split too small for C2ST (engine/scoring.verdict_c2st gives none)
+    for changes, verdict in (({}, NO_VERDICT), ({"d_loss_gap": 0.2}, UNSETTLED), ({"d_auc": 0.8, "d_logit_std": 0.4}, UNSETTLED)):
+        metrics = evaluation(**changes)
+        del metrics["c2st_accuracy"]
+        assert equilibrium_verdict(metrics) == verdict
+
+
 def test_verdict_columns_say_no_verdict_when_the_study_turns_the_check_off() -> None:
     on, off = TrialConfig(), TrialConfig(equilibrium_check=False)
     assert verdict_columns(on, evaluation()) == {"equilibrium": BLIND, "blind_discriminator": 1.0}
