@@ -42,6 +42,7 @@ from gansweep.service.results import write_results
 from gansweep.service.search import OptunaStudy, requested_trials
 from gansweep.service import protocol as p
 from gansweep.service.callback import MemberFigure, TrackingCallback, reconcile
+from gansweep.service.checkpoint_check import checkpoint_problem, refuse_bad_checkpoint
 from gansweep.service.diskspace import DiskSpaceStopper, disk_full_error, min_free_bytes, prepare_output, short_of_space
 from gansweep.service.ledger import Ledger, resumable_groups
 from gansweep import extend
@@ -233,7 +234,8 @@ def checkpoint_holds_state(uri: str) -> bool:
 
 def check_resumable(study: OptunaStudy, output: Path) -> None:
     """Each unfinished unit's recorded checkpoint must still be there (its state.pt, local or
-    on S3), or the resume would retry it into a FAIL: refuse plainly instead, naming what to do."""
+    on S3), or the resume would retry it into a FAIL: refuse plainly instead, naming what to do.
+    A state.pt that is there but damaged is refused with a warning (checkpoint_check.py)."""
     for group in resumable_groups(study):
         uri = study.frozen(group[0]).user_attrs.get(p.ATTR_CHECKPOINT)
         if not uri:
@@ -245,6 +247,9 @@ def check_resumable(study: OptunaStudy, output: Path) -> None:
                 f"checkpoint {uri} has no {p.STATE_FILE} (moved or deleted?). Restore it there, or start "
                 f"the study over in a new output folder (--output), or delete {output} first"
             )
+        problem = checkpoint_problem(uri)
+        if problem is not None:  # cut short or overwritten: the last intact one, or from scratch
+            refuse_bad_checkpoint(study, group, uri, problem)
 
 
 def close_interrupted(study: OptunaStudy, tracker: Tracker) -> None:

@@ -7,6 +7,8 @@ Optuna or MLflow (the driver records everything). The unit's config, its results
 checkpoints are gansweep.service.protocol's; a checkpoint folder holds:
     state.pt                        CheckpointState: the unit's training state (networks,
                                     optimisers, RNG, each member's epoch and last metrics)
+    state.pt.sha256                 its SHA-256 (checkpoint_check.py: state.pt is written
+                                    atomically; the driver checks it before a resume)
     members/<number>/generator.pt   the member's generator weights and trial config
     members/<number>/samples/       its sample image of this epoch, when it drew one
     members/<number>/history.json   every result it reported up to this epoch (the driver
@@ -28,6 +30,7 @@ each epoch to drop them from its step.
 from __future__ import annotations
 
 import copy
+import io
 import shutil
 import tempfile
 from functools import lru_cache
@@ -44,6 +47,7 @@ from gansweep.engine.run import Unit, divergence, is_eval_epoch, is_sample_epoch
 from gansweep.engine.train import Best, BestTracker, Epoch, EpochLoop, out_of_memory
 from gansweep.errors import GansweepError, is_out_of_memory
 from gansweep.service import protocol as p
+from gansweep.service.checkpoint_check import write_with_checksum
 from gansweep.service.storage import storage_filesystem, strip_scheme
 from gansweep.service.sysmetrics import SystemSampler
 from gansweep.config import plugins
@@ -129,8 +133,11 @@ def write_member_files(folder: Path, generator: dict[str, Any], trial: TrialConf
 
 def write_checkpoint(folder: Path, state: p.CheckpointState, unit: Unit, numbers: list[int], samples: Path,
                      history: History) -> None:
-    """The one checkpoint writer: state.pt for the unit, members/<number>/ for each member."""
-    torch.save(state, folder / p.STATE_FILE)
+    """The one checkpoint writer: state.pt for the unit (atomically, with its SHA-256 beside
+    it, which the driver checks before a resume), members/<number>/ for each member."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_with_checksum(folder / p.STATE_FILE, buffer.getvalue())
     for row, number in enumerate(numbers):
         sample = samples / str(number) / f"epoch_{unit.epochs[row]:04d}.png"
         member = folder / p.MEMBERS_DIR / str(number)
