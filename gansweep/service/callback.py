@@ -217,6 +217,8 @@ class TrackingCallback(tune.Callback):
                     self.tracker.log_model(key, model, p.BEST_MODEL_DIR, close.best_epoch)
                 self.tracker.set_child_tags(key, {TAG_BEST_EPOCH: str(close.best_epoch)})
         self.log_figure(key, self.ledger.values_of_run(key), close.verdict)
+        if close.verdict and not close.files:  # a configuration's run over replicates: theirs, counted
+            self.tracker.set_child_tags(key, {TAG_EQUILIBRIUM: close.verdict})
         self.tracker.finish_child(key, close.state, close_tags(close))
         if not key.is_replicate:
             self.progress.finished(key.number, close.state, close.objective, close.stderr)

@@ -60,6 +60,11 @@ def test_replicates_nest_their_runs_rank_per_data_set_and_keep_the_best_generato
         replicate_runs = {int(r.data.tags["gansweep.replicate"]): r for r in runs
                           if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
         assert sorted(replicate_runs) == [0, 1]
+        # the configuration's verdict, in results.csv and on its run: its replicates' verdicts
+        verdicts = [replicate_runs[r].data.tags["gansweep.equilibrium"] for r in (0, 1)]
+        assert list(seeds["equilibrium"]) == verdicts
+        want = verdicts[0] if verdicts[0] == verdicts[1] else ", ".join(f"{v} x1" for v in sorted(verdicts))
+        assert row["equilibrium"] == parent.data.tags["gansweep.equilibrium"] == want
         curves = [history(client, replicate_runs[r].info.run_id, "parzen_ll") for r in (0, 1)]
         mean_curve = history(client, parent.info.run_id, "parzen_ll")
         assert mean_curve == pytest.approx({e: statistics.fmean(c[e] for c in curves) for e in (1, 2, 3)})
