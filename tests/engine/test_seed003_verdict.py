@@ -49,8 +49,9 @@ def test_seed_003s_configuration_settles_blind_at_the_realised_share(tmp_path: P
     study.write_text(SEED_003)
     done = subprocess.run(
         [sys.executable, "-m", "gansweep", "train", str(study), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, env={"GANSWEEP_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-        timeout=900,
+        capture_output=True, text=True, check=False, timeout=900,
+        # one thread: the seed's nets are too small for two, which spin against each other on a busy machine
+        env={"GANSWEEP_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr
     last = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[-1]

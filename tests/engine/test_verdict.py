@@ -14,7 +14,14 @@ from torch import nn
 
 from gansweep.config.schema import TrialConfig
 from gansweep.config.theory import (
-    BLIND, CONSTANT_LOGIT_STD, NO_VERDICT, NOT_APPLICABLE, SETTLED, UNSETTLED, equilibrium, equilibrium_verdict,
+    BLIND,
+    CONSTANT_LOGIT_STD,
+    NO_VERDICT,
+    NOT_APPLICABLE,
+    SETTLED,
+    UNSETTLED,
+    equilibrium,
+    equilibrium_verdict,
     realised_share,
 )
 from gansweep.engine.data import load_dataset
@@ -52,7 +59,7 @@ def test_compose_equilibrium_sits_at_the_realised_share(alpha: float, smoothing:
 def test_seed_003s_gap_at_alpha_09_is_rounding_not_training() -> None:
     # A perfect compose trial at alpha 0.9 shows d_loss at H(115/128); logged against H(0.9)
     # the gap would be 0.0034 of rounding alone (the figure).
-    h = lambda q: -q * math.log(q) - (1 - q) * math.log(1 - q)  # noqa: E731
+    h = lambda q: -q * math.log(q) - (1 - q) * math.log(1 - q)
     assert abs(h(0.9) - h(115 / 128)) == pytest.approx(0.0034, abs=5e-5)
     trial = TrialConfig(alpha=0.9, batch_size=128)
     assert theory_metrics(trial, {"d_loss": h(115 / 128), "g_loss": -math.log(115 / 128)})["d_loss_gap"] == pytest.approx(
