@@ -48,3 +48,12 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and (
         "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
     )
+
+
+def tracking_unusable(tracking_uri: str, err: BaseException) -> GansweepError:
+    """The one message for an MLflow store that does not answer or refuses (the Tracker's too)."""
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return GansweepError(
+        f"MLflow tracking at {tracking_uri} is not usable: {first_line}. "
+        "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
+    )

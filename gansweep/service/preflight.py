@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from gansweep.errors import GansweepError
+from gansweep.errors import GansweepError, tracking_unusable
 
 LOCAL_SCHEMES = ("", "file")  # MLflow's file store: a folder (mlruns)
 
@@ -50,15 +50,6 @@ def local_store_problem(path: Path, is_file: bool) -> str | None:
             return f"{path} is read-only"
         return unwritable_reason(path.parent) if is_file else None
     return unwritable_reason(path.parent if is_file else path)
-
-
-def tracking_unusable(tracking_uri: str, err: BaseException) -> GansweepError:
-    """The one message for an MLflow store that does not answer or refuses (the Tracker's too)."""
-    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return GansweepError(
-        f"MLflow tracking at {tracking_uri} is not usable: {first_line}. "
-        "Start the server or set --tracking-uri / MLFLOW_TRACKING_URI."
-    )
 
 
 def server_problem(tracking_uri: str) -> GansweepError | None:

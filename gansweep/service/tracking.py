@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from gansweep.errors import tracking_unusable
 from gansweep.service.mlflow_data import data_params, dataset_input
 from gansweep.service.outbox import Outbox
-from gansweep.service.preflight import tracking_unusable
 from gansweep.service.protocol import OutputLayout
 from gansweep.service.replicates import RunKey
 
