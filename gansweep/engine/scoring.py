@@ -135,7 +135,11 @@ def quality_scores(
     inputs where it wants one (C2ST in the trial's feature space, D's AUC and logit spread);
     {} when it needs none."""
     real = real_test(trial, data)
-    scores = feature_scores(trial, data, real, samples, seed=trial.seed + epoch)
+    scored = trial
+    if wants_c2st_beside(trial, real, samples):
+        # the verdict's C2ST in the rows feature_scores embeds anyway: each set embedded once
+        scored = trial.model_copy(update={"metrics": (*trial.metrics, "c2st_accuracy")})
+    scores = feature_scores(scored, data, real, samples, seed=trial.seed + epoch)
     if wants_verdict(trial) and "c2st_accuracy" not in scores:
         scores.update(verdict_c2st(trial, data, real, samples, seed=trial.seed + epoch))
     scores.update(plugin_scores(trial, data, real, samples))
@@ -144,6 +148,14 @@ def quality_scores(
             raise ValueError("d_auc and the equilibrium verdict need the trial's discriminator")
         scores.update(discriminator_checks(trial, data, discriminator, samples))
     return scores
+
+
+def wants_c2st_beside(trial: TrialConfig, real: Tensor, samples: Tensor) -> bool:
+    """Whether feature_scores should compute the verdict's C2ST with the feature metrics the
+    trial asks for (not when it asks for none: verdict_c2st then picks the space itself)."""
+    return (wants_verdict(trial) and "c2st_accuracy" not in trial.metrics
+            and bool(set(trial.metrics) & set(FEATURE_METRICS))
+            and min(real.shape[0], samples.shape[0]) >= C2ST_MIN_ROWS)
 
 
 def verdict_c2st(trial: TrialConfig, data: Dataset, real: Tensor, samples: Tensor, seed: int) -> Scores:
