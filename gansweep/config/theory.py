@@ -151,11 +151,3 @@ def equilibrium_verdict(metrics: dict[str, float]) -> str:
     if "c2st_accuracy" not in metrics:
         return NO_VERDICT
     return BLIND if metrics["c2st_accuracy"] >= SEEN_C2ST_ACCURACY else SETTLED
-
-
-def blind_discriminator(metrics: dict[str, float]) -> bool | None:
-    """Whether an evaluation's metrics show a blind-discriminator equilibrium; None when one
-    it needs is missing (no equilibrium for the loss, or the checks were not run)."""
-    if any(name not in metrics for name in (*VERDICT_INPUTS, "c2st_accuracy")):
-        return None
-    return equilibrium_verdict(metrics) == BLIND

@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 import torch
 
-from gansweep.config.theory import blind_discriminator, equilibrium
+from gansweep.config.theory import BLIND, equilibrium, equilibrium_verdict
 from gansweep.engine.quality import (
     c2st_accuracy,
     energy_distance,
@@ -272,7 +272,7 @@ def test_blind_discriminator_seed_003s_case() -> None:
     # D outputs the constant s alpha = 0.267: the losses are the equilibrium's, D's AUC is
     # 0.5, and a fresh classifier tells the samples from the data
     assert equilibrium("non_saturating", 0.5, 0.534).d_output == pytest.approx(0.267)
-    assert blind_discriminator(at_equilibrium()) is True
+    assert equilibrium_verdict(at_equilibrium()) == BLIND
 
 
 @pytest.mark.parametrize(
@@ -286,13 +286,14 @@ def test_blind_discriminator_seed_003s_case() -> None:
     ],
 )
 def test_not_blind_when_any_sign_is_missing(changes: dict) -> None:
-    assert blind_discriminator(at_equilibrium(**changes)) is False
+    assert equilibrium_verdict(at_equilibrium(**changes)) != BLIND
 
 
 def test_blind_discriminator_unknown_without_its_metrics() -> None:
     metrics = at_equilibrium()
     del metrics["d_auc"]
-    assert blind_discriminator(metrics) is None
+    with pytest.raises(ValueError, match="d_auc"):  # no verdict made up without D's check
+        equilibrium_verdict(metrics)
 
 
 # ---------------------------------------------------------------------------- energy distance
